@@ -1,0 +1,276 @@
+//! The domain types of the etcd data model. They mirror etcd's messages field for field but
+//! are plain Rust: `api` converts protobuf to and from these, nothing below `api` sees protobuf.
+
+/// The keyspace's logical clock. One main revision per write transaction.
+///
+/// With one shard revisions are dense; with many they will be sparse, so no code may assume
+/// that `r + 1` exists, only that revisions are ordered.
+pub type Revision = i64;
+
+/// A lease id (0 = no lease).
+pub type LeaseId = i64;
+
+/// One version of a key, as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    /// Key bytes (never empty).
+    pub key: Vec<u8>,
+    /// Revision of the latest creation of this key.
+    pub create_revision: Revision,
+    /// Revision of the last change to this key.
+    pub mod_revision: Revision,
+    /// 1 on creation, +1 on every put, reset by delete.
+    pub version: i64,
+    /// Value bytes.
+    pub value: Vec<u8>,
+    /// Attached lease, 0 for none.
+    pub lease: LeaseId,
+}
+
+/// Sort order of a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// No sort (ascending key order, unless a sort target other than key is given).
+    #[default]
+    None,
+    /// Ascending.
+    Ascend,
+    /// Descending.
+    Descend,
+}
+
+/// Field a range is sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    /// By key.
+    #[default]
+    Key,
+    /// By version.
+    Version,
+    /// By create revision.
+    Create,
+    /// By mod revision.
+    Mod,
+    /// By value.
+    Value,
+}
+
+/// etcd's `RangeRequest`. `range_end` follows etcd's rules: empty = the single key `key`;
+/// `[0]` = every key `>= key`; otherwise the half-open interval `[key, range_end)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// First key.
+    pub key: Vec<u8>,
+    /// End of the range (see the type doc).
+    pub range_end: Vec<u8>,
+    /// Maximum number of keys returned, 0 = no limit.
+    pub limit: i64,
+    /// Revision to read at, <= 0 = the current one.
+    pub revision: Revision,
+    /// Sort order.
+    pub sort_order: SortOrder,
+    /// Sort target.
+    pub sort_target: SortTarget,
+    /// Serve from local state without a consensus round (handled above mvcc).
+    pub serializable: bool,
+    /// Return keys without values.
+    pub keys_only: bool,
+    /// Return only the count.
+    pub count_only: bool,
+    /// Filter: mod_revision >= this (0 = no filter).
+    pub min_mod_revision: Revision,
+    /// Filter: mod_revision <= this (0 = no filter).
+    pub max_mod_revision: Revision,
+    /// Filter: create_revision >= this (0 = no filter).
+    pub min_create_revision: Revision,
+    /// Filter: create_revision <= this (0 = no filter).
+    pub max_create_revision: Revision,
+}
+
+/// etcd's `RangeResponse` (the header revision is returned beside it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResponse {
+    /// The keys found (empty with `count_only`).
+    pub kvs: Vec<KeyValue>,
+    /// True if `limit` cut the result.
+    pub more: bool,
+    /// Number of keys in the range at that revision, unaffected by `limit`.
+    pub count: i64,
+}
+
+/// etcd's `PutRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutRequest {
+    /// Key (never empty).
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Lease to attach, 0 = none.
+    pub lease: LeaseId,
+    /// Return the previous key-value.
+    pub prev_kv: bool,
+    /// Keep the current value.
+    pub ignore_value: bool,
+    /// Keep the current lease.
+    pub ignore_lease: bool,
+}
+
+/// etcd's `PutResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutResponse {
+    /// The previous key-value, if asked for and it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// etcd's `DeleteRangeRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteRangeRequest {
+    /// First key.
+    pub key: Vec<u8>,
+    /// End of the range (rules as in [`RangeRequest`]).
+    pub range_end: Vec<u8>,
+    /// Return the deleted key-values.
+    pub prev_kv: bool,
+}
+
+/// etcd's `DeleteRangeResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteRangeResponse {
+    /// Number of keys deleted.
+    pub deleted: i64,
+    /// The deleted key-values, if asked for.
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// Comparison operator of a txn compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareResult {
+    /// `==`
+    Equal,
+    /// `>`
+    Greater,
+    /// `<`
+    Less,
+    /// `!=`
+    NotEqual,
+}
+
+/// What a txn compare looks at, with the operand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    /// The key's version.
+    Version(i64),
+    /// The key's create revision.
+    Create(Revision),
+    /// The key's mod revision.
+    Mod(Revision),
+    /// The key's value (bytewise).
+    Value(Vec<u8>),
+    /// The key's lease.
+    Lease(LeaseId),
+}
+
+/// etcd's `Compare`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    /// Operator.
+    pub result: CompareResult,
+    /// Target and operand.
+    pub target: CompareTarget,
+    /// Key (never empty).
+    pub key: Vec<u8>,
+    /// If not empty, the compare must hold for every key in `[key, range_end)`.
+    pub range_end: Vec<u8>,
+}
+
+/// One operation of a txn branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestOp {
+    /// A read.
+    Range(RangeRequest),
+    /// A write.
+    Put(PutRequest),
+    /// A delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A nested txn.
+    Txn(TxnRequest),
+}
+
+/// The result of one [`RequestOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseOp {
+    /// A read's result.
+    Range(RangeResponse),
+    /// A write's result.
+    Put(PutResponse),
+    /// A delete's result.
+    DeleteRange(DeleteRangeResponse),
+    /// A nested txn's result.
+    Txn(TxnResponse),
+}
+
+/// etcd's `TxnRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnRequest {
+    /// Predicates, AND-ed.
+    pub compare: Vec<Compare>,
+    /// Ops run if every compare holds.
+    pub success: Vec<RequestOp>,
+    /// Ops run otherwise.
+    pub failure: Vec<RequestOp>,
+}
+
+/// etcd's `TxnResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// Whether the success branch ran.
+    pub succeeded: bool,
+    /// One response per executed op, in order.
+    pub responses: Vec<ResponseOp>,
+}
+
+/// etcd's `CompactionRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactRequest {
+    /// Compact history before this revision.
+    pub revision: Revision,
+    /// Wait until the space is physically reclaimed.
+    pub physical: bool,
+}
+
+/// A state-machine command: what one Raft log entry asks the state machine to do.
+/// Encoded with [`Command::encode`]; the encoding is a persisted format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A put.
+    Put(PutRequest),
+    /// A delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A txn (possibly read-only).
+    Txn(TxnRequest),
+    /// A compaction.
+    Compact(CompactRequest),
+}
+
+/// The result of applying a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandResponse {
+    /// A put's result.
+    Put(PutResponse),
+    /// A delete's result.
+    DeleteRange(DeleteRangeResponse),
+    /// A txn's result.
+    Txn(TxnResponse),
+    /// A compaction's result.
+    Compact,
+}
+
+/// A command's result together with the store revision after it was applied (the header
+/// revision etcd returns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The result, or the error etcd would return.
+    pub result: Result<CommandResponse, crate::MvccError>,
+    /// Current revision after applying (unchanged if the command wrote nothing or failed).
+    pub revision: Revision,
+}

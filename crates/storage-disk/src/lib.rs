@@ -1,0 +1,1 @@
+//! storage-disk (under construction).

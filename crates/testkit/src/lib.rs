@@ -1,0 +1,1 @@
+//! testkit (under construction).
