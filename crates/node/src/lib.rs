@@ -1,10 +1,48 @@
 //! The IO shell of a member: the store loop that drives consensus for every shard, the apply
 //! task, proposals and linearizable reads.
 //!
-//! SKELETON: the public API below is the contract with `api` and `server`.
+//! Layout:
+//! - `store`: the store loop thread. It owns every shard replica (`consensus::Peer`), does one
+//!   log write and one fsync per iteration for all of them, and batches messages per node.
+//! - `apply`: the apply thread. Committed entries go into `mvcc` there, so that applying never
+//!   stalls consensus.
+//! - `snapshot`: snapshot streaming, spooling and installation.
+//! - `proposal`: the encoding of a client request inside a log entry.
+//!
+//! Invariants:
+//! - **Persist before apply**: only entries durable in the local log are applied (the raft
+//!   crate hands out committed entries up to the persisted index only).
+//! - **The log is never compacted past the state machine's durable applied index**, so a
+//!   crash always finds every entry it must replay.
+//! - **A snapshot is installed in the state machine, durably, before the log records it.**
+//! - Every ReadIndex round has a context never used before.
+//! - Every queue is bounded: a full inbox answers `too many requests`.
+//!
+//! This crate does no network IO (a [`Transport`] does) and knows no protobuf other than the
+//! raft crate's own messages, which it encodes for the transport as opaque bytes.
 
+mod apply;
+mod proposal;
+mod snapshot;
+mod state;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+use consensus::{Message, MessageType, PeerStorage, ProtobufMessage, RaftConfig, StateRole};
+use parking_lot::Mutex;
+use storage::{LogStore, ShardLogWrite};
+use tokio::sync::{oneshot, watch};
+
+use crate::apply::ApplyLoop;
+use crate::snapshot::{IncomingFiles, OutgoingViews, Spool, StateSnapshots};
+use crate::state::StateReader;
+use crate::store::{StoreLoop, StoreMsg};
 
 pub use mvcc::{
     Applied, Command, CommandResponse, MvccError, RangeRequest, RangeResponse, Revision,
@@ -120,33 +158,146 @@ pub struct NodeStatus {
     pub db_size: u64,
 }
 
+/// The shard every key lives in until the key space is split.
+pub const FIRST_SHARD: ShardId = ShardId(1);
+
+/// Inbox capacity of the store loop. Beyond it, proposals get `too many requests` and peer
+/// messages are dropped (Raft retransmits).
+const INBOX_CAPACITY: usize = 16 * 1024;
+/// Apply queue capacity, in batches of committed entries.
+const APPLY_QUEUE_CAPACITY: usize = 1024;
+
+/// Answers one linearizable read waiter with the read index.
+pub(crate) type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
+type ProposalWaiter = oneshot::Sender<Result<Applied, NodeError>>;
+
+/// State shared by the handle, the store loop and the apply task.
+pub(crate) struct Shared {
+    config: NodeConfig,
+    inbox: SyncSender<StoreMsg>,
+    transport: Arc<dyn Transport>,
+    state: Arc<dyn StateReader>,
+    /// Proposals of this node waiting to be applied, by request id.
+    proposals: Mutex<HashMap<u64, ProposalWaiter>>,
+    /// Reads waiting for the next ReadIndex round.
+    reads: Mutex<Vec<ReadWaiter>>,
+    next_request_id: AtomicU64,
+    applied_index: AtomicU64,
+    applied_tx: watch::Sender<u64>,
+    leader: AtomicU64,
+    term: AtomicU64,
+    commit_index: AtomicU64,
+    last_index: AtomicU64,
+    stopped: AtomicBool,
+    failure: watch::Sender<Option<String>>,
+    outgoing_snapshots: Arc<OutgoingViews>,
+    incoming_snapshots: IncomingFiles,
+    snapshot_seq: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Records a fatal error: the member stops serving.
+    fn fail(&self, error: String) {
+        tracing::error!(error = %error, "member failed");
+        self.failure.send_if_modified(|failure| {
+            if failure.is_none() {
+                *failure = Some(error);
+                true
+            } else {
+                false
+            }
+        });
+        self.stopped.store(true, Ordering::Release);
+        self.proposals.lock().clear();
+        self.reads.lock().clear();
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    fn publish_applied(&self, index: u64) {
+        self.applied_index.store(index, Ordering::Release);
+        self.applied_tx.send_replace(index);
+    }
+
+    fn finish_proposal(&self, request_id: u64, result: Result<Applied, NodeError>) {
+        if let Some(waiter) = self.proposals.lock().remove(&request_id) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    fn proposal_waiting(&self, request_id: u64) -> bool {
+        self.proposals
+            .lock()
+            .get(&request_id)
+            .is_some_and(|waiter| !waiter.is_closed())
+    }
+
+    fn observe_role(&self, shard: ShardId, leader: u64, role: StateRole) {
+        let previous = self.leader.swap(leader, Ordering::AcqRel);
+        if previous != leader {
+            tracing::info!(shard_id = shard.0, leader_id = leader, role = ?role, "leader changed");
+        }
+    }
+
+    fn observe_log(&self, term: u64, commit_index: u64, last_index: u64) {
+        self.term.store(term, Ordering::Release);
+        self.commit_index.store(commit_index, Ordering::Release);
+        self.last_index.store(last_index, Ordering::Release);
+    }
+}
+
 /// Receives the chunks of an incoming snapshot and hands it to the store loop when complete.
 pub struct SnapshotSink {
-    _private: (),
+    shared: Arc<Shared>,
+    shard: ShardId,
+    message: Message,
+    spool: Spool,
 }
 
 impl SnapshotSink {
     /// Appends one verified chunk.
     ///
     /// # Errors
-    /// `Io`-like failures spooling the chunk.
-    pub fn write_chunk(&mut self, _data: &[u8]) -> Result<(), NodeError> {
-        unimplemented!()
+    /// `Storage` if the chunk cannot be spooled to disk.
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<(), NodeError> {
+        self.spool.write(data)
     }
 
     /// All chunks arrived: hand the snapshot to Raft.
     ///
     /// # Errors
-    /// The node stopped or the snapshot is malformed.
+    /// `Storage` if the spool file cannot be synced, `TooManyRequests` if the store loop's
+    /// inbox is full (the leader retries), `Stopped`.
     pub fn finish(self) -> Result<(), NodeError> {
-        unimplemented!()
+        let path = self.spool.complete()?;
+        let metadata = self.message.get_snapshot().get_metadata();
+        let key = (self.shard, metadata.index, metadata.term);
+        if let Some(stale) = self.shared.incoming_snapshots.lock().insert(key, path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        let msg = StoreMsg::SnapshotArrived {
+            shard: self.shard,
+            message: self.message,
+        };
+        match self.shared.inbox.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(NodeError::TooManyRequests),
+            Err(TrySendError::Disconnected(_)) => Err(NodeError::Stopped),
+        }
     }
 }
 
 /// A handle to a running node. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
-    _inner: Arc<()>,
+    shared: Arc<Shared>,
 }
 
 impl Node {
@@ -156,86 +307,341 @@ impl Node {
     ///
     /// # Errors
     /// `Storage` if the stores fail to open or disagree (corruption is fail-stop).
-    pub fn start<L: storage::LogStore, S: storage::KvStore>(
-        _config: NodeConfig,
-        _log: Arc<L>,
-        _kv: S,
-        _transport: Arc<dyn Transport>,
+    pub fn start<L: LogStore, S: storage::KvStore>(
+        config: NodeConfig,
+        log: Arc<L>,
+        kv: S,
+        transport: Arc<dyn Transport>,
     ) -> Result<Node, NodeError> {
-        unimplemented!()
+        let store = Arc::new(
+            mvcc::Store::open(kv).map_err(|e| NodeError::Storage(format!("state machine: {e}")))?,
+        );
+        let durable = store.durable_applied();
+        let shard = FIRST_SHARD;
+        recover_log(&config, log.as_ref(), shard, durable)?;
+
+        let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(INBOX_CAPACITY);
+        let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_CAPACITY);
+        let (applied_tx, _) = watch::channel(durable.index);
+        let (failure, _) = watch::channel(None);
+        let state: Arc<dyn StateReader> = store.clone();
+        let outgoing_snapshots = Arc::new(OutgoingViews::default());
+        // Request ids must not repeat across restarts while old entries may still be
+        // applied: start from the wall clock, in nanoseconds.
+        let first_request_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            inbox: inbox_tx,
+            transport,
+            state: state.clone(),
+            proposals: Mutex::new(HashMap::new()),
+            reads: Mutex::new(Vec::new()),
+            next_request_id: AtomicU64::new(first_request_id),
+            applied_index: AtomicU64::new(durable.index),
+            applied_tx,
+            leader: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            commit_index: AtomicU64::new(0),
+            last_index: AtomicU64::new(log.last_index(shard)),
+            stopped: AtomicBool::new(false),
+            failure,
+            outgoing_snapshots: outgoing_snapshots.clone(),
+            incoming_snapshots: IncomingFiles::default(),
+            snapshot_seq: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+
+        let mut raft_config = RaftConfig::new(config.node_id.0);
+        raft_config.election_ticks = config.election_ticks;
+        raft_config.heartbeat_ticks = config.heartbeat_ticks;
+        raft_config.applied = durable.index;
+        let snapshots = Arc::new(StateSnapshots {
+            state,
+            log: log.clone(),
+            outgoing: outgoing_snapshots,
+        });
+        let peer = consensus::new_peer(
+            &raft_config,
+            PeerStorage::new(shard, log.clone(), snapshots),
+        )
+        .map_err(|e| NodeError::Storage(format!("raft: {e}")))?;
+        tracing::info!(
+            node_id = config.node_id.0,
+            shard_id = shard.0,
+            index = durable.index,
+            term = durable.term,
+            "starting"
+        );
+
+        let store_loop = StoreLoop::new(
+            shared.clone(),
+            log,
+            BTreeMap::from([(shard, peer)]),
+            inbox_rx,
+            apply_tx,
+        );
+        let apply_loop = ApplyLoop {
+            store,
+            shared: shared.clone(),
+            tasks: apply_rx,
+        };
+        // A panic in either thread is a broken invariant: the member must stop serving, not
+        // limp on without its loop. Record it as a failure the server acts on.
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            let failed = shared.clone();
+            let thread_name = name.to_string();
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        failed.fail(format!("{thread_name} thread panicked"));
+                    }
+                })
+                .map_err(|e| NodeError::Storage(format!("spawn {name}: {e}")))
+        };
+        let store_thread = spawn("store-loop", Box::new(move || store_loop.run()))?;
+        let apply_thread = spawn("apply", Box::new(move || apply_loop.run()))?;
+        shared.threads.lock().extend([store_thread, apply_thread]);
+        Ok(Node { shared })
     }
 
-    /// Stops the loops, answers waiting requests with `Stopped`, and flushes the state machine
-    /// durably. Idempotent.
+    /// Stops the loops and answers waiting requests with `Stopped`. Idempotent. Entries
+    /// applied but not yet durable in the state machine are replayed from the log at the next
+    /// start.
     pub fn shutdown(&self) {
-        unimplemented!()
+        self.shared.stopped.store(true, Ordering::Release);
+        let _ = self.shared.inbox.try_send(StoreMsg::ReadWake);
+        let threads = std::mem::take(&mut *self.shared.threads.lock());
+        for thread in threads {
+            let _ = thread.join();
+        }
+        self.shared.proposals.lock().clear();
+        self.shared.reads.lock().clear();
+    }
+
+    /// Resolves when the member hits a fatal error (storage failure or corruption), with its
+    /// description. The member no longer serves after that; the process should exit.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.shared.failure.subscribe();
+        let result = failure.wait_for(Option::is_some).await;
+        match result {
+            Ok(failure) => failure.clone().unwrap_or_default(),
+            // The sender lives in `Shared`, which this handle keeps alive.
+            Err(_) => unreachable!("failure channel closed while a handle exists"),
+        }
     }
 
     /// Proposes a write and waits until it is applied locally; returns its result and the
     /// revision after it. Any member may be asked: Raft forwards the proposal to the leader.
     ///
     /// # Errors
-    /// `TooManyRequests`, `NoLeader`, `Timeout` (outcome unknown), `Stopped`.
-    pub async fn propose(&self, _command: Command) -> Result<Applied, NodeError> {
-        unimplemented!()
+    /// `TooManyRequests`, `Timeout` (outcome unknown), `Stopped`.
+    pub async fn propose(&self, command: Command) -> Result<Applied, NodeError> {
+        let shared = &self.shared;
+        if shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut proposals = shared.proposals.lock();
+            if proposals.len() >= shared.config.max_pending_proposals {
+                return Err(NodeError::TooManyRequests);
+            }
+            proposals.insert(request_id, tx);
+        }
+        let data = proposal::encode(shared.config.node_id.0, request_id, &command);
+        let msg = StoreMsg::Propose {
+            shard: FIRST_SHARD,
+            request_id,
+            data,
+        };
+        if let Err(e) = shared.inbox.try_send(msg) {
+            shared.proposals.lock().remove(&request_id);
+            return Err(match e {
+                TrySendError::Full(_) => NodeError::TooManyRequests,
+                TrySendError::Disconnected(_) => NodeError::Stopped,
+            });
+        }
+        match tokio::time::timeout(shared.config.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                shared.proposals.lock().remove(&request_id);
+                Err(NodeError::Timeout)
+            }
+        }
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex).
     /// Then a local read is linearizable.
     ///
     /// # Errors
-    /// `NoLeader`, `Timeout`, `Stopped`.
+    /// `Timeout` (no leader answered in time), `Stopped`.
     pub async fn read_index(&self) -> Result<(), NodeError> {
-        unimplemented!()
+        let shared = &self.shared;
+        if shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let deadline = tokio::time::Instant::now() + shared.config.request_timeout;
+        let (tx, rx) = oneshot::channel();
+        shared.reads.lock().push(tx);
+        // A full inbox is fine: the loop picks the read up on its next iteration anyway.
+        let _ = shared.inbox.try_send(StoreMsg::ReadWake);
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(NodeError::Stopped),
+            Err(_) => return Err(NodeError::Timeout),
+        };
+        let mut applied = shared.applied_tx.subscribe();
+        let reached = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index))
+            .await
+            .map(|waited| waited.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// Reads local state (serializable). Call after [`Node::read_index`] for linearizable.
     ///
     /// # Errors
     /// `Compacted`, `FutureRevision`, storage errors.
-    pub fn range(&self, _req: &RangeRequest) -> Result<(RangeResponse, Revision), NodeError> {
-        unimplemented!()
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), NodeError> {
+        Ok(self.shared.state.range(req)?)
     }
 
     /// etcd's HashKV on local state.
     ///
     /// # Errors
     /// As [`mvcc::Store::hash_kv`].
-    pub fn hash_kv(&self, _revision: Revision) -> Result<(u32, Revision, Revision), NodeError> {
-        unimplemented!()
+    pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), NodeError> {
+        Ok(self.shared.state.hash_kv(revision)?)
     }
 
     /// A snapshot of this member's status.
     pub fn status(&self) -> NodeStatus {
-        unimplemented!()
+        let shared = &self.shared;
+        NodeStatus {
+            member_id: shared.config.node_id.0,
+            cluster_id: shared.config.cluster_id,
+            leader: shared.leader.load(Ordering::Acquire),
+            term: shared.term.load(Ordering::Acquire),
+            raft_index: shared.last_index.load(Ordering::Acquire),
+            commit_index: shared.commit_index.load(Ordering::Acquire),
+            applied_index: shared.applied_index(),
+            revision: shared.state.current_revision(),
+            db_size: shared.state.size_bytes(),
+        }
     }
 
     /// Delivers messages received from `from` to the store loop. Drops them if its inbox is
-    /// full.
-    pub fn step(&self, _from: NodeId, _envelopes: Vec<Envelope>) {
-        unimplemented!()
+    /// full: Raft retransmits.
+    pub fn step(&self, from: NodeId, envelopes: Vec<Envelope>) {
+        let _ = self.shared.inbox.try_send(StoreMsg::Step { from, envelopes });
     }
 
     /// Starts receiving a snapshot from `from`; `message` is the encoded `MsgSnapshot`.
     ///
     /// # Errors
-    /// `Stopped`, or the message does not decode.
+    /// `Stopped`; `Storage` if the message is not a snapshot or the spool file cannot be
+    /// created.
     pub fn receive_snapshot(
         &self,
-        _from: NodeId,
-        _shard: ShardId,
-        _message: &[u8],
+        from: NodeId,
+        shard: ShardId,
+        message: &[u8],
     ) -> Result<SnapshotSink, NodeError> {
-        unimplemented!()
+        if self.shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let message = Message::parse_from_bytes(message)
+            .map_err(|e| NodeError::Storage(format!("undecodable snapshot message: {e}")))?;
+        if message.get_msg_type() != MessageType::MsgSnapshot || message.from != from.0 {
+            return Err(NodeError::Storage(
+                "snapshot stream does not start with a snapshot message from its sender".into(),
+            ));
+        }
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{}-{}.part", shard.0, from.0, seq);
+        let spool = Spool::create(&self.shared.config.snapshot_dir, &name)?;
+        Ok(SnapshotSink {
+            shared: self.shared.clone(),
+            shard,
+            message,
+            spool,
+        })
     }
 
     /// The transport could not reach `to`.
-    pub fn report_unreachable(&self, _to: NodeId) {
-        unimplemented!()
+    pub fn report_unreachable(&self, to: NodeId) {
+        let _ = self.shared.inbox.try_send(StoreMsg::Unreachable { to });
     }
 
     /// The outcome of an [`OutgoingSnapshot`] sent to `to`.
-    pub fn report_snapshot(&self, _to: NodeId, _shard: ShardId, _delivered: bool) {
-        unimplemented!()
+    pub fn report_snapshot(&self, to: NodeId, shard: ShardId, delivered: bool) {
+        let _ = self.shared.inbox.try_send(StoreMsg::SnapshotSent {
+            to,
+            shard,
+            delivered,
+        });
     }
 }
+
+/// Brings the log in line with the state machine before Raft starts.
+///
+/// - An empty node bootstraps the shard's configuration from `initial_voters`.
+/// - A state machine ahead of the log means a crash interrupted a snapshot install after the
+///   state machine took it: record the snapshot in the log now.
+/// - The persisted commit index may lag what was applied (commit advances are persisted with
+///   the next hard state); raise it, since applied entries were committed.
+fn recover_log<L: LogStore>(
+    config: &NodeConfig,
+    log: &L,
+    shard: ShardId,
+    durable: mvcc::AppliedIndex,
+) -> Result<(), NodeError> {
+    let storage_error = |e: storage::StorageError| NodeError::Storage(e.to_string());
+    let state = log.state(shard).map_err(storage_error)?;
+    let mut write = ShardLogWrite {
+        shard,
+        ..Default::default()
+    };
+    let fresh = state.conf_state.voters.is_empty() && log.last_index(shard) == 0;
+    if fresh && durable.index == 0 {
+        let mut conf_state = consensus::ConfState::default();
+        conf_state.voters = config.initial_voters.iter().map(|id| id.0).collect();
+        write.conf_state = Some(conf_state);
+    }
+    let truncated = log.first_index(shard) - 1;
+    if durable.index < truncated {
+        return Err(NodeError::Storage(format!(
+            "state machine at index {} is behind the compacted log at {}: entries are missing",
+            durable.index, truncated
+        )));
+    }
+    if durable.index > log.last_index(shard) {
+        tracing::warn!(
+            shard_id = shard.0,
+            index = durable.index,
+            "completing an interrupted snapshot install"
+        );
+        write.install_snapshot = Some((durable.index, durable.term));
+    }
+    if state.hard_state.commit < durable.index {
+        let mut hard_state = state.hard_state.clone();
+        hard_state.commit = durable.index;
+        write.hard_state = Some(hard_state);
+    }
+    if write.conf_state.is_some() || write.install_snapshot.is_some() || write.hard_state.is_some()
+    {
+        log.write(vec![write], true).map_err(storage_error)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

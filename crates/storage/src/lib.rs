@@ -251,3 +251,28 @@ pub trait KvStore: Send + Sync + 'static {
     /// Bytes the store occupies on its medium (the database file size).
     fn size_bytes(&self) -> u64;
 }
+
+/// A shared store is a store: lets a test keep a handle to the store it gave a node, so the
+/// node can be stopped and started again on the same state.
+impl<K: KvStore> KvStore for std::sync::Arc<K> {
+    type Snapshot = K::Snapshot;
+
+    fn write(&self, ops: Vec<WriteOp>, durable: bool) -> Result<()> {
+        (**self).write(ops, durable)
+    }
+
+    fn snapshot(&self) -> Result<Self::Snapshot> {
+        (**self).snapshot()
+    }
+
+    fn restore(
+        &self,
+        entries: &mut dyn Iterator<Item = Result<(Table, Vec<u8>, Vec<u8>)>>,
+    ) -> Result<()> {
+        (**self).restore(entries)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        (**self).size_bytes()
+    }
+}

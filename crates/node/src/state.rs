@@ -1,0 +1,47 @@
+//! The node's view of the state machine, with the storage engine's type erased so that
+//! `Node` is not generic.
+
+use mvcc::{AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store};
+use storage::{KvSnapshot, KvStore};
+
+/// What the node reads from the state machine outside the apply task.
+pub(crate) trait StateReader: Send + Sync + 'static {
+    fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError>;
+    fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError>;
+    fn current_revision(&self) -> Revision;
+    fn applied(&self) -> AppliedIndex;
+    fn durable_applied(&self) -> AppliedIndex;
+    fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError>;
+    fn size_bytes(&self) -> u64;
+}
+
+impl<S: KvStore> StateReader for Store<S> {
+    fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError> {
+        Store::range(self, req)
+    }
+
+    fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError> {
+        Store::hash_kv(self, revision)
+    }
+
+    fn current_revision(&self) -> Revision {
+        Store::current_revision(self)
+    }
+
+    fn applied(&self) -> AppliedIndex {
+        Store::applied(self)
+    }
+
+    fn durable_applied(&self) -> AppliedIndex {
+        Store::durable_applied(self)
+    }
+
+    fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError> {
+        let (view, applied) = Store::snapshot_view(self)?;
+        Ok((Box::new(view), applied))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.kv().size_bytes()
+    }
+}

@@ -1,0 +1,548 @@
+//! The store loop: one thread that owns every shard replica on this node.
+//!
+//! Each iteration:
+//! 1. takes what arrived (client proposals, read requests, peer messages, transport reports),
+//!    waiting at most until the next tick;
+//! 2. ticks the replicas when a tick is due (with seeded election jitter);
+//! 3. starts one ReadIndex round for all reads that arrived since the last one, with a fresh
+//!    context;
+//! 4. drains the `Ready` of every replica: messages a leader may send before persisting go
+//!    out at once, committed entries go to the apply task, and the entries and hard state of
+//!    ALL replicas go into ONE log write with one fsync (the group commit);
+//! 5. after that write, sends the messages that had to wait for it and advances the replicas.
+//!
+//! Messages are batched per destination node across shards. Nothing here blocks on the
+//! network; the apply queue is bounded and pushes back on the loop when apply falls behind.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consensus::{
+    ElectionJitter, Message, MessageType, Peer, ProtobufMessage, RaftError, Snapshot,
+    SnapshotStatus,
+};
+use storage::{LogStore, NodeId, ShardId, ShardLogWrite};
+
+use crate::apply::ApplyTask;
+use crate::snapshot::ChunkIter;
+use crate::{Envelope, NodeError, OutgoingSnapshot, ReadWaiter, Shared};
+
+/// Inbox messages handled in one iteration at most, so ticks stay on time under load.
+const INBOX_BATCH: usize = 4096;
+/// Proposals kept while there is no leader, re-proposed when one appears.
+const STALLED_PROPOSALS_MAX: usize = 10_000;
+
+/// What the store loop is asked to do.
+pub(crate) enum StoreMsg {
+    /// A client write for `shard`, already registered as waiting under `request_id`.
+    Propose {
+        shard: ShardId,
+        request_id: u64,
+        data: Vec<u8>,
+    },
+    /// Raft messages from a peer.
+    Step {
+        from: NodeId,
+        envelopes: Vec<Envelope>,
+    },
+    /// A snapshot arrived whole and is spooled; step its `MsgSnapshot`.
+    SnapshotArrived { shard: ShardId, message: Message },
+    /// New reads are waiting in `Shared::reads`.
+    ReadWake,
+    /// The transport could not reach a node.
+    Unreachable { to: NodeId },
+    /// The outcome of a snapshot sent to a node.
+    SnapshotSent {
+        to: NodeId,
+        shard: ShardId,
+        delivered: bool,
+    },
+}
+
+/// A ReadIndex round in flight.
+struct ReadRound {
+    waiters: Vec<ReadWaiter>,
+    started: Instant,
+}
+
+struct Replica<L: LogStore> {
+    peer: Peer<L>,
+    /// Applied index last reported to Raft.
+    reported_applied: u64,
+    /// A log compaction to include in the next write.
+    compact_to: Option<(u64, u64)>,
+}
+
+pub(crate) struct StoreLoop<L: LogStore> {
+    shared: Arc<Shared>,
+    log: Arc<L>,
+    replicas: BTreeMap<ShardId, Replica<L>>,
+    inbox: Receiver<StoreMsg>,
+    apply: SyncSender<ApplyTask>,
+    jitter: ElectionJitter,
+    read_rounds: HashMap<Vec<u8>, ReadRound>,
+    read_seq: u64,
+    stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
+    outbox: HashMap<u64, Vec<Envelope>>,
+    next_tick: Instant,
+    /// Resend an unanswered ReadIndex round (with a new context) after this long.
+    read_retry: Duration,
+}
+
+impl<L: LogStore> StoreLoop<L> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        log: Arc<L>,
+        replicas: BTreeMap<ShardId, Peer<L>>,
+        inbox: Receiver<StoreMsg>,
+        apply: SyncSender<ApplyTask>,
+    ) -> Self {
+        let tick = shared.config.tick_interval;
+        let election = tick * shared.config.election_ticks as u32;
+        let replicas = replicas
+            .into_iter()
+            .map(|(shard, peer)| {
+                let reported_applied = peer.raft.raft_log.applied;
+                let replica = Replica {
+                    peer,
+                    reported_applied,
+                    compact_to: None,
+                };
+                (shard, replica)
+            })
+            .collect();
+        Self {
+            jitter: ElectionJitter::new(shared.config.seed),
+            shared,
+            log,
+            replicas,
+            inbox,
+            apply,
+            read_rounds: HashMap::new(),
+            read_seq: 0,
+            stalled: VecDeque::new(),
+            outbox: HashMap::new(),
+            next_tick: Instant::now() + tick,
+            read_retry: election / 2,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            for _ in 0..INBOX_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            if self.shared.is_stopped() {
+                break;
+            }
+            if Instant::now() >= self.next_tick {
+                self.tick();
+            }
+            self.start_read_round();
+            if let Err(e) = self.handle_readies() {
+                self.shared.fail(e);
+                break;
+            }
+            self.publish_status();
+        }
+        // Dropping the loop drops every waiter it holds: their callers see `Stopped`.
+    }
+
+    fn handle(&mut self, msg: StoreMsg) {
+        match msg {
+            StoreMsg::Propose {
+                shard,
+                request_id,
+                data,
+            } => self.propose(shard, request_id, data),
+            StoreMsg::Step { from, envelopes } => {
+                for envelope in envelopes {
+                    let message = match Message::parse_from_bytes(&envelope.message) {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::warn!(peer_id = from.0, error = %e, "undecodable raft message");
+                            continue;
+                        }
+                    };
+                    if message.from != from.0 {
+                        tracing::warn!(peer_id = from.0, "raft message with a forged sender");
+                        continue;
+                    }
+                    self.step(envelope.shard, message);
+                }
+            }
+            StoreMsg::SnapshotArrived { shard, message } => self.step(shard, message),
+            StoreMsg::ReadWake => {}
+            StoreMsg::Unreachable { to } => {
+                for replica in self.replicas.values_mut() {
+                    replica.peer.report_unreachable(to.0);
+                }
+            }
+            StoreMsg::SnapshotSent {
+                to,
+                shard,
+                delivered,
+            } => {
+                if let Some(replica) = self.replicas.get_mut(&shard) {
+                    let status = if delivered {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    };
+                    replica.peer.report_snapshot(to.0, status);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, shard: ShardId, message: Message) {
+        let Some(replica) = self.replicas.get_mut(&shard) else {
+            tracing::debug!(shard_id = shard.0, "message for an unknown shard");
+            return;
+        };
+        if let Err(e) = replica.peer.step(message) {
+            tracing::debug!(shard_id = shard.0, error = %e, "raft rejected a message");
+        }
+    }
+
+    fn propose(&mut self, shard: ShardId, request_id: u64, data: Vec<u8>) {
+        let Some(replica) = self.replicas.get_mut(&shard) else {
+            self.shared.finish_proposal(request_id, Err(NodeError::NoLeader));
+            return;
+        };
+        match replica.peer.propose(Vec::new(), data.clone()) {
+            Ok(()) => {}
+            Err(RaftError::ProposalDropped) if replica.peer.raft.leader_id == 0 => {
+                // No leader yet: keep it until one is elected (as etcd blocks proposals
+                // during an election) rather than fail a request that could succeed.
+                if self.stalled.len() < STALLED_PROPOSALS_MAX {
+                    self.stalled.push_back((shard, request_id, data));
+                } else {
+                    self.shared
+                        .finish_proposal(request_id, Err(NodeError::TooManyRequests));
+                }
+            }
+            Err(RaftError::ProposalDropped) => {
+                // A leader exists but refused (leadership transfer, uncommitted-size limit).
+                self.shared
+                    .finish_proposal(request_id, Err(NodeError::TooManyRequests));
+            }
+            Err(e) => {
+                tracing::warn!(shard_id = shard.0, error = %e, "proposal failed");
+                self.shared
+                    .finish_proposal(request_id, Err(NodeError::LeaderChanged));
+            }
+        }
+    }
+
+    fn retry_stalled(&mut self) {
+        let has_leader = self
+            .replicas
+            .values()
+            .all(|replica| replica.peer.raft.leader_id != 0);
+        if self.stalled.is_empty() || !has_leader {
+            return;
+        }
+        for (shard, request_id, data) in std::mem::take(&mut self.stalled) {
+            if self.shared.proposal_waiting(request_id) {
+                self.propose(shard, request_id, data);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let tick = self.shared.config.tick_interval;
+        self.next_tick += tick;
+        if self.next_tick < now {
+            // The loop fell behind (a long fsync or a paused process): do not replay the
+            // missed ticks in a burst, which would trigger spurious elections.
+            self.next_tick = now + tick;
+        }
+        for replica in self.replicas.values_mut() {
+            let role = replica.peer.raft.state;
+            if self.jitter.should_tick(role) {
+                replica.peer.tick();
+            }
+        }
+        self.retry_read_rounds(now);
+        self.plan_log_compaction();
+    }
+
+    fn start_read_round(&mut self) {
+        let waiters = std::mem::take(&mut *self.shared.reads.lock());
+        if !waiters.is_empty() {
+            self.issue_read_round(waiters);
+        }
+    }
+
+    /// Every round gets a context never used before (node id and a sequence number), so a
+    /// late answer to an old round can never be mistaken for an answer to a new one.
+    fn issue_read_round(&mut self, waiters: Vec<ReadWaiter>) {
+        let waiters: Vec<ReadWaiter> = waiters.into_iter().filter(|w| !w.is_closed()).collect();
+        if waiters.is_empty() {
+            return;
+        }
+        self.read_seq += 1;
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.shared.config.node_id.0.to_be_bytes());
+        context.extend_from_slice(&self.read_seq.to_be_bytes());
+        // Reads go to the first shard until reads are routed by key.
+        let replica = self
+            .replicas
+            .values_mut()
+            .next()
+            .expect("a node has at least one shard");
+        replica.peer.read_index(context.clone());
+        self.read_rounds.insert(
+            context,
+            ReadRound {
+                waiters,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    fn retry_read_rounds(&mut self, now: Instant) {
+        let expired: Vec<Vec<u8>> = self
+            .read_rounds
+            .iter()
+            .filter(|(_, round)| now.duration_since(round.started) >= self.read_retry)
+            .map(|(context, _)| context.clone())
+            .collect();
+        for context in expired {
+            let round = self.read_rounds.remove(&context).expect("listed above");
+            self.issue_read_round(round.waiters);
+        }
+    }
+
+    /// Plans a log compaction once enough applied entries are durable in the state machine.
+    /// Never past the durable applied index: the log must still hold whatever a crash would
+    /// make the state machine replay.
+    fn plan_log_compaction(&mut self) {
+        let config = &self.shared.config;
+        let durable = self.shared.state.durable_applied().index;
+        for (shard, replica) in &mut self.replicas {
+            let truncated = self.log.first_index(*shard) - 1;
+            if durable < truncated + config.snapshot_count + config.snapshot_catchup_entries {
+                continue;
+            }
+            let compact_to = durable - config.snapshot_catchup_entries;
+            match self.log.term(*shard, compact_to) {
+                Ok(term) => replica.compact_to = Some((compact_to, term)),
+                Err(e) => tracing::warn!(shard_id = shard.0, error = %e, "cannot plan compaction"),
+            }
+        }
+    }
+
+    fn send(&mut self, shard: ShardId, messages: Vec<Message>) {
+        for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(shard, message);
+                continue;
+            }
+            let bytes = message
+                .write_to_bytes()
+                .expect("encoding a raft message cannot fail");
+            self.outbox.entry(message.to).or_default().push(Envelope {
+                shard,
+                message: bytes,
+            });
+        }
+    }
+
+    fn send_snapshot(&mut self, shard: ShardId, message: Message) {
+        let to = message.to;
+        let Some((metadata, view)) = self.shared.outgoing_snapshots.lock().remove(&to) else {
+            tracing::warn!(peer_id = to, "snapshot message without a read view");
+            if let Some(replica) = self.replicas.get_mut(&shard) {
+                replica.peer.report_snapshot(to, SnapshotStatus::Failure);
+            }
+            return;
+        };
+        debug_assert_eq!(&metadata, message.get_snapshot().get_metadata());
+        tracing::info!(
+            shard_id = shard.0,
+            peer_id = to,
+            index = metadata.index,
+            term = metadata.term,
+            "sending snapshot"
+        );
+        let bytes = message
+            .write_to_bytes()
+            .expect("encoding a raft message cannot fail");
+        self.shared.transport.send_snapshot(
+            NodeId(to),
+            OutgoingSnapshot {
+                shard,
+                message: bytes,
+                chunks: Box::new(ChunkIter::new(view)),
+            },
+        );
+    }
+
+    fn flush_outbox(&mut self) {
+        for (to, envelopes) in self.outbox.drain() {
+            self.shared.transport.send(NodeId(to), envelopes);
+        }
+    }
+
+    fn resolve_reads(&mut self, read_states: Vec<consensus::ReadState>) {
+        for state in read_states {
+            if let Some(round) = self.read_rounds.remove(&state.request_ctx) {
+                for waiter in round.waiters {
+                    let _ = waiter.send(Ok(state.index));
+                }
+            }
+        }
+    }
+
+    fn submit_committed(&self, entries: Vec<consensus::Entry>) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.apply
+            .send(ApplyTask::Entries(entries))
+            .map_err(|_| "apply task stopped".to_string())
+    }
+
+    /// Installs a snapshot Raft accepted: the state machine first, durably; the caller then
+    /// records it in the log.
+    fn install_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), String> {
+        let metadata = snapshot.get_metadata();
+        let key = (shard, metadata.index, metadata.term);
+        let path = self
+            .shared
+            .incoming_snapshots
+            .lock()
+            .remove(&key)
+            .ok_or_else(|| format!("raft accepted snapshot {key:?} that was never spooled"))?;
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.apply
+            .send(ApplyTask::Restore {
+                path: path.clone(),
+                reply,
+            })
+            .map_err(|_| "apply task stopped".to_string())?;
+        let applied = result
+            .recv()
+            .map_err(|_| "apply task stopped during snapshot install".to_string())?
+            .map_err(|e| e.to_string())?;
+        if applied.index != metadata.index || applied.term != metadata.term {
+            return Err(format!(
+                "snapshot data is at index {} term {}, its metadata says index {} term {}",
+                applied.index, applied.term, metadata.index, metadata.term
+            ));
+        }
+        let _ = std::fs::remove_file(&path);
+        tracing::info!(
+            shard_id = shard.0,
+            index = metadata.index,
+            term = metadata.term,
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    fn handle_readies(&mut self) -> Result<(), String> {
+        let shards: Vec<ShardId> = self.replicas.keys().copied().collect();
+        let mut writes = Vec::new();
+        let mut readies = Vec::new();
+        let mut sync = false;
+        for shard in shards {
+            let replica = self.replicas.get_mut(&shard).expect("listed above");
+            let applied = self.shared.applied_index();
+            if applied > replica.reported_applied {
+                replica.peer.advance_apply_to(applied);
+                replica.reported_applied = applied;
+            }
+            let compact_to = replica.compact_to.take();
+            if !replica.peer.has_ready() {
+                if compact_to.is_some() {
+                    writes.push(ShardLogWrite {
+                        shard,
+                        compact_to,
+                        ..Default::default()
+                    });
+                }
+                continue;
+            }
+            let mut ready = replica.peer.ready();
+            if let Some(soft) = ready.ss() {
+                self.shared.observe_role(shard, soft.leader_id, soft.raft_state);
+            }
+            let messages = ready.take_messages();
+            self.send(shard, messages);
+            let mut write = ShardLogWrite {
+                shard,
+                compact_to,
+                ..Default::default()
+            };
+            if !ready.snapshot().is_empty() {
+                self.install_snapshot(shard, ready.snapshot())?;
+                let metadata = ready.snapshot().get_metadata();
+                write.install_snapshot = Some((metadata.index, metadata.term));
+                write.conf_state = Some(metadata.get_conf_state().clone());
+                // A compaction planned against the old log no longer applies.
+                write.compact_to = None;
+            }
+            self.submit_committed(ready.take_committed_entries())?;
+            self.resolve_reads(ready.take_read_states());
+            write.entries = ready.take_entries();
+            write.hard_state = ready.hs().cloned();
+            sync |= ready.must_sync();
+            writes.push(write);
+            readies.push((shard, ready));
+        }
+        // Leader messages go out before the fsync: replication overlaps the local write.
+        self.flush_outbox();
+        if !writes.is_empty() {
+            let compacted = writes.iter().any(|w| w.compact_to.is_some());
+            self.log
+                .write(writes, sync)
+                .map_err(|e| format!("raft log write failed: {e}"))?;
+            if compacted {
+                tracing::info!("compacted raft log");
+                if let Err(e) = self.log.purge() {
+                    tracing::warn!(error = %e, "raft log purge failed");
+                }
+            }
+        }
+        for (shard, mut ready) in readies {
+            let persisted = ready.take_persisted_messages();
+            self.send(shard, persisted);
+            let replica = self.replicas.get_mut(&shard).expect("listed above");
+            let mut light = replica.peer.advance_append(ready);
+            let messages = light.take_messages();
+            let committed = light.take_committed_entries();
+            self.send(shard, messages);
+            self.submit_committed(committed)?;
+        }
+        self.flush_outbox();
+        self.retry_stalled();
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        for (shard, replica) in &self.replicas {
+            let raft = &replica.peer.raft;
+            self.shared.observe_role(*shard, raft.leader_id, raft.state);
+            self.shared.observe_log(
+                raft.term,
+                raft.raft_log.committed,
+                raft.raft_log.last_index(),
+            );
+        }
+    }
+}
