@@ -1,1 +1,84 @@
-//! api (under construction).
+//! The gRPC edge of a member: the etcd v3 client API over a [`node::Node`], and the peer
+//! transport between nodes.
+//!
+//! This crate decodes, validates limits and rules that etcd checks before consensus, calls
+//! the node, and encodes; it decides nothing else. Every domain error becomes a gRPC status
+//! in one function ([`errors::to_status`]) with etcd's exact code and message.
+//!
+//! It owns no state and refuses to know storage or Raft: `node` is its only way in.
+
+pub mod cluster;
+pub mod convert;
+pub mod errors;
+pub mod kv;
+pub mod maintenance;
+pub mod peer;
+
+use node::Node;
+use proto::etcdserverpb as pb;
+
+pub use cluster::{Member, Membership};
+pub use peer::{GrpcTransport, PeerService};
+
+/// Limits of the client API.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiConfig {
+    /// Largest request accepted (etcd's `--max-request-bytes`, 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Most operations in one txn branch (etcd's `--max-txn-ops`, 128).
+    pub max_txn_ops: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The gRPC decoding limit: etcd allows the request limit plus 512 KiB of overhead, so an
+    /// oversized request is decoded and answered with etcd's error rather than cut off, while
+    /// anything larger is refused before it is buffered.
+    #[must_use]
+    pub fn grpc_receive_bytes_max(&self) -> usize {
+        self.max_request_bytes + 512 * 1024
+    }
+}
+
+/// The response header for a reply at `revision`.
+pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
+    let status = node.status();
+    pb::ResponseHeader {
+        cluster_id: status.cluster_id,
+        member_id: status.member_id,
+        revision,
+        raft_term: status.term,
+    }
+}
+
+/// The client services (KV, Maintenance, Cluster) for `node`, ready to add to a server.
+#[must_use]
+pub fn client_routes(node: &Node, members: Membership, config: ApiConfig) -> tonic::service::Routes {
+    let limit = config.grpc_receive_bytes_max();
+    let kv = pb::kv_server::KvServer::new(kv::KvService::new(node.clone(), config))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let maintenance =
+        pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
+            .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(node.clone(), members))
+        .max_decoding_message_size(limit);
+    tonic::service::Routes::new(kv).add_service(maintenance).add_service(cluster)
+}
+
+/// The peer service for `node`.
+#[must_use]
+pub fn peer_routes(node: &Node, cluster_id: u64) -> tonic::service::Routes {
+    let local = node::NodeId(node.status().member_id);
+    let service = proto::peer::peer_server::PeerServer::new(PeerService::new(node.clone(), local, cluster_id))
+        .max_decoding_message_size(peer::PEER_MESSAGE_BYTES_MAX);
+    tonic::service::Routes::new(service)
+}

@@ -1,1 +1,24 @@
-//! proto (under construction).
+//! Generated protobuf code: etcd's v3 API and Concord's peer protocol. Nothing else lives
+//! here; conversions to domain types are in `api`.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// The etcd data model messages.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's users, roles and permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// The etcd v3 client API.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Concord's peer protocol.
+pub mod peer {
+    tonic::include_proto!("concord.peer");
+}

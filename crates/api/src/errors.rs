@@ -1,0 +1,151 @@
+//! The one place where errors become gRPC statuses, with etcd's exact codes and messages:
+//! clients match on the message text.
+
+use mvcc::MvccError;
+use node::NodeError;
+use tonic::{Code, Status};
+
+/// A request rejected before it reaches the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// An empty key.
+    KeyNotProvided,
+    /// The encoded request exceeds the configured maximum.
+    TooLarge,
+    /// A txn with too many operations.
+    TooManyOps,
+    /// A txn that writes a key twice.
+    DuplicateKey,
+    /// `ignore_value` with a value.
+    ValueProvided,
+    /// `ignore_lease` with a lease.
+    LeaseProvided,
+    /// An unknown sort order or target.
+    InvalidSortOption,
+    /// An empty `RequestOp`.
+    EmptyRequestOp,
+}
+
+/// Every error a client can see, in one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// Rejected by validation.
+    Request(RequestError),
+    /// Returned by the node.
+    Node(NodeError),
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::Request(e)
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        ApiError::Node(e)
+    }
+}
+
+impl From<MvccError> for ApiError {
+    fn from(e: MvccError) -> Self {
+        ApiError::Node(NodeError::Mvcc(e))
+    }
+}
+
+/// etcd's gRPC code and message for `error`.
+#[must_use]
+pub fn code_and_message(error: &ApiError) -> (Code, String) {
+    use ApiError::{Node, Request};
+    let (code, message) = match error {
+        Request(RequestError::KeyNotProvided) => {
+            (Code::InvalidArgument, "etcdserver: key is not provided")
+        }
+        Request(RequestError::TooLarge) => (Code::InvalidArgument, "etcdserver: request is too large"),
+        Request(RequestError::TooManyOps) => (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ),
+        Request(RequestError::DuplicateKey) => (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        ),
+        Request(RequestError::ValueProvided) => {
+            (Code::InvalidArgument, "etcdserver: value is provided")
+        }
+        Request(RequestError::LeaseProvided) => {
+            (Code::InvalidArgument, "etcdserver: lease is provided")
+        }
+        Request(RequestError::InvalidSortOption) => {
+            (Code::InvalidArgument, "etcdserver: invalid sort option")
+        }
+        Request(RequestError::EmptyRequestOp) | Node(NodeError::Mvcc(MvccError::KeyNotFound)) => {
+            (Code::InvalidArgument, "etcdserver: key not found")
+        }
+        Node(NodeError::Mvcc(MvccError::Compacted)) => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        Node(NodeError::Mvcc(MvccError::FutureRevision)) => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        Node(NodeError::Mvcc(MvccError::LeaseNotFound)) => {
+            (Code::NotFound, "etcdserver: requested lease not found")
+        }
+        Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
+        Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
+        Node(NodeError::Timeout) => (Code::Unavailable, "etcdserver: request timed out"),
+        Node(NodeError::TooManyRequests) => {
+            (Code::ResourceExhausted, "etcdserver: too many requests")
+        }
+        Node(NodeError::Stopped) => (Code::Unavailable, "etcdserver: server stopped"),
+        Node(NodeError::Mvcc(MvccError::Storage(detail)) | NodeError::Storage(detail)) => {
+            return (Code::Internal, format!("etcdserver: storage error: {detail}"));
+        }
+    };
+    (code, message.to_string())
+}
+
+/// The status for `error`.
+#[must_use]
+pub fn to_status(error: impl Into<ApiError>) -> Status {
+    let (code, message) = code_and_message(&error.into());
+    Status::new(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves every error maps to etcd's exact code and message (clients match on the text).
+    #[test]
+    fn every_error_maps_to_etcds_code_and_message() {
+        let table: Vec<(ApiError, Code, &str)> = vec![
+            (RequestError::KeyNotProvided.into(), Code::InvalidArgument, "etcdserver: key is not provided"),
+            (RequestError::TooLarge.into(), Code::InvalidArgument, "etcdserver: request is too large"),
+            (RequestError::TooManyOps.into(), Code::InvalidArgument, "etcdserver: too many operations in txn request"),
+            (RequestError::DuplicateKey.into(), Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            (RequestError::ValueProvided.into(), Code::InvalidArgument, "etcdserver: value is provided"),
+            (RequestError::LeaseProvided.into(), Code::InvalidArgument, "etcdserver: lease is provided"),
+            (RequestError::InvalidSortOption.into(), Code::InvalidArgument, "etcdserver: invalid sort option"),
+            (RequestError::EmptyRequestOp.into(), Code::InvalidArgument, "etcdserver: key not found"),
+            (MvccError::KeyNotFound.into(), Code::InvalidArgument, "etcdserver: key not found"),
+            (MvccError::Compacted.into(), Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            (MvccError::FutureRevision.into(), Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            (MvccError::LeaseNotFound.into(), Code::NotFound, "etcdserver: requested lease not found"),
+            (NodeError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
+            (NodeError::LeaderChanged.into(), Code::Unavailable, "etcdserver: leader changed"),
+            (NodeError::Timeout.into(), Code::Unavailable, "etcdserver: request timed out"),
+            (NodeError::TooManyRequests.into(), Code::ResourceExhausted, "etcdserver: too many requests"),
+            (NodeError::Stopped.into(), Code::Unavailable, "etcdserver: server stopped"),
+        ];
+        for (error, code, message) in table {
+            let status = to_status(error.clone());
+            assert_eq!(status.code(), code, "{error:?}");
+            assert_eq!(status.message(), message, "{error:?}");
+        }
+        let storage = to_status(NodeError::Storage("disk".into()));
+        assert_eq!(storage.code(), Code::Internal);
+    }
+}

@@ -1,0 +1,131 @@
+//! The etcd KV service over a [`Node`].
+
+use mvcc::{Command, CommandResponse, CompactRequest};
+use node::Node;
+use prost::Message as _;
+use proto::etcdserverpb as pb;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::errors::{to_status, RequestError};
+use crate::{header, ApiConfig};
+
+/// The KV service.
+pub struct KvService {
+    node: Node,
+    config: ApiConfig,
+}
+
+impl KvService {
+    /// A KV service answering from `node`.
+    #[must_use]
+    pub fn new(node: Node, config: ApiConfig) -> Self {
+        Self { node, config }
+    }
+
+    fn check_size(&self, message: &impl prost::Message) -> Result<(), Status> {
+        if message.encoded_len() > self.config.max_request_bytes {
+            return Err(to_status(RequestError::TooLarge));
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, command: Command) -> Result<(CommandResponse, pb::ResponseHeader), Status> {
+        let applied = self.node.propose(command).await.map_err(to_status)?;
+        let response = applied.result.map_err(to_status)?;
+        Ok((response, header(&self.node, applied.revision)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    #[tracing::instrument(skip_all, name = "kv.range")]
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let range = convert::range_request(&request).map_err(to_status)?;
+        if !range.serializable {
+            self.node.read_index().await.map_err(to_status)?;
+        }
+        let (result, revision) = self.node.range(&range).map_err(to_status)?;
+        Ok(Response::new(pb::RangeResponse {
+            header: Some(header(&self.node, revision)),
+            ..convert::range_response(result)
+        }))
+    }
+
+    #[tracing::instrument(skip_all, name = "kv.put")]
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let put = convert::put_request(&request).map_err(to_status)?;
+        match self.propose(Command::Put(put)).await? {
+            (CommandResponse::Put(result), header) => Ok(Response::new(pb::PutResponse {
+                header: Some(header),
+                ..convert::put_response(result)
+            })),
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, name = "kv.delete_range")]
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let delete = convert::delete_request(&request).map_err(to_status)?;
+        match self.propose(Command::DeleteRange(delete)).await? {
+            (CommandResponse::DeleteRange(result), header) => {
+                Ok(Response::new(pb::DeleteRangeResponse {
+                    header: Some(header),
+                    ..convert::delete_response(result)
+                }))
+            }
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, name = "kv.txn")]
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let txn = convert::txn_request(&request, self.config.max_txn_ops).map_err(to_status)?;
+        // Every txn goes through the log, read-only ones included: correct (linearizable)
+        // though slower than a ReadIndex read; serving read-only txns locally comes with
+        // the full KV API.
+        match self.propose(Command::Txn(txn)).await? {
+            (CommandResponse::Txn(result), header) => {
+                Ok(Response::new(convert::txn_response(result, &header)))
+            }
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, name = "kv.compact")]
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::Compact(CompactRequest {
+            revision: request.revision,
+            physical: request.physical,
+        });
+        let (_, header) = self.propose(command).await?;
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(header),
+        }))
+    }
+}
+
+fn mismatch(response: &CommandResponse) -> Status {
+    Status::internal(format!("etcdserver: unexpected apply result {response:?}"))
+}
+
+/// The encoded size of a message, for limits.
+#[must_use]
+pub fn encoded_len(message: &impl prost::Message) -> usize {
+    message.encoded_len()
+}

@@ -1,0 +1,100 @@
+//! The etcd Maintenance service: status and hashes. Alarms, defragmentation, snapshots,
+//! leader transfer and downgrade are not implemented yet and say so.
+
+use node::Node;
+use proto::etcdserverpb as pb;
+use tonic::{Request, Response, Status};
+
+use crate::errors::to_status;
+use crate::header;
+
+/// The etcd version `Status` claims. Only a version whose features Concord fully implements
+/// may be claimed: Kubernetes switches features on by it (watch progress from 3.5.13).
+/// Concord does not serve watches yet, so it claims the 3.4 line's first release.
+pub const CLAIMED_ETCD_VERSION: &str = "3.4.0";
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    node: Node,
+}
+
+impl MaintenanceService {
+    /// A Maintenance service for `node`.
+    #[must_use]
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        let request = request.into_inner();
+        if request.action != pb::alarm_request::AlarmAction::Get as i32 {
+            return Err(Status::unimplemented("alarms cannot be changed yet"));
+        }
+        let status = self.node.status();
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(header(&self.node, status.revision)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.node.status();
+        let db_size = i64::try_from(status.db_size).unwrap_or(i64::MAX);
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(header(&self.node, status.revision)),
+            version: CLAIMED_ETCD_VERSION.to_string(),
+            db_size,
+            leader: status.leader,
+            raft_index: status.raft_index,
+            raft_term: status.term,
+            raft_applied_index: status.applied_index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(Status::unimplemented("defragment is not implemented yet"))
+    }
+
+    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, _, revision) = self.node.hash_kv(0).map_err(to_status)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(header(&self.node, revision)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let (hash, compact_revision, hash_revision) = self.node.hash_kv(revision).map_err(to_status)?;
+        let current = self.node.status().revision;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(header(&self.node, current)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented("snapshot is not implemented yet"))
+    }
+
+    async fn move_leader(&self, _: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("move-leader is not implemented yet"))
+    }
+
+    async fn downgrade(&self, _: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented("downgrade is not implemented yet"))
+    }
+}

@@ -1,0 +1,346 @@
+//! The peer transport: Raft messages and snapshots between the nodes of one cluster.
+//!
+//! Sending: one task per destination keeps one long-lived `Raft` stream open, reconnecting
+//! with capped backoff, and sends everything queued for that node as one `RaftBatch`.
+//! [`GrpcTransport`]'s methods are called from the store loop thread and never block: the
+//! per-destination queues are bounded and drop when full (Raft retransmits). A snapshot goes
+//! on its own `Snapshot` stream, one at a time per destination, in CRC32C-checked chunks.
+//!
+//! Receiving: [`PeerService`] checks that traffic is for this cluster and this node, hands
+//! Raft messages to the node, and verifies every snapshot chunk before spooling it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use node::{Envelope, Node, NodeId, OutgoingSnapshot, ShardId, Transport};
+use proto::peer as pb;
+use proto::peer::peer_client::PeerClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Batches of envelopes queued for one destination.
+const PEER_QUEUE_BATCHES: usize = 4096;
+/// Batches buffered inside one open stream.
+const STREAM_BUFFER: usize = 64;
+/// Envelopes merged into one `RaftBatch` at most.
+const BATCH_ENVELOPES_MAX: usize = 4096;
+/// Snapshot chunks read ahead of the network.
+const SNAPSHOT_READ_AHEAD: usize = 4;
+/// Largest peer message accepted (a snapshot chunk or a batch of appends).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+struct Link {
+    queue: mpsc::Sender<Vec<Envelope>>,
+    url: String,
+    snapshot_in_flight: Arc<AtomicBool>,
+}
+
+/// [`Transport`] over gRPC streams.
+pub struct GrpcTransport {
+    local: NodeId,
+    cluster_id: u64,
+    links: HashMap<NodeId, Link>,
+    node: Arc<OnceLock<Node>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GrpcTransport {
+    /// A transport from `local` to `peers` (node id to peer URL, e.g.
+    /// `http://127.0.0.1:2380`); starts one sender task per peer on the current runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn new(local: NodeId, cluster_id: u64, peers: HashMap<NodeId, String>) -> Self {
+        let runtime = tokio::runtime::Handle::current();
+        let node = Arc::new(OnceLock::new());
+        let links = peers
+            .into_iter()
+            .filter(|(id, _)| *id != local)
+            .map(|(id, url)| {
+                let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+                runtime.spawn(send_loop(local, cluster_id, id, url.clone(), rx, node.clone()));
+                let link = Link {
+                    queue,
+                    url,
+                    snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+                };
+                (id, link)
+            })
+            .collect();
+        Self {
+            local,
+            cluster_id,
+            links,
+            node,
+            runtime,
+        }
+    }
+
+    /// Gives the transport the node it reports to. Call once, right after the node starts.
+    pub fn attach(&self, node: Node) {
+        let _ = self.node.set(node);
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, to: NodeId, envelopes: Vec<Envelope>) {
+        let Some(link) = self.links.get(&to) else {
+            tracing::debug!(peer_id = to.0, "message for an unknown peer");
+            return;
+        };
+        // Full: drop. Raft retransmits, and a backlog to a slow peer must not grow.
+        let _ = link.queue.try_send(envelopes);
+    }
+
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) {
+        let report = |delivered| {
+            if let Some(node) = self.node.get() {
+                node.report_snapshot(to, snapshot.shard, delivered);
+            }
+        };
+        let Some(link) = self.links.get(&to) else {
+            report(false);
+            return;
+        };
+        if link.snapshot_in_flight.swap(true, Ordering::AcqRel) {
+            report(false);
+            return;
+        }
+        let in_flight = link.snapshot_in_flight.clone();
+        let url = link.url.clone();
+        let node = self.node.clone();
+        let (local, cluster_id) = (self.local, self.cluster_id);
+        self.runtime.spawn(async move {
+            let shard = snapshot.shard;
+            let delivered = send_snapshot(local, cluster_id, to, &url, snapshot).await;
+            if let Err(e) = &delivered {
+                tracing::warn!(peer_id = to.0, error = %e, "snapshot send failed");
+            }
+            in_flight.store(false, Ordering::Release);
+            if let Some(node) = node.get() {
+                node.report_snapshot(to, shard, delivered.is_ok());
+            }
+        });
+    }
+}
+
+async fn connect(url: &str) -> Result<PeerClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(PeerClient::new(channel)
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+}
+
+async fn send_loop(
+    local: NodeId,
+    cluster_id: u64,
+    to: NodeId,
+    url: String,
+    mut queue: mpsc::Receiver<Vec<Envelope>>,
+    node: Arc<OnceLock<Node>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut client = match connect(&url).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(peer_id = to.0, error = %e, "peer unreachable");
+                if let Some(node) = node.get() {
+                    node.report_unreachable(to);
+                }
+                // What queued up while the peer was away is stale; Raft resends what matters.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_BUFFER);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream_rx)).await });
+        loop {
+            let Some(mut envelopes) = queue.recv().await else {
+                return;
+            };
+            while envelopes.len() < BATCH_ENVELOPES_MAX {
+                match queue.try_recv() {
+                    Ok(more) => envelopes.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let batch = pb::RaftBatch {
+                from: local.0,
+                to: to.0,
+                cluster_id,
+                envelopes: envelopes
+                    .into_iter()
+                    .map(|e| pb::Envelope {
+                        shard_id: e.shard.0,
+                        message: e.message,
+                    })
+                    .collect(),
+            };
+            if stream_tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+        drop(stream_tx);
+        if let Ok(Err(status)) = call.await {
+            tracing::debug!(peer_id = to.0, error = %status, "peer stream ended");
+        }
+        if let Some(node) = node.get() {
+            node.report_unreachable(to);
+        }
+    }
+}
+
+async fn send_snapshot(
+    local: NodeId,
+    cluster_id: u64,
+    to: NodeId,
+    url: &str,
+    snapshot: OutgoingSnapshot,
+) -> Result<(), String> {
+    let mut client = connect(url).await?;
+    let shard = snapshot.shard;
+    let (chunk_tx, mut chunk_rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
+    let mut chunks = snapshot.chunks;
+    // Reading the state machine is blocking IO: keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        for chunk in chunks.by_ref() {
+            let failed = chunk.is_err();
+            if chunk_tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let (stream_tx, stream_rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
+    let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(stream_rx)).await });
+    let chunk_message = |message: Vec<u8>, data: Vec<u8>, last: bool| pb::SnapshotChunk {
+        from: local.0,
+        to: to.0,
+        shard_id: shard.0,
+        cluster_id,
+        message,
+        crc32c: crc32c::crc32c(&data),
+        data,
+        last,
+    };
+    let mut first = Some(snapshot.message);
+    while let Some(chunk) = chunk_rx.recv().await {
+        let data = chunk.map_err(|e| e.to_string())?;
+        let message = chunk_message(first.take().unwrap_or_default(), data, false);
+        if stream_tx.send(message).await.is_err() {
+            break;
+        }
+    }
+    let closing = chunk_message(first.take().unwrap_or_default(), Vec::new(), true);
+    let _ = stream_tx.send(closing).await;
+    drop(stream_tx);
+    match call.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The peer gRPC service.
+pub struct PeerService {
+    node: Node,
+    local: NodeId,
+    cluster_id: u64,
+}
+
+impl PeerService {
+    /// Serves peer traffic for `node`.
+    #[must_use]
+    pub fn new(node: Node, local: NodeId, cluster_id: u64) -> Self {
+        Self {
+            node,
+            local,
+            cluster_id,
+        }
+    }
+
+    fn check(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "peer traffic for cluster {cluster_id:x}, this is cluster {:x}",
+                self.cluster_id
+            )));
+        }
+        if to != self.local.0 {
+            return Err(Status::failed_precondition(format!(
+                "peer traffic for member {to:x}, this is member {:x}",
+                self.local.0
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn raft(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.check(batch.cluster_id, batch.to)?;
+            let envelopes = batch
+                .envelopes
+                .into_iter()
+                .map(|e| Envelope {
+                    shard: ShardId(e.shard_id),
+                    message: e.message,
+                })
+                .collect();
+            self.node.step(NodeId(batch.from), envelopes);
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let mut sink = None;
+        while let Some(chunk) = stream.message().await? {
+            self.check(chunk.cluster_id, chunk.to)?;
+            if crc32c::crc32c(&chunk.data) != chunk.crc32c {
+                return Err(Status::data_loss("snapshot chunk failed its checksum"));
+            }
+            if sink.is_none() {
+                let started = self
+                    .node
+                    .receive_snapshot(NodeId(chunk.from), ShardId(chunk.shard_id), &chunk.message)
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                sink = Some(started);
+            }
+            let writer = sink.as_mut().expect("set above");
+            writer
+                .write_chunk(&chunk.data)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if chunk.last {
+                let done = sink.take().expect("set above");
+                done.finish().map_err(|e| Status::unavailable(e.to_string()))?;
+                return Ok(Response::new(pb::SnapshotAck {}));
+            }
+        }
+        Err(Status::data_loss("snapshot stream ended before its last chunk"))
+    }
+}
