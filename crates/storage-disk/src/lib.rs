@@ -37,10 +37,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use protobuf::Message as _;
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 use raft_proto::eraftpb::{ConfState, Entry, HardState};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use storage::{
     KvSnapshot, KvStore, LogStore, Result, ShardId, ShardLogState, ShardLogWrite, StorageError,
     Table, WriteOp,
@@ -106,9 +105,9 @@ fn engine_error(e: raft_engine::Error) -> StorageError {
     }
 }
 
-/// Builds "log file <path>: corrupt record at offset <n>: <detail>" from raft-engine's own
-/// log line `... (queue=Append,seq=3,offset=4096): <detail>`.
-fn locate_corruption(dir: &Path, logged: &str) -> Option<String> {
+/// Where raft-engine found a bad record, read from its own log line
+/// `... (queue=Append,seq=3,offset=4096): <detail>`: (file, offset, detail).
+fn locate_corruption(dir: &Path, logged: &str) -> Option<(PathBuf, u64, String)> {
     let field = |name: &str| -> Option<&str> {
         let start = logged.find(name)? + name.len();
         let rest = &logged[start..];
@@ -116,20 +115,32 @@ fn locate_corruption(dir: &Path, logged: &str) -> Option<String> {
         Some(&rest[..end])
     };
     let seq: u64 = field("seq=")?.parse().ok()?;
-    let offset = field("offset=")?;
+    let offset: u64 = field("offset=")?.parse().ok()?;
     let suffix = if field("queue=")? == "Rewrite" { "rewrite" } else { "raftlog" };
-    let file = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.extension().is_some_and(|x| x == suffix)
-            && p.file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok())
-                == Some(seq)
-    })?;
-    let detail = logged.split("): ").nth(1).unwrap_or(logged);
-    Some(format!(
-        "log file {}: corrupt record at offset {offset}: {detail}",
-        file.display()
-    ))
+    let file = dir.join(format!("{seq:016}.{suffix}"));
+    let detail = logged.split("): ").nth(1).unwrap_or(logged).to_string();
+    Some((file, offset, detail))
+}
+
+/// Whether `file` is the newest append file of `dir` and holds only zeros from `offset` on:
+/// space the engine preallocated and never wrote. A process killed between two writes
+/// leaves such a tail; it holds no record, so nothing acknowledged can be in it.
+fn is_unwritten_tail(dir: &Path, file: &Path, offset: u64) -> bool {
+    let newest = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+        .max();
+    if newest.as_deref() != Some(file) {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(file) else {
+        return false;
+    };
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    start <= bytes.len() && bytes[start..].iter().all(|b| *b == 0)
 }
 
 /// The Raft log of every shard on a node, on raft-engine.
@@ -148,21 +159,40 @@ impl RaftLogStore {
     /// directory cannot be used.
     pub fn open(dir: &Path) -> Result<Self> {
         install_engine_log();
-        let config = Config {
+        let config = |recovery_mode| Config {
             dir: dir.to_string_lossy().into_owned(),
-            recovery_mode: RecoveryMode::AbsoluteConsistency,
+            recovery_mode,
             purge_threshold: PURGE_THRESHOLD,
             ..Config::default()
         };
         *LAST_ENGINE_ERROR.lock() = None;
-        let engine = match Engine::open(config) {
+        let engine = match Engine::open(config(RecoveryMode::AbsoluteConsistency)) {
             Ok(engine) => engine,
             Err(raft_engine::Error::Corruption(detail)) => {
                 let logged = LAST_ENGINE_ERROR.lock().take();
-                let located = logged.and_then(|line| locate_corruption(dir, &line));
-                return Err(StorageError::Corruption(located.unwrap_or_else(|| {
-                    format!("log directory {}: {detail}", dir.display())
-                })));
+                match logged.and_then(|line| locate_corruption(dir, &line)) {
+                    Some((file, offset, _)) if is_unwritten_tail(dir, &file, offset) => {
+                        tracing::warn!(
+                            file = %file.display(),
+                            offset,
+                            "discarding the unwritten tail of the raft log"
+                        );
+                        Engine::open(config(RecoveryMode::TolerateTailCorruption))
+                            .map_err(engine_error)?
+                    }
+                    Some((file, offset, detail)) => {
+                        return Err(StorageError::Corruption(format!(
+                            "log file {}: corrupt record at offset {offset}: {detail}",
+                            file.display()
+                        )))
+                    }
+                    None => {
+                        return Err(StorageError::Corruption(format!(
+                            "log directory {}: {detail}",
+                            dir.display()
+                        )))
+                    }
+                }
             }
             Err(e) => {
                 return Err(StorageError::Io(format!(
@@ -171,11 +201,88 @@ impl RaftLogStore {
                 )))
             }
         };
-        Ok(Self {
+        let store = Self {
             engine,
             dir: dir.to_path_buf(),
             write_lock: Mutex::new(()),
-        })
+        };
+        store.verify()?;
+        Ok(store)
+    }
+
+    /// Reads every live entry once, so that a corrupt entry is found at startup rather than
+    /// when a follower or a replay needs it. raft-engine checks the record headers on open
+    /// but an entry block's checksum only when the block is read.
+    fn verify(&self) -> Result<()> {
+        const CHUNK: u64 = 1024;
+        for region in self.engine.raft_groups() {
+            let (Some(first), Some(last)) =
+                (self.engine.first_index(region), self.engine.last_index(region))
+            else {
+                continue;
+            };
+            let mut low = first;
+            while low <= last {
+                let high = (low + CHUNK).min(last + 1);
+                let mut entries = Vec::new();
+                if let Err(e) = self.engine.fetch_entries_to::<RaftEntries>(
+                    region,
+                    low,
+                    high,
+                    None,
+                    &mut entries,
+                ) {
+                    let index = (low..high)
+                        .find(|&i| self.engine.get_entry::<RaftEntries>(region, i).is_err())
+                        .unwrap_or(low);
+                    return Err(StorageError::Corruption(self.describe_bad_entry(region, index, &e)));
+                }
+                low = high;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names the file and offset of the block holding entry `index` of `region`.
+    ///
+    /// raft-engine exports its log reader but not the type of a record's content, so the
+    /// entry's location is read from the record's debug form, which for the pinned version
+    /// reads `EntryIndex { index: 7, entries: Some(FileBlockHandle { id: FileId { queue:
+    /// Append, seq: 1 }, offset: 4104, ...`. If that ever stops parsing, the message still
+    /// names the directory and the entry.
+    fn describe_bad_entry(&self, region: u64, index: u64, error: &raft_engine::Error) -> String {
+        let reader = raft_engine::internals::debug::LogItemReader::new_directory_reader(
+            Arc::new(raft_engine::env::DefaultFileSystem),
+            &self.dir,
+        );
+        let needle = format!("EntryIndex {{ index: {index}, entries: Some(FileBlockHandle {{ id: FileId {{ queue: ");
+        let mut location = None;
+        if let Ok(reader) = reader {
+            for item in reader.flatten() {
+                if item.raft_group_id != region {
+                    continue;
+                }
+                let text = format!("{:?}", item.content);
+                if let Some(at) = text.find(&needle) {
+                    // A later write of the same index replaces an earlier one.
+                    location = parse_location(&text[at + needle.len()..]).or(location);
+                }
+            }
+        }
+        match location {
+            Some((rewrite, seq, offset)) => {
+                let suffix = if rewrite { "rewrite" } else { "raftlog" };
+                let file = self.dir.join(format!("{seq:016}.{suffix}"));
+                format!(
+                    "log file {}: corrupt record at offset {offset}: entry {index} of shard {region}: {error}",
+                    file.display()
+                )
+            }
+            None => format!(
+                "log directory {}: entry {index} of shard {region} is unreadable: {error}",
+                self.dir.display()
+            ),
+        }
     }
 
     /// The directory the log lives in.
@@ -487,7 +594,7 @@ impl KvStore for RedbKvStore {
                     .map_err(|e| redb_error("open table", e))?;
                 tables.push((table, opened));
             }
-            let mut table = |t: Table| {
+            let table = |t: Table| {
                 let index = Table::ALL.iter().position(|x| *x == t).expect("known table");
                 index
             };
@@ -559,6 +666,14 @@ impl KvStore for RedbKvStore {
     fn size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
+}
+
+/// Parses `Append, seq: 1 }, offset: 4104` into (is rewrite queue, seq, offset).
+fn parse_location(text: &str) -> Option<(bool, u64, u64)> {
+    let (queue, rest) = text.split_once(", seq: ")?;
+    let (seq, rest) = rest.split_once(" }, offset: ")?;
+    let offset: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((queue == "Rewrite", seq.parse().ok()?, offset.parse().ok()?))
 }
 
 /// Keeps `Arc` in scope for callers that share a store.
