@@ -53,19 +53,31 @@ const NO_MEMBERSHIP_CHANGES: &str = "membership changes are not implemented yet"
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, _: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
         Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
     }
 
-    async fn member_remove(&self, _: Request<pb::MemberRemoveRequest>) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
     }
 
-    async fn member_update(&self, _: Request<pb::MemberUpdateRequest>) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
     }
 
-    async fn member_list(&self, _: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
         let revision = self.node.status().revision;
         Ok(Response::new(pb::MemberListResponse {
             header: Some(header(&self.node, revision)),
@@ -73,7 +85,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
-    async fn member_promote(&self, _: Request<pb::MemberPromoteRequest>) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
     }
 }

@@ -61,7 +61,9 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Request(RequestError::KeyNotProvided) => {
             (Code::InvalidArgument, "etcdserver: key is not provided")
         }
-        Request(RequestError::TooLarge) => (Code::InvalidArgument, "etcdserver: request is too large"),
+        Request(RequestError::TooLarge) => {
+            (Code::InvalidArgument, "etcdserver: request is too large")
+        }
         Request(RequestError::TooManyOps) => (
             Code::InvalidArgument,
             "etcdserver: too many operations in txn request",
@@ -101,7 +103,10 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         }
         Node(NodeError::Stopped) => (Code::Unavailable, "etcdserver: server stopped"),
         Node(NodeError::Mvcc(MvccError::Storage(detail)) | NodeError::Storage(detail)) => {
-            return (Code::Internal, format!("etcdserver: storage error: {detail}"));
+            return (
+                Code::Internal,
+                format!("etcdserver: storage error: {detail}"),
+            );
         }
     };
     (code, message.to_string())
@@ -122,23 +127,91 @@ mod tests {
     #[test]
     fn every_error_maps_to_etcds_code_and_message() {
         let table: Vec<(ApiError, Code, &str)> = vec![
-            (RequestError::KeyNotProvided.into(), Code::InvalidArgument, "etcdserver: key is not provided"),
-            (RequestError::TooLarge.into(), Code::InvalidArgument, "etcdserver: request is too large"),
-            (RequestError::TooManyOps.into(), Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            (RequestError::DuplicateKey.into(), Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            (RequestError::ValueProvided.into(), Code::InvalidArgument, "etcdserver: value is provided"),
-            (RequestError::LeaseProvided.into(), Code::InvalidArgument, "etcdserver: lease is provided"),
-            (RequestError::InvalidSortOption.into(), Code::InvalidArgument, "etcdserver: invalid sort option"),
-            (RequestError::EmptyRequestOp.into(), Code::InvalidArgument, "etcdserver: key not found"),
-            (MvccError::KeyNotFound.into(), Code::InvalidArgument, "etcdserver: key not found"),
-            (MvccError::Compacted.into(), Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (MvccError::FutureRevision.into(), Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (MvccError::LeaseNotFound.into(), Code::NotFound, "etcdserver: requested lease not found"),
-            (NodeError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
-            (NodeError::LeaderChanged.into(), Code::Unavailable, "etcdserver: leader changed"),
-            (NodeError::Timeout.into(), Code::Unavailable, "etcdserver: request timed out"),
-            (NodeError::TooManyRequests.into(), Code::ResourceExhausted, "etcdserver: too many requests"),
-            (NodeError::Stopped.into(), Code::Unavailable, "etcdserver: server stopped"),
+            (
+                RequestError::KeyNotProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                RequestError::TooLarge.into(),
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                RequestError::TooManyOps.into(),
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                RequestError::DuplicateKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                RequestError::ValueProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                RequestError::LeaseProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                RequestError::InvalidSortOption.into(),
+                Code::InvalidArgument,
+                "etcdserver: invalid sort option",
+            ),
+            (
+                RequestError::EmptyRequestOp.into(),
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                MvccError::KeyNotFound.into(),
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                MvccError::Compacted.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                MvccError::FutureRevision.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                MvccError::LeaseNotFound.into(),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                NodeError::NoLeader.into(),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                NodeError::LeaderChanged.into(),
+                Code::Unavailable,
+                "etcdserver: leader changed",
+            ),
+            (
+                NodeError::Timeout.into(),
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                NodeError::TooManyRequests.into(),
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            (
+                NodeError::Stopped.into(),
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
         ];
         for (error, code, message) in table {
             let status = to_status(error.clone());

@@ -2,7 +2,6 @@
 
 use mvcc::{Command, CommandResponse, CompactRequest};
 use node::Node;
-use prost::Message as _;
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
@@ -30,7 +29,10 @@ impl KvService {
         Ok(())
     }
 
-    async fn propose(&self, command: Command) -> Result<(CommandResponse, pb::ResponseHeader), Status> {
+    async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<(CommandResponse, pb::ResponseHeader), Status> {
         let applied = self.node.propose(command).await.map_err(to_status)?;
         let response = applied.result.map_err(to_status)?;
         Ok((response, header(&self.node, applied.revision)))
@@ -40,7 +42,10 @@ impl KvService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     #[tracing::instrument(skip_all, name = "kv.range")]
-    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let request = request.into_inner();
         self.check_size(&request)?;
         let range = convert::range_request(&request).map_err(to_status)?;
@@ -55,7 +60,10 @@ impl pb::kv_server::Kv for KvService {
     }
 
     #[tracing::instrument(skip_all, name = "kv.put")]
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
         self.check_size(&request)?;
         let put = convert::put_request(&request).map_err(to_status)?;
@@ -88,7 +96,10 @@ impl pb::kv_server::Kv for KvService {
     }
 
     #[tracing::instrument(skip_all, name = "kv.txn")]
-    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
         self.check_size(&request)?;
         let txn = convert::txn_request(&request, self.config.max_txn_ops).map_err(to_status)?;
@@ -122,10 +133,4 @@ impl pb::kv_server::Kv for KvService {
 
 fn mismatch(response: &CommandResponse) -> Status {
     Status::internal(format!("etcdserver: unexpected apply result {response:?}"))
-}
-
-/// The encoded size of a message, for limits.
-#[must_use]
-pub fn encoded_len(message: &impl prost::Message) -> usize {
-    message.encoded_len()
 }

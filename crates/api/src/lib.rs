@@ -61,24 +61,36 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
 
 /// The client services (KV, Maintenance, Cluster) for `node`, ready to add to a server.
 #[must_use]
-pub fn client_routes(node: &Node, members: Membership, config: ApiConfig) -> tonic::service::Routes {
+pub fn client_routes(
+    node: &Node,
+    members: Membership,
+    config: ApiConfig,
+) -> tonic::service::Routes {
     let limit = config.grpc_receive_bytes_max();
     let kv = pb::kv_server::KvServer::new(kv::KvService::new(node.clone(), config))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    let maintenance =
-        pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(
+        maintenance::MaintenanceService::new(node.clone()),
+    )
+    .max_decoding_message_size(limit);
+    let cluster =
+        pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(node.clone(), members))
             .max_decoding_message_size(limit);
-    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(node.clone(), members))
-        .max_decoding_message_size(limit);
-    tonic::service::Routes::new(kv).add_service(maintenance).add_service(cluster)
+    tonic::service::Routes::new(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
 }
 
 /// The peer service for `node`.
 #[must_use]
 pub fn peer_routes(node: &Node, cluster_id: u64) -> tonic::service::Routes {
     let local = node::NodeId(node.status().member_id);
-    let service = proto::peer::peer_server::PeerServer::new(PeerService::new(node.clone(), local, cluster_id))
-        .max_decoding_message_size(peer::PEER_MESSAGE_BYTES_MAX);
+    let service = proto::peer::peer_server::PeerServer::new(PeerService::new(
+        node.clone(),
+        local,
+        cluster_id,
+    ))
+    .max_decoding_message_size(peer::PEER_MESSAGE_BYTES_MAX);
     tonic::service::Routes::new(service)
 }

@@ -31,7 +31,10 @@ type SnapshotStream =
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         let request = request.into_inner();
         if request.action != pb::alarm_request::AlarmAction::Get as i32 {
             return Err(Status::unimplemented("alarms cannot be changed yet"));
@@ -43,7 +46,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status();
         let db_size = i64::try_from(status.db_size).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
@@ -60,11 +66,17 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
         Err(Status::unimplemented("defragment is not implemented yet"))
     }
 
-    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         let (hash, _, revision) = self.node.hash_kv(0).map_err(to_status)?;
         Ok(Response::new(pb::HashResponse {
             header: Some(header(&self.node, revision)),
@@ -72,9 +84,13 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         let revision = request.into_inner().revision;
-        let (hash, compact_revision, hash_revision) = self.node.hash_kv(revision).map_err(to_status)?;
+        let (hash, compact_revision, hash_revision) =
+            self.node.hash_kv(revision).map_err(to_status)?;
         let current = self.node.status().revision;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(header(&self.node, current)),
@@ -86,15 +102,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(Status::unimplemented("snapshot is not implemented yet"))
     }
 
-    async fn move_leader(&self, _: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         Err(Status::unimplemented("move-leader is not implemented yet"))
     }
 
-    async fn downgrade(&self, _: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not implemented yet"))
     }
 }

@@ -65,7 +65,14 @@ impl GrpcTransport {
             .filter(|(id, _)| *id != local)
             .map(|(id, url)| {
                 let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
-                runtime.spawn(send_loop(local, cluster_id, id, url.clone(), rx, node.clone()));
+                runtime.spawn(send_loop(
+                    local,
+                    cluster_id,
+                    id,
+                    url.clone(),
+                    rx,
+                    node.clone(),
+                ));
                 let link = Link {
                     queue,
                     url,
@@ -296,7 +303,10 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
-    async fn raft(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::RaftAck>, Status> {
+    async fn raft(
+        &self,
+        request: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check(batch.cluster_id, batch.to)?;
@@ -337,10 +347,13 @@ impl pb::peer_server::Peer for PeerService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             if chunk.last {
                 let done = sink.take().expect("set above");
-                done.finish().map_err(|e| Status::unavailable(e.to_string()))?;
+                done.finish()
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
                 return Ok(Response::new(pb::SnapshotAck {}));
             }
         }
-        Err(Status::data_loss("snapshot stream ended before its last chunk"))
+        Err(Status::data_loss(
+            "snapshot stream ended before its last chunk",
+        ))
     }
 }

@@ -9,7 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "concord", version, about = "A distributed key-value and coordination service")]
+#[command(
+    name = "concord",
+    version,
+    about = "A distributed key-value and coordination service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -146,8 +150,18 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .args(["serve", "--name", &name])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "concord-dev"])
             .spawn()
@@ -156,7 +170,11 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         children.push((name, child));
     }
     let endpoints = endpoints.join(",");
-    println!("concord dev: {} members, data in {}", args.members, args.data_dir.display());
+    println!(
+        "concord dev: {} members, data in {}",
+        args.members,
+        args.data_dir.display()
+    );
     println!("client endpoints: {endpoints}");
     println!("try: ETCDCTL_API=3 etcdctl --endpoints={endpoints} put foo bar");
     println!("press Ctrl-C to stop");
@@ -189,7 +207,11 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     for (_, child) in &mut children {
         let _ = child.wait();
     }
-    Ok(if stopped_by_user { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if stopped_by_user {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -226,5 +248,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(error) = report.first_error {
         println!("first error: {error}");
     }
-    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -21,8 +21,8 @@ pub use raft::eraftpb::{
     ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 pub use raft::{
-    LightReady, RawNode, ReadState, Ready, SnapshotStatus, SoftState, StateRole,
-    Error as RaftError, StorageError as RaftStorageError,
+    Error as RaftError, LightReady, RawNode, ReadState, Ready, SnapshotStatus, SoftState,
+    StateRole, StorageError as RaftStorageError,
 };
 
 /// Result type of the raft crate.

@@ -9,7 +9,9 @@ struct NoSnapshots;
 
 impl SnapshotSource for NoSnapshots {
     fn snapshot(&self, _: ShardId, _: u64, _: u64) -> raft::Result<Snapshot> {
-        Err(RaftError::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+        Err(RaftError::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -20,8 +22,10 @@ fn bootstrap(voters: &[u64]) -> Vec<(Arc<MemLogStore>, Peer<MemLogStore>)> {
         .iter()
         .map(|&id| {
             let log = Arc::new(MemLogStore::new());
-            let mut conf_state = ConfState::default();
-            conf_state.voters = voters.to_vec();
+            let conf_state = ConfState {
+                voters: voters.to_vec(),
+                ..Default::default()
+            };
             log.write(
                 vec![ShardLogWrite {
                     shard: SHARD,

@@ -123,7 +123,8 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(config.clients);
     for client in 0..config.clients {
-        let count = config.total / config.clients + usize::from(client < config.total % config.clients);
+        let count =
+            config.total / config.clients + usize::from(client < config.total % config.clients);
         let first = (0..client)
             .map(|c| config.total / config.clients + usize::from(c < config.total % config.clients))
             .sum::<usize>();

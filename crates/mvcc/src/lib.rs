@@ -363,7 +363,11 @@ impl Inner {
             .collect()
     }
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let rev = if req.revision <= 0 { self.current } else { req.revision };
+        let rev = if req.revision <= 0 {
+            self.current
+        } else {
+            req.revision
+        };
         if rev > self.current {
             return Err(MvccError::FutureRevision);
         }
@@ -385,7 +389,14 @@ impl Inner {
         }
         Ok(RangeResponse { kvs, more, count })
     }
-    fn write(&mut self, rev: i64, sub: &mut i64, ops: &mut Vec<WriteOp>, key: &[u8], kv: Option<KeyValue>) {
+    fn write(
+        &mut self,
+        rev: i64,
+        sub: &mut i64,
+        ops: &mut Vec<WriteOp>,
+        key: &[u8],
+        kv: Option<KeyValue>,
+    ) {
         let mut k = rev.to_be_bytes().to_vec();
         k.extend_from_slice(&sub.to_be_bytes());
         *sub += 1;
@@ -394,9 +405,18 @@ impl Inner {
             key: k,
             value: enc_kv(key, &kv),
         });
-        self.history.entry(key.to_vec()).or_default().push((rev, kv));
+        self.history
+            .entry(key.to_vec())
+            .or_default()
+            .push((rev, kv));
     }
-    fn exec(&mut self, op: &RequestOp, rev: i64, sub: &mut i64, ops: &mut Vec<WriteOp>) -> Result<ResponseOp, MvccError> {
+    fn exec(
+        &mut self,
+        op: &RequestOp,
+        rev: i64,
+        sub: &mut i64,
+        ops: &mut Vec<WriteOp>,
+    ) -> Result<ResponseOp, MvccError> {
         Ok(match op {
             RequestOp::Range(r) => {
                 let mut r = r.clone();
@@ -412,8 +432,16 @@ impl Inner {
                 if (p.ignore_value || p.ignore_lease) && prev.is_none() {
                     return Err(MvccError::KeyNotFound);
                 }
-                let value = if p.ignore_value { prev.as_ref().unwrap().value.clone() } else { p.value.clone() };
-                let lease = if p.ignore_lease { prev.as_ref().unwrap().lease } else { p.lease };
+                let value = if p.ignore_value {
+                    prev.as_ref().unwrap().value.clone()
+                } else {
+                    p.value.clone()
+                };
+                let lease = if p.ignore_lease {
+                    prev.as_ref().unwrap().lease
+                } else {
+                    p.lease
+                };
                 let kv = KeyValue {
                     key: p.key.clone(),
                     create_revision: prev.as_ref().map_or(rev, |k| k.create_revision),
@@ -423,7 +451,9 @@ impl Inner {
                     lease,
                 };
                 self.write(rev, sub, ops, &p.key, Some(kv));
-                ResponseOp::Put(PutResponse { prev_kv: if p.prev_kv { prev } else { None } })
+                ResponseOp::Put(PutResponse {
+                    prev_kv: if p.prev_kv { prev } else { None },
+                })
             }
             RequestOp::DeleteRange(d) => {
                 let live = self.live(&d.key, &d.range_end, i64::MAX);
@@ -442,7 +472,10 @@ impl Inner {
                 for op in branch {
                     responses.push(self.exec(op, rev, sub, ops)?);
                 }
-                ResponseOp::Txn(TxnResponse { succeeded: ok, responses })
+                ResponseOp::Txn(TxnResponse {
+                    succeeded: ok,
+                    responses,
+                })
             }
         })
     }
@@ -484,7 +517,10 @@ fn meta(ops: &mut Vec<WriteOp>, name: &str, v: i64) {
 }
 
 fn load<T: KvSnapshot + ?Sized>(snap: &T) -> Result<Inner, MvccError> {
-    let mut inner = Inner { current: 1, ..Default::default() };
+    let mut inner = Inner {
+        current: 1,
+        ..Default::default()
+    };
     let get = |name: &str| -> Result<i64, MvccError> {
         Ok(snap
             .get(Table::Meta, name.as_bytes())?
@@ -493,7 +529,10 @@ fn load<T: KvSnapshot + ?Sized>(snap: &T) -> Result<Inner, MvccError> {
     };
     inner.current = get("current")?.max(1);
     inner.compacted = get("compacted")?;
-    inner.applied = AppliedIndex { index: get("applied_index")? as u64, term: get("applied_term")? as u64 };
+    inner.applied = AppliedIndex {
+        index: get("applied_index")? as u64,
+        term: get("applied_term")? as u64,
+    };
     inner.durable = inner.applied;
     let mut err = None;
     snap.scan(Table::Revisions, &[], None, &mut |k, v| {
@@ -513,33 +552,54 @@ fn load<T: KvSnapshot + ?Sized>(snap: &T) -> Result<Inner, MvccError> {
 impl<S: KvStore> Store<S> {
     pub fn open(kv: S) -> Result<Self, MvccError> {
         let inner = load(&kv.snapshot()?)?;
-        Ok(Self { kv, inner: RwLock::new(inner) })
+        Ok(Self {
+            kv,
+            inner: RwLock::new(inner),
+        })
     }
 
-    pub fn apply_batch(&self, entries: &[ApplyEntry<'_>], durable: bool) -> Result<Vec<Applied>, MvccError> {
+    pub fn apply_batch(
+        &self,
+        entries: &[ApplyEntry<'_>],
+        durable: bool,
+    ) -> Result<Vec<Applied>, MvccError> {
         let mut inner = self.inner.read().clone();
         let mut ops = Vec::new();
         let mut out = Vec::new();
         for e in entries {
-            inner.applied = AppliedIndex { index: e.index, term: e.term };
+            inner.applied = AppliedIndex {
+                index: e.index,
+                term: e.term,
+            };
             let Some(cmd) = e.command else { continue };
             let rev = inner.current + 1;
             let mut sub = 0;
             let mut local = Vec::new();
             let mut trial = inner.clone();
             let result = match cmd {
-                Command::Put(p) => trial.exec(&RequestOp::Put(p.clone()), rev, &mut sub, &mut local).map(|r| match r {
-                    ResponseOp::Put(p) => CommandResponse::Put(p),
-                    _ => unreachable!(),
-                }),
-                Command::DeleteRange(d) => trial.exec(&RequestOp::DeleteRange(d.clone()), rev, &mut sub, &mut local).map(|r| match r {
-                    ResponseOp::DeleteRange(p) => CommandResponse::DeleteRange(p),
-                    _ => unreachable!(),
-                }),
-                Command::Txn(t) => trial.exec(&RequestOp::Txn(t.clone()), rev, &mut sub, &mut local).map(|r| match r {
-                    ResponseOp::Txn(p) => CommandResponse::Txn(p),
-                    _ => unreachable!(),
-                }),
+                Command::Put(p) => trial
+                    .exec(&RequestOp::Put(p.clone()), rev, &mut sub, &mut local)
+                    .map(|r| match r {
+                        ResponseOp::Put(p) => CommandResponse::Put(p),
+                        _ => unreachable!(),
+                    }),
+                Command::DeleteRange(d) => trial
+                    .exec(
+                        &RequestOp::DeleteRange(d.clone()),
+                        rev,
+                        &mut sub,
+                        &mut local,
+                    )
+                    .map(|r| match r {
+                        ResponseOp::DeleteRange(p) => CommandResponse::DeleteRange(p),
+                        _ => unreachable!(),
+                    }),
+                Command::Txn(t) => trial
+                    .exec(&RequestOp::Txn(t.clone()), rev, &mut sub, &mut local)
+                    .map(|r| match r {
+                        ResponseOp::Txn(p) => CommandResponse::Txn(p),
+                        _ => unreachable!(),
+                    }),
                 Command::Compact(c) => {
                     if c.revision > trial.current {
                         Err(MvccError::FutureRevision)
@@ -559,7 +619,10 @@ impl<S: KvStore> Store<S> {
                 inner = trial;
                 ops.extend(local);
             }
-            out.push(Applied { result, revision: inner.current });
+            out.push(Applied {
+                result,
+                revision: inner.current,
+            });
         }
         meta(&mut ops, "current", inner.current);
         meta(&mut ops, "applied_index", inner.applied.index as i64);
@@ -604,7 +667,11 @@ impl<S: KvStore> Store<S> {
     }
     pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError> {
         let inner = self.inner.read();
-        let rev = if revision <= 0 { inner.current } else { revision };
+        let rev = if revision <= 0 {
+            inner.current
+        } else {
+            revision
+        };
         let mut h = 0u64;
         for (k, versions) in &inner.history {
             for (r, kv) in versions {

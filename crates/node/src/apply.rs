@@ -6,7 +6,7 @@
 //! after a crash), answers the waiting proposals that originated on this node, and publishes
 //! the applied index for linearizable reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,7 +144,7 @@ impl<S: KvStore> ApplyLoop<S> {
         Ok(())
     }
 
-    fn restore(&self, path: &PathBuf) -> Result<AppliedIndex, NodeError> {
+    fn restore(&self, path: &Path) -> Result<AppliedIndex, NodeError> {
         let mut records =
             RecordReader::open(path).map_err(|e| NodeError::Storage(e.to_string()))?;
         let applied = self

@@ -541,7 +541,10 @@ impl Node {
     /// Delivers messages received from `from` to the store loop. Drops them if its inbox is
     /// full: Raft retransmits.
     pub fn step(&self, from: NodeId, envelopes: Vec<Envelope>) {
-        let _ = self.shared.inbox.try_send(StoreMsg::Step { from, envelopes });
+        let _ = self
+            .shared
+            .inbox
+            .try_send(StoreMsg::Step { from, envelopes });
     }
 
     /// Starts receiving a snapshot from `from`; `message` is the encoded `MsgSnapshot`.
@@ -612,9 +615,10 @@ fn recover_log<L: LogStore>(
     };
     let fresh = state.conf_state.voters.is_empty() && log.last_index(shard) == 0;
     if fresh && durable.index == 0 {
-        let mut conf_state = consensus::ConfState::default();
-        conf_state.voters = config.initial_voters.iter().map(|id| id.0).collect();
-        write.conf_state = Some(conf_state);
+        write.conf_state = Some(consensus::ConfState {
+            voters: config.initial_voters.iter().map(|id| id.0).collect(),
+            ..Default::default()
+        });
     }
     let truncated = log.first_index(shard) - 1;
     if durable.index < truncated {

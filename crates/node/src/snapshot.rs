@@ -80,14 +80,16 @@ impl Iterator for ChunkIter {
         while self.table < Table::ALL.len() {
             let table = Table::ALL[self.table];
             let mut last_key: Option<Vec<u8>> = None;
-            let scanned = self.view.scan(table, &self.resume_at, None, &mut |key, value| {
-                push_record(&mut chunk, table, key, value);
-                if chunk.len() >= CHUNK_BYTES {
-                    last_key = Some(key.to_vec());
-                    return false;
-                }
-                true
-            });
+            let scanned = self
+                .view
+                .scan(table, &self.resume_at, None, &mut |key, value| {
+                    push_record(&mut chunk, table, key, value);
+                    if chunk.len() >= CHUNK_BYTES {
+                        last_key = Some(key.to_vec());
+                        return false;
+                    }
+                    true
+                });
             if let Err(e) = scanned {
                 return Some(Err(NodeError::Storage(e.to_string())));
             }
@@ -117,9 +119,8 @@ pub(crate) struct RecordReader {
 
 impl RecordReader {
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(|e| {
-            StorageError::Io(format!("open snapshot file {}: {e}", path.display()))
-        })?;
+        let file = File::open(path)
+            .map_err(|e| StorageError::Io(format!("open snapshot file {}: {e}", path.display())))?;
         Ok(Self {
             reader: BufReader::new(file),
             path: path.to_path_buf(),
@@ -151,7 +152,7 @@ impl RecordReader {
         Ok(bytes)
     }
 
-    fn read_record(&mut self) -> Option<Result<(Table, Vec<u8>, Vec<u8>), StorageError>> {
+    fn read_record(&mut self) -> Option<<Self as Iterator>::Item> {
         let mut code = [0u8; 1];
         match self.reader.read(&mut code) {
             Ok(0) => return None,
@@ -190,7 +191,12 @@ pub(crate) struct StateSnapshots<L: LogStore> {
 }
 
 impl<L: LogStore> SnapshotSource for StateSnapshots<L> {
-    fn snapshot(&self, shard: ShardId, request_index: u64, to: u64) -> consensus::RaftResult<Snapshot> {
+    fn snapshot(
+        &self,
+        shard: ShardId,
+        request_index: u64,
+        to: u64,
+    ) -> consensus::RaftResult<Snapshot> {
         let unavailable = || RaftError::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
         let (view, applied) = self.state.snapshot_view().map_err(|e| {
             tracing::warn!(shard_id = shard.0, error = %e, "cannot take snapshot view");
@@ -204,9 +210,11 @@ impl<L: LogStore> SnapshotSource for StateSnapshots<L> {
             .state(shard)
             .map_err(|e| RaftError::Store(RaftStorageError::Other(Box::new(e))))?
             .conf_state;
-        let mut metadata = SnapshotMetadata::default();
-        metadata.index = applied.index;
-        metadata.term = applied.term;
+        let mut metadata = SnapshotMetadata {
+            index: applied.index,
+            term: applied.term,
+            ..Default::default()
+        };
         metadata.set_conf_state(conf_state);
         self.outgoing.lock().insert(to, (metadata.clone(), view));
         let mut snapshot = Snapshot::default();

@@ -9,7 +9,6 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError>;
     fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError>;
     fn current_revision(&self) -> Revision;
-    fn applied(&self) -> AppliedIndex;
     fn durable_applied(&self) -> AppliedIndex;
     fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError>;
     fn size_bytes(&self) -> u64;
@@ -26,10 +25,6 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn current_revision(&self) -> Revision {
         Store::current_revision(self)
-    }
-
-    fn applied(&self) -> AppliedIndex {
-        Store::applied(self)
     }
 
     fn durable_applied(&self) -> AppliedIndex {

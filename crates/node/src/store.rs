@@ -218,7 +218,8 @@ impl<L: LogStore> StoreLoop<L> {
 
     fn propose(&mut self, shard: ShardId, request_id: u64, data: Vec<u8>) {
         let Some(replica) = self.replicas.get_mut(&shard) else {
-            self.shared.finish_proposal(request_id, Err(NodeError::NoLeader));
+            self.shared
+                .finish_proposal(request_id, Err(NodeError::NoLeader));
             return;
         };
         match replica.peer.propose(Vec::new(), data.clone()) {
@@ -480,7 +481,8 @@ impl<L: LogStore> StoreLoop<L> {
             }
             let mut ready = replica.peer.ready();
             if let Some(soft) = ready.ss() {
-                self.shared.observe_role(shard, soft.leader_id, soft.raft_state);
+                self.shared
+                    .observe_role(shard, soft.leader_id, soft.raft_state);
             }
             let messages = ready.take_messages();
             self.send(shard, messages);

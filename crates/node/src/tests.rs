@@ -152,8 +152,13 @@ impl TestCluster {
             from: id,
             net: self.net.clone(),
         });
-        let node = Node::start(self.config(id), member.log.clone(), member.kv.clone(), transport)
-            .expect("node starts");
+        let node = Node::start(
+            self.config(id),
+            member.log.clone(),
+            member.kv.clone(),
+            transport,
+        )
+        .expect("node starts");
         self.net.nodes.lock().insert(id, node);
     }
 
@@ -218,7 +223,9 @@ async fn writes_through_any_member_are_read_everywhere() {
     let cluster = TestCluster::new(3, 100_000);
     let mut revisions = Vec::new();
     for via in 1..=3 {
-        let applied = cluster.put(via, &format!("k{via}"), &format!("v{via}")).await;
+        let applied = cluster
+            .put(via, &format!("k{via}"), &format!("v{via}"))
+            .await;
         assert!(applied.result.is_ok());
         revisions.push(applied.revision);
     }
@@ -248,7 +255,10 @@ async fn minority_is_cut_off_then_catches_up() {
     let others: Vec<u64> = (1..=3).filter(|id| *id != follower).collect();
     let mut last = 0;
     for i in 0..20 {
-        last = cluster.put(others[i % 2], &format!("during{i}"), "x").await.revision;
+        last = cluster
+            .put(others[i % 2], &format!("during{i}"), "x")
+            .await
+            .revision;
     }
     // The isolated member must not answer a linearizable read while it cannot reach a quorum.
     let isolated = cluster.node(follower);
@@ -271,13 +281,18 @@ async fn lagging_member_catches_up_through_a_snapshot() {
     cluster.stop(lagging);
     let writer = (1..=3).find(|id| *id != lagging).unwrap();
     for i in 0..1500 {
-        cluster.put(writer, &format!("key{i:05}"), &format!("{i}")).await;
+        cluster
+            .put(writer, &format!("key{i:05}"), &format!("{i}"))
+            .await;
     }
     // Make sure the log was compacted past what the lagging member has: the apply task
     // makes its state durable at least every DURABLE_EVERY, then the loop compacts.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cluster.members[&leader].log.first_index(FIRST_SHARD) < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "log was never compacted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log was never compacted"
+        );
         cluster.put(writer, "tick", "t").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -286,12 +301,17 @@ async fn lagging_member_catches_up_through_a_snapshot() {
     cluster.wait_applied(lagging, target).await;
     assert!(cluster.members[&lagging].log.first_index(FIRST_SHARD) > 2);
     let revision = cluster.node(leader).status().revision;
-    cluster.wait_applied(lagging, cluster.node(leader).status().applied_index).await;
+    cluster
+        .wait_applied(lagging, cluster.node(leader).status().applied_index)
+        .await;
     let leader_hash = cluster.node(leader).hash_kv(revision).unwrap();
     let lagging_hash = cluster.node(lagging).hash_kv(revision).unwrap();
     assert_eq!(leader_hash, lagging_hash);
     cluster.put(writer, "after", "snapshot").await;
-    assert_eq!(cluster.get(lagging, "after").await, Some(b"snapshot".to_vec()));
+    assert_eq!(
+        cluster.get(lagging, "after").await,
+        Some(b"snapshot".to_vec())
+    );
 }
 
 // Proves restart recovery: after every member stops (with applied entries not yet durable
@@ -300,7 +320,9 @@ async fn lagging_member_catches_up_through_a_snapshot() {
 async fn every_acknowledged_write_survives_a_full_restart() {
     let mut cluster = TestCluster::new(3, 100_000);
     for i in 0..50 {
-        cluster.put(1 + i % 3, &format!("k{i}"), &format!("{i}")).await;
+        cluster
+            .put(1 + i % 3, &format!("k{i}"), &format!("{i}"))
+            .await;
     }
     for id in 1..=3 {
         cluster.stop(id);

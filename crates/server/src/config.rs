@@ -15,13 +15,25 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic.
-    #[arg(long, env = "CONCORD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "CONCORD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
     /// Client URLs advertised to the rest of the cluster.
-    #[arg(long, env = "CONCORD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "CONCORD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
     /// URLs to listen on for peer traffic.
-    #[arg(long, env = "CONCORD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "CONCORD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub listen_peer_urls: String,
     /// This member's peer URLs, advertised to the rest of the cluster.
     #[arg(
@@ -31,13 +43,21 @@ pub struct ServeArgs {
     )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration: name=peer-url pairs, comma separated.
-    #[arg(long, env = "CONCORD_INITIAL_CLUSTER", default_value = "default=http://localhost:2380")]
+    #[arg(
+        long,
+        env = "CONCORD_INITIAL_CLUSTER",
+        default_value = "default=http://localhost:2380"
+    )]
     pub initial_cluster: String,
     /// Initial cluster state: "new" or "existing".
     #[arg(long, env = "CONCORD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
     /// Initial cluster token; keeps clusters started from the same configuration apart.
-    #[arg(long, env = "CONCORD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "CONCORD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "CONCORD_HEARTBEAT_INTERVAL", default_value_t = 100)]
@@ -168,7 +188,11 @@ fn parse_url(flag: &'static str, url: &str) -> Result<SocketAddr, ConfigError> {
     let port: u16 = port
         .parse()
         .map_err(|_| invalid(flag, url, "port is not a number from 0 to 65535"))?;
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     (host.trim_start_matches('[').trim_end_matches(']'), port)
         .to_socket_addrs()
         .map_err(|e| invalid(flag, url, format!("cannot resolve host: {e}")))?
@@ -240,7 +264,11 @@ fn parse_initial_cluster(value: &str, token: &str) -> Result<Vec<InitialMember>,
     let mut urls: Vec<&String> = members.iter().flat_map(|m| &m.peer_urls).collect();
     urls.sort();
     if let Some(pair) = urls.windows(2).find(|pair| pair[0] == pair[1]) {
-        return Err(invalid(flag, value, format!("peer URL {} appears twice", pair[0])));
+        return Err(invalid(
+            flag,
+            value,
+            format!("peer URL {} appears twice", pair[0]),
+        ));
     }
     Ok(members)
 }

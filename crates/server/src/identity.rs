@@ -84,7 +84,8 @@ pub fn check_or_create(
                     member_dir.parent().unwrap_or(member_dir).display()
                 );
             }
-            let has_data = member_dir.join("log").exists() || member_dir.join("state.redb").exists();
+            let has_data =
+                member_dir.join("log").exists() || member_dir.join("state.redb").exists();
             if has_data {
                 bail!(
                     "data dir {} has data but no identity file; refusing to guess whose it is",
@@ -133,7 +134,10 @@ mod tests {
             member_id: 2,
         };
         let refused = check_or_create(&member, other, ClusterState::New).unwrap_err();
-        assert!(refused.to_string().contains("belongs to cluster 1, not 3"), "{refused}");
+        assert!(
+            refused.to_string().contains("belongs to cluster 1, not 3"),
+            "{refused}"
+        );
         assert_eq!(Identity::decode(&me.encode()), Some(me));
         assert_eq!(Identity::decode("garbage"), None);
     }

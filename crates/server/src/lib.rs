@@ -51,9 +51,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     identity::check_or_create(&member_dir, expected, config.cluster_state)?;
 
-    let log = Arc::new(
-        RaftLogStore::open(&member_dir.join("log")).context("cannot open the raft log")?,
-    );
+    let log =
+        Arc::new(RaftLogStore::open(&member_dir.join("log")).context("cannot open the raft log")?);
     let kv = RedbKvStore::open(&member_dir.join("state.redb"))
         .context("cannot open the state machine")?;
 

@@ -116,7 +116,11 @@ fn locate_corruption(dir: &Path, logged: &str) -> Option<(PathBuf, u64, String)>
     };
     let seq: u64 = field("seq=")?.parse().ok()?;
     let offset: u64 = field("offset=")?.parse().ok()?;
-    let suffix = if field("queue=")? == "Rewrite" { "rewrite" } else { "raftlog" };
+    let suffix = if field("queue=")? == "Rewrite" {
+        "rewrite"
+    } else {
+        "raftlog"
+    };
     let file = dir.join(format!("{seq:016}.{suffix}"));
     let detail = logged.split("): ").nth(1).unwrap_or(logged).to_string();
     Some((file, offset, detail))
@@ -216,9 +220,10 @@ impl RaftLogStore {
     fn verify(&self) -> Result<()> {
         const CHUNK: u64 = 1024;
         for region in self.engine.raft_groups() {
-            let (Some(first), Some(last)) =
-                (self.engine.first_index(region), self.engine.last_index(region))
-            else {
+            let (Some(first), Some(last)) = (
+                self.engine.first_index(region),
+                self.engine.last_index(region),
+            ) else {
                 continue;
             };
             let mut low = first;
@@ -235,7 +240,9 @@ impl RaftLogStore {
                     let index = (low..high)
                         .find(|&i| self.engine.get_entry::<RaftEntries>(region, i).is_err())
                         .unwrap_or(low);
-                    return Err(StorageError::Corruption(self.describe_bad_entry(region, index, &e)));
+                    return Err(StorageError::Corruption(
+                        self.describe_bad_entry(region, index, &e),
+                    ));
                 }
                 low = high;
             }
@@ -255,7 +262,9 @@ impl RaftLogStore {
             Arc::new(raft_engine::env::DefaultFileSystem),
             &self.dir,
         );
-        let needle = format!("EntryIndex {{ index: {index}, entries: Some(FileBlockHandle {{ id: FileId {{ queue: ");
+        let needle = format!(
+            "EntryIndex {{ index: {index}, entries: Some(FileBlockHandle {{ id: FileId {{ queue: "
+        );
         let mut location = None;
         if let Ok(reader) = reader {
             for item in reader.flatten() {
@@ -338,7 +347,9 @@ impl LogStore for RaftLogStore {
             }
             if let Some((index, term)) = write.compact_to {
                 if index > last {
-                    return Err(contract(format!("compact to {index} past last index {last}")));
+                    return Err(contract(format!(
+                        "compact to {index} past last index {last}"
+                    )));
                 }
                 if index > truncated_index {
                     log_batch.add_command(region, Command::Compact { index: index + 1 });
@@ -511,10 +522,7 @@ impl RedbKvStore {
             path: path.to_path_buf(),
         };
         // Create every table up front so readers never meet a missing one.
-        let txn = store
-            .db
-            .begin_write()
-            .map_err(|e| redb_error("begin", e))?;
+        let txn = store.db.begin_write().map_err(|e| redb_error("begin", e))?;
         for table in Table::ALL {
             txn.open_table(table_definition(table))
                 .map_err(|e| redb_error("open table", e))?;
@@ -524,19 +532,26 @@ impl RedbKvStore {
     }
 }
 
+type ReadOnlyBytesTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Position of `table` in `Table::ALL`, which is also its position in the vectors of opened
+/// tables below.
+fn table_index(table: Table) -> usize {
+    Table::ALL
+        .iter()
+        .position(|t| *t == table)
+        .expect("Table::ALL lists every table")
+}
+
 /// A redb read transaction: a consistent view while it lives.
 pub struct RedbSnapshot {
-    tables: Vec<(Table, redb::ReadOnlyTable<&'static [u8], &'static [u8]>)>,
+    /// One opened table per `Table::ALL` entry, in that order.
+    tables: Vec<ReadOnlyBytesTable>,
 }
 
 impl RedbSnapshot {
-    fn table(&self, table: Table) -> &redb::ReadOnlyTable<&'static [u8], &'static [u8]> {
-        &self
-            .tables
-            .iter()
-            .find(|(t, _)| *t == table)
-            .expect("every table is opened")
-            .1
+    fn table(&self, table: Table) -> &ReadOnlyBytesTable {
+        &self.tables[table_index(table)]
     }
 }
 
@@ -586,31 +601,22 @@ impl KvStore for RedbKvStore {
         txn.set_durability(durability)
             .map_err(|e| redb_error("durability", e))?;
         {
-            let mut tables: Vec<(Table, redb::Table<'_, &'static [u8], &'static [u8]>)> =
-                Vec::new();
+            let mut tables = Vec::with_capacity(Table::ALL.len());
             for table in Table::ALL {
                 let opened = txn
                     .open_table(table_definition(table))
                     .map_err(|e| redb_error("open table", e))?;
-                tables.push((table, opened));
+                tables.push(opened);
             }
-            let table = |t: Table| {
-                let index = Table::ALL.iter().position(|x| *x == t).expect("known table");
-                index
-            };
             for op in &ops {
                 match op {
-                    WriteOp::Put { table: t, key, value } => {
-                        let i = table(*t);
-                        tables[i]
-                            .1
+                    WriteOp::Put { table, key, value } => {
+                        tables[table_index(*table)]
                             .insert(key.as_slice(), value.as_slice())
                             .map_err(|e| redb_error("write", e))?;
                     }
-                    WriteOp::Delete { table: t, key } => {
-                        let i = table(*t);
-                        tables[i]
-                            .1
+                    WriteOp::Delete { table, key } => {
+                        tables[table_index(*table)]
                             .remove(key.as_slice())
                             .map_err(|e| redb_error("write", e))?;
                     }
@@ -621,13 +627,16 @@ impl KvStore for RedbKvStore {
     }
 
     fn snapshot(&self) -> Result<RedbSnapshot> {
-        let txn = self.db.begin_read().map_err(|e| redb_error("begin read", e))?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| redb_error("begin read", e))?;
         let mut tables = Vec::with_capacity(Table::ALL.len());
         for table in Table::ALL {
             let opened = txn
                 .open_table(table_definition(table))
                 .map_err(|e| redb_error("open table", e))?;
-            tables.push((table, opened));
+            tables.push(opened);
         }
         Ok(RedbSnapshot { tables })
     }
@@ -654,7 +663,10 @@ impl KvStore for RedbKvStore {
             for item in entries {
                 // An error drops `txn` without commit: the store is unchanged.
                 let (table, key, value) = item?;
-                let i = Table::ALL.iter().position(|x| *x == table).expect("known table");
+                let i = Table::ALL
+                    .iter()
+                    .position(|x| *x == table)
+                    .expect("known table");
                 tables[i]
                     .insert(key.as_slice(), value.as_slice())
                     .map_err(|e| redb_error("write", e))?;

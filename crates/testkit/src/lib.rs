@@ -54,7 +54,9 @@ impl Cluster {
     /// # Errors
     /// A member cannot be spawned.
     pub fn start(binary: &Path, size: usize, extra_args: &[&str]) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("concord-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("concord-cluster-")
+            .tempdir()?;
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -126,7 +128,10 @@ impl Cluster {
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let args = self.args(i);
         let member = &mut self.members[i];
-        let log = File::options().create(true).append(true).open(&member.log)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&member.log)?;
         let child = Command::new(&self.binary)
             .args(&args)
             .env("RUST_LOG", "info,slog=warn")
@@ -199,9 +204,16 @@ impl Cluster {
     ///
     /// # Errors
     /// Still running at the deadline.
-    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub fn wait_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let child = self.members[i].child.as_mut().context("member not running")?;
+        let child = self.members[i]
+            .child
+            .as_mut()
+            .context("member not running")?;
         loop {
             if let Some(status) = child.try_wait()? {
                 self.members[i].child = None;
@@ -259,7 +271,10 @@ impl Cluster {
                 return Ok(leader);
             }
             if Instant::now() >= deadline {
-                bail!("no agreed leader within {timeout:?}; logs in {}", self.dir.path().display());
+                bail!(
+                    "no agreed leader within {timeout:?}; logs in {}",
+                    self.dir.path().display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

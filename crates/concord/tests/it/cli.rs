@@ -76,7 +76,10 @@ fn existing_state_with_empty_data_dir_is_refused() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     let line = first_stderr_line(&output);
-    assert!(line.contains("existing") && line.contains("empty"), "{line}");
+    assert!(
+        line.contains("existing") && line.contains("empty"),
+        "{line}"
+    );
 }
 
 // Proves a data dir created by one cluster is refused by a member of another cluster (here:
@@ -90,7 +93,10 @@ fn data_dir_of_another_cluster_is_refused() {
         .unwrap();
     cluster.stop(0);
     let mut args = cluster.args(0);
-    let token = args.iter().position(|a| a == "--initial-cluster-token").unwrap();
+    let token = args
+        .iter()
+        .position(|a| a == "--initial-cluster-token")
+        .unwrap();
     args[token + 1] = "another-cluster".into();
     let output = Command::new("timeout")
         .arg("20")

@@ -20,7 +20,10 @@ const SNAPSHOT_INSTALLED_LOG: &str = "installed snapshot";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_writes_loses_nothing() {
     let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -45,9 +48,15 @@ async fn leader_killed_during_writes_loses_nothing() {
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe.put(put)).await {
             break killed_at.elapsed();
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(10), "no leader after 10 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no leader after 10 s"
+        );
     };
-    assert!(recovered < Duration::from_secs(3), "writes resumed only after {recovered:?}");
+    assert!(
+        recovered < Duration::from_secs(3),
+        "writes resumed only after {recovered:?}"
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -55,14 +64,20 @@ async fn leader_killed_during_writes_loses_nothing() {
         writer.await.unwrap();
     }
     let acked = acked.lock().await.clone();
-    assert!(acked.len() > before_kill, "no write succeeded after the kill");
+    assert!(
+        acked.len() > before_kill,
+        "no write succeeded after the kill"
+    );
     for &i in &survivors {
         let found = read_prefix(&cluster, i, "lk/", false).await.unwrap();
         assert_all_acked_present(&acked, &found, &format!("member {i}"));
     }
     // The killed member comes back, catches up, and holds every acknowledged write too.
     cluster.restart(leader).unwrap();
-    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let found = read_prefix(&cluster, leader, "lk/", false).await.unwrap();
     assert_all_acked_present(&acked, &found, "restarted member");
 }
@@ -72,7 +87,10 @@ async fn leader_killed_during_writes_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_members_killed_and_restarted_keep_every_acknowledged_write() {
     let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
-    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let writers = start_writers(&cluster, &[0, 1, 2], 8, "ka", stop.clone(), acked.clone());
@@ -89,7 +107,10 @@ async fn all_members_killed_and_restarted_keep_every_acknowledged_write() {
     for i in 0..3 {
         cluster.restart(i).unwrap();
     }
-    cluster.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(15))
+        .await
+        .unwrap();
     for i in 0..3 {
         let found = read_prefix(&cluster, i, "ka/", false).await.unwrap();
         assert_all_acked_present(&acked, &found, &format!("member {i}"));
@@ -106,7 +127,10 @@ async fn stopped_member_catches_up_through_a_snapshot() {
         return;
     }
     let mut cluster = Cluster::start(binary(), 3, &["--snapshot-count", "2000"]).unwrap();
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let lagging = (leader + 1) % 3;
     let writer = (leader + 2) % 3;
     cluster.stop(lagging);
@@ -154,7 +178,13 @@ async fn stopped_member_catches_up_through_a_snapshot() {
         "the member caught up without a snapshot; its log:\n{}",
         cluster.log(lagging)
     );
-    let revision = cluster.status(leader).await.unwrap().header.unwrap().revision;
+    let revision = cluster
+        .status(leader)
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
     let mut hashes = Vec::new();
     for i in 0..3 {
         let mut client = MaintenanceClient::new(cluster.channel(i));
@@ -169,7 +199,10 @@ async fn stopped_member_catches_up_through_a_snapshot() {
     let leader_data = read_prefix(&cluster, leader, "snap/", true).await.unwrap();
     assert_eq!(leader_data.len(), KEYS);
     let lagging_data = read_prefix(&cluster, lagging, "snap/", true).await.unwrap();
-    assert!(leader_data == lagging_data, "the caught-up member's data differs");
+    assert!(
+        leader_data == lagging_data,
+        "the caught-up member's data differs"
+    );
 }
 
 // Proves that one flipped byte in a Raft log record is detected at startup: the member exits
@@ -177,7 +210,10 @@ async fn stopped_member_catches_up_through_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_the_log_stops_the_member() {
     let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
-    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut kv = cluster.kv(0);
     for n in 0..50 {
         kv.put(PutRequest {
@@ -200,7 +236,10 @@ async fn flipped_byte_in_the_log_stops_the_member() {
     // The engine preallocates its files: records end where the zeros start. Flip a byte in
     // the middle of the records, well past the file header.
     let written = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
-    assert!(written > 2000, "expected the writes above in the log, found {written} bytes");
+    assert!(
+        written > 2000,
+        "expected the writes above in the log, found {written} bytes"
+    );
     let offset = written / 2;
     bytes[offset] ^= 0x5a;
     std::fs::write(&file, &bytes).unwrap();
@@ -216,5 +255,8 @@ async fn flipped_byte_in_the_log_stops_the_member() {
     let name = file.file_name().unwrap().to_str().unwrap();
     assert!(error.contains(name), "{error}");
     assert!(error.contains("offset"), "{error}");
-    assert!(cluster.status(0).await.is_err(), "a corrupt member must not serve");
+    assert!(
+        cluster.status(0).await.is_err(),
+        "a corrupt member must not serve"
+    );
 }

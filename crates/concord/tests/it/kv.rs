@@ -23,19 +23,35 @@ fn stdout(output: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_put_get_delete_through_every_member() {
     let cluster = Cluster::start(binary(), 3, &[]).unwrap();
-    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     for writer in 0..3 {
         let key = format!("key-{writer}");
         let value = format!("value-{writer}");
-        assert_eq!(stdout(&cluster.etcdctl(writer, &["put", &key, &value]).unwrap()), "OK\n");
+        assert_eq!(
+            stdout(&cluster.etcdctl(writer, &["put", &key, &value]).unwrap()),
+            "OK\n"
+        );
         for reader in 0..3 {
             let got = stdout(&cluster.etcdctl(reader, &["get", &key]).unwrap());
-            assert_eq!(got, format!("{key}\n{value}\n"), "written via {writer}, read via {reader}");
+            assert_eq!(
+                got,
+                format!("{key}\n{value}\n"),
+                "written via {writer}, read via {reader}"
+            );
         }
         let deleter = (writer + 1) % 3;
-        assert_eq!(stdout(&cluster.etcdctl(deleter, &["del", &key]).unwrap()), "1\n");
+        assert_eq!(
+            stdout(&cluster.etcdctl(deleter, &["del", &key]).unwrap()),
+            "1\n"
+        );
         for reader in 0..3 {
-            assert_eq!(stdout(&cluster.etcdctl(reader, &["get", &key]).unwrap()), "");
+            assert_eq!(
+                stdout(&cluster.etcdctl(reader, &["get", &key]).unwrap()),
+                ""
+            );
         }
     }
     let prefix = stdout(&cluster.etcdctl(0, &["get", "--prefix", "key-"]).unwrap());
@@ -73,7 +89,10 @@ async fn etcdctl_put_get_delete_through_every_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_and_empty_key_get_etcds_errors() {
     let cluster = Cluster::start(binary(), 1, &[]).unwrap();
-    cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut kv = cluster.kv(0);
     let too_large = kv
         .put(PutRequest {

@@ -99,7 +99,11 @@ async fn read_prefix(
 }
 
 /// Asserts every acknowledged write is present with its value in `found`.
-fn assert_all_acked_present(acked: &BTreeMap<String, String>, found: &BTreeMap<String, String>, who: &str) {
+fn assert_all_acked_present(
+    acked: &BTreeMap<String, String>,
+    found: &BTreeMap<String, String>,
+    who: &str,
+) {
     let missing: Vec<&String> = acked
         .iter()
         .filter(|(k, v)| found.get(*k) != Some(*v))
