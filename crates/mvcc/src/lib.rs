@@ -1,24 +1,52 @@
-//! Fallback mvcc (scratch).
-#![allow(missing_docs)]
+//! The etcd data model over a [`storage::KvStore`]: revisions, keys, txn, compaction.
+//!
+//! Like etcd's bbolt backend, every version of every key is stored under its revision in
+//! [`Table::Revisions`], and an index `key -> versions` is kept in memory and rebuilt from
+//! storage at open. The index holds each version's metadata (revision, create revision,
+//! version, lease, tombstone); values are read from storage.
+//!
+//! Revisions follow etcd exactly: a fresh store is at revision 1; every command that changes
+//! something gets the next main revision, and its changes get sub-revisions 0, 1, ... in
+//! order. Commands that change nothing, and commands that fail, leave the revision alone.
+//!
+//! Invariants:
+//! - The applied index is written in the same storage batch as the data it describes.
+//! - Readers never see an index entry whose value storage cannot serve: the index lock is
+//!   held while a batch is committed to storage, and a reader opens its storage snapshot
+//!   while holding the lock.
+//! - One writer (the apply task); any number of readers.
+//!
+//! This crate reads no clock, draws no randomness, knows no protobuf and does IO only through
+//! `KvStore`.
+
+mod codec;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use parking_lot::RwLock;
 pub use types::*;
 
 use storage::{KvSnapshot, KvStore, StorageError, Table, WriteOp};
 
+/// Errors etcd returns from the data model. `api` maps each to etcd's code and message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MvccError {
+    /// `etcdserver: mvcc: required revision has been compacted`
     #[error("mvcc: required revision has been compacted")]
     Compacted,
+    /// `etcdserver: mvcc: required revision is a future revision`
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
+    /// `etcdserver: key not found` (ignore_value / ignore_lease on a missing key)
     #[error("key not found")]
     KeyNotFound,
+    /// `etcdserver: requested lease not found`
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// The storage engine failed or holds data that does not decode. Fail-stop for the
+    /// applier.
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -29,662 +57,716 @@ impl From<StorageError> for MvccError {
     }
 }
 
+/// Position of the state machine in the Raft log of its shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AppliedIndex {
+    /// Index of the last applied entry.
     pub index: u64,
+    /// Term of that entry.
     pub term: u64,
 }
 
+/// One committed log entry for [`Store::apply_batch`].
 pub struct ApplyEntry<'a> {
+    /// Log index of the entry.
     pub index: u64,
+    /// Term of the entry.
     pub term: u64,
+    /// The command, or `None` for entries that change nothing (empty entries, conf changes).
     pub command: Option<&'a Command>,
 }
 
-#[derive(Clone, Default)]
-struct Inner {
+/// A main and sub revision: the position of one change.
+type Rev = (i64, i64);
+
+/// The metadata of one version of a key. The value lives in storage under `rev`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Version {
+    rev: Rev,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    tombstone: bool,
+}
+
+const META_APPLIED_INDEX: &[u8] = b"applied_index";
+const META_APPLIED_TERM: &[u8] = b"applied_term";
+const META_CURRENT_REVISION: &[u8] = b"current_revision";
+const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+const RECORD_FORMAT_V1: u8 = 1;
+
+fn rev_key(rev: Rev) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&rev.0.to_be_bytes());
+    key.extend_from_slice(&rev.1.to_be_bytes());
+    key
+}
+
+fn decode_rev_key(key: &[u8]) -> Result<Rev, MvccError> {
+    if key.len() != 16 {
+        return Err(MvccError::Storage(format!("revision key of {} bytes", key.len())));
+    }
+    let main = i64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    let sub = i64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
+    Ok((main, sub))
+}
+
+/// A stored version: `[format][tombstone][key][create][version][lease][value]`.
+fn encode_record(key: &[u8], version: &Version, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + value.len() + 34);
+    out.push(RECORD_FORMAT_V1);
+    out.push(u8::from(version.tombstone));
+    let mut w = codec::W { b: &mut out };
+    w.bytes(key);
+    w.i64(version.create_revision);
+    w.i64(version.version);
+    w.i64(version.lease);
+    w.bytes(value);
+    out
+}
+
+fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), MvccError> {
+    let mut r = codec::R { b: bytes };
+    if r.u8()? != RECORD_FORMAT_V1 {
+        return Err(MvccError::Storage(format!("record at revision {rev:?}: unknown format")));
+    }
+    let tombstone = r.u8()? != 0;
+    let key = r.bytes()?;
+    let version = Version {
+        rev,
+        create_revision: r.i64()?,
+        version: r.i64()?,
+        lease: r.i64()?,
+        tombstone,
+    };
+    let value = r.bytes()?;
+    Ok((key, version, value))
+}
+
+fn meta_i64(snapshot: &dyn KvSnapshot, name: &[u8]) -> Result<i64, MvccError> {
+    match snapshot.get(Table::Meta, name)? {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(i64::from_be_bytes)
+            .map_err(|_| MvccError::Storage(format!("meta {} is malformed", String::from_utf8_lossy(name)))),
+    }
+}
+
+fn put_meta(ops: &mut Vec<WriteOp>, name: &[u8], value: i64) {
+    ops.push(WriteOp::Put {
+        table: Table::Meta,
+        key: name.to_vec(),
+        value: value.to_be_bytes().to_vec(),
+    });
+}
+
+/// Map bounds for etcd's range. `None` when the range is empty.
+fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    if end.is_empty() {
+        Some((Bound::Included(start), Bound::Included(start)))
+    } else if end == [0] {
+        Some((Bound::Included(start), Bound::Unbounded))
+    } else if end <= start {
+        None
+    } else {
+        Some((Bound::Included(start), Bound::Excluded(end)))
+    }
+}
+
+/// The in-memory index and the counters published with it.
+#[derive(Default)]
+struct Index {
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
     current: i64,
     compacted: i64,
     applied: AppliedIndex,
     durable: AppliedIndex,
-    history: BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>,
 }
 
-pub struct Store<S: KvStore> {
-    kv: S,
-    inner: RwLock<Inner>,
-}
+impl Index {
+    /// The version of `key` visible at revision `at` (tombstones included).
+    fn version_at(&self, key: &[u8], at: i64) -> Option<&Version> {
+        let versions = self.keys.get(key)?;
+        let position = versions.partition_point(|v| v.rev.0 <= at);
+        position.checked_sub(1).map(|i| &versions[i])
+    }
 
-struct W<'a> {
-    b: &'a mut Vec<u8>,
-}
-impl W<'_> {
-    fn u8(&mut self, v: u8) {
-        self.b.push(v)
-    }
-    fn i64(&mut self, v: i64) {
-        self.b.extend_from_slice(&v.to_be_bytes())
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.b.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        self.b.extend_from_slice(v);
-    }
-}
-struct R<'a> {
-    b: &'a [u8],
-}
-fn bad() -> MvccError {
-    MvccError::Storage("bad encoding".into())
-}
-impl R<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], MvccError> {
-        if self.b.len() < n {
-            return Err(bad());
-        }
-        let (a, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, MvccError> {
-        Ok(self.take(1)?[0])
-    }
-    fn i64(&mut self) -> Result<i64, MvccError> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().unwrap()))
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>, MvccError> {
-        let n = u32::from_be_bytes(self.take(4)?.try_into().unwrap()) as usize;
-        Ok(self.take(n)?.to_vec())
-    }
-}
-
-fn enc_range(w: &mut W, r: &RangeRequest) {
-    w.bytes(&r.key);
-    w.bytes(&r.range_end);
-    w.i64(r.limit);
-    w.i64(r.revision);
-    w.u8(r.serializable as u8 | (r.keys_only as u8) << 1 | (r.count_only as u8) << 2);
-}
-fn dec_range(r: &mut R) -> Result<RangeRequest, MvccError> {
-    let key = r.bytes()?;
-    let range_end = r.bytes()?;
-    let limit = r.i64()?;
-    let revision = r.i64()?;
-    let f = r.u8()?;
-    Ok(RangeRequest {
-        key,
-        range_end,
-        limit,
-        revision,
-        serializable: f & 1 != 0,
-        keys_only: f & 2 != 0,
-        count_only: f & 4 != 0,
-        ..Default::default()
-    })
-}
-fn enc_op(w: &mut W, op: &RequestOp) {
-    match op {
-        RequestOp::Range(r) => {
-            w.u8(0);
-            enc_range(w, r)
-        }
-        RequestOp::Put(p) => {
-            w.u8(1);
-            enc_put(w, p)
-        }
-        RequestOp::DeleteRange(d) => {
-            w.u8(2);
-            w.bytes(&d.key);
-            w.bytes(&d.range_end);
-            w.u8(d.prev_kv as u8)
-        }
-        RequestOp::Txn(t) => {
-            w.u8(3);
-            enc_txn(w, t)
-        }
-    }
-}
-fn enc_put(w: &mut W, p: &PutRequest) {
-    w.bytes(&p.key);
-    w.bytes(&p.value);
-    w.i64(p.lease);
-    w.u8(p.prev_kv as u8 | (p.ignore_value as u8) << 1 | (p.ignore_lease as u8) << 2);
-}
-fn dec_put(r: &mut R) -> Result<PutRequest, MvccError> {
-    let key = r.bytes()?;
-    let value = r.bytes()?;
-    let lease = r.i64()?;
-    let f = r.u8()?;
-    Ok(PutRequest {
-        key,
-        value,
-        lease,
-        prev_kv: f & 1 != 0,
-        ignore_value: f & 2 != 0,
-        ignore_lease: f & 4 != 0,
-    })
-}
-fn enc_txn(w: &mut W, t: &TxnRequest) {
-    w.i64(t.compare.len() as i64);
-    for c in &t.compare {
-        w.u8(c.result as u8);
-        match &c.target {
-            CompareTarget::Version(v) => {
-                w.u8(0);
-                w.i64(*v)
-            }
-            CompareTarget::Create(v) => {
-                w.u8(1);
-                w.i64(*v)
-            }
-            CompareTarget::Mod(v) => {
-                w.u8(2);
-                w.i64(*v)
-            }
-            CompareTarget::Value(v) => {
-                w.u8(3);
-                w.bytes(v)
-            }
-            CompareTarget::Lease(v) => {
-                w.u8(4);
-                w.i64(*v)
-            }
-        }
-        w.bytes(&c.key);
-        w.bytes(&c.range_end);
-    }
-    for ops in [&t.success, &t.failure] {
-        w.i64(ops.len() as i64);
-        for op in ops {
-            enc_op(w, op);
-        }
-    }
-}
-fn dec_txn(r: &mut R, depth: u32) -> Result<TxnRequest, MvccError> {
-    if depth > 100 {
-        return Err(bad());
-    }
-    let n = r.i64()?;
-    let mut compare = Vec::new();
-    for _ in 0..n {
-        let result = match r.u8()? {
-            0 => CompareResult::Equal,
-            1 => CompareResult::Greater,
-            2 => CompareResult::Less,
-            3 => CompareResult::NotEqual,
-            _ => return Err(bad()),
+    /// Live keys in the range at revision `at`, in key order.
+    fn live(&self, start: &[u8], end: &[u8], at: i64) -> Vec<(&Vec<u8>, Version)> {
+        let Some(range) = bounds(start, end) else {
+            return Vec::new();
         };
-        let target = match r.u8()? {
-            0 => CompareTarget::Version(r.i64()?),
-            1 => CompareTarget::Create(r.i64()?),
-            2 => CompareTarget::Mod(r.i64()?),
-            3 => CompareTarget::Value(r.bytes()?),
-            4 => CompareTarget::Lease(r.i64()?),
-            _ => return Err(bad()),
-        };
-        compare.push(Compare {
-            result,
-            target,
-            key: r.bytes()?,
-            range_end: r.bytes()?,
-        });
-    }
-    let mut branches = Vec::new();
-    for _ in 0..2 {
-        let n = r.i64()?;
-        let mut ops = Vec::new();
-        for _ in 0..n {
-            ops.push(match r.u8()? {
-                0 => RequestOp::Range(dec_range(r)?),
-                1 => RequestOp::Put(dec_put(r)?),
-                2 => RequestOp::DeleteRange(DeleteRangeRequest {
-                    key: r.bytes()?,
-                    range_end: r.bytes()?,
-                    prev_kv: r.u8()? != 0,
-                }),
-                3 => RequestOp::Txn(dec_txn(r, depth + 1)?),
-                _ => return Err(bad()),
-            });
-        }
-        branches.push(ops);
-    }
-    let failure = branches.pop().unwrap();
-    let success = branches.pop().unwrap();
-    Ok(TxnRequest {
-        compare,
-        success,
-        failure,
-    })
-}
-
-impl Command {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        let mut w = W { b: &mut b };
-        match self {
-            Command::Put(p) => {
-                w.u8(1);
-                enc_put(&mut w, p)
-            }
-            Command::DeleteRange(d) => {
-                w.u8(2);
-                w.bytes(&d.key);
-                w.bytes(&d.range_end);
-                w.u8(d.prev_kv as u8)
-            }
-            Command::Txn(t) => {
-                w.u8(3);
-                enc_txn(&mut w, t)
-            }
-            Command::Compact(c) => {
-                w.u8(4);
-                w.i64(c.revision);
-                w.u8(c.physical as u8)
-            }
-        }
-        b
-    }
-    pub fn decode(bytes: &[u8]) -> Result<Command, MvccError> {
-        let mut r = R { b: bytes };
-        Ok(match r.u8()? {
-            1 => Command::Put(dec_put(&mut r)?),
-            2 => Command::DeleteRange(DeleteRangeRequest {
-                key: r.bytes()?,
-                range_end: r.bytes()?,
-                prev_kv: r.u8()? != 0,
-            }),
-            3 => Command::Txn(dec_txn(&mut r, 0)?),
-            4 => Command::Compact(CompactRequest {
-                revision: r.i64()?,
-                physical: r.u8()? != 0,
-            }),
-            _ => return Err(bad()),
-        })
-    }
-}
-
-fn enc_kv(key: &[u8], kv: &Option<KeyValue>) -> Vec<u8> {
-    let mut b = Vec::new();
-    let mut w = W { b: &mut b };
-    w.bytes(key);
-    match kv {
-        None => w.u8(0),
-        Some(kv) => {
-            w.u8(1);
-            w.i64(kv.create_revision);
-            w.i64(kv.mod_revision);
-            w.i64(kv.version);
-            w.bytes(&kv.value);
-            w.i64(kv.lease);
-        }
-    }
-    b
-}
-fn dec_kv(b: &[u8]) -> Result<(Vec<u8>, Option<KeyValue>), MvccError> {
-    let mut r = R { b };
-    let key = r.bytes()?;
-    if r.u8()? == 0 {
-        return Ok((key, None));
-    }
-    let kv = KeyValue {
-        key: key.clone(),
-        create_revision: r.i64()?,
-        mod_revision: r.i64()?,
-        version: r.i64()?,
-        value: r.bytes()?,
-        lease: r.i64()?,
-    };
-    Ok((key, Some(kv)))
-}
-
-fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    if end.is_empty() {
-        key == start
-    } else if end == [0] {
-        key >= start
-    } else {
-        key >= start && key < end
-    }
-}
-
-impl Inner {
-    fn at(&self, key: &[u8], rev: i64) -> Option<&KeyValue> {
-        self.history
-            .get(key)?
-            .iter()
-            .rev()
-            .find(|(r, _)| *r <= rev)
-            .and_then(|(_, kv)| kv.as_ref())
-    }
-    fn live(&self, start: &[u8], end: &[u8], rev: i64) -> Vec<KeyValue> {
-        self.history
-            .keys()
-            .filter(|k| in_range(k, start, end))
-            .filter_map(|k| self.at(k, rev).cloned())
+        self.keys
+            .range::<[u8], _>(range)
+            .filter_map(|(key, versions)| {
+                let position = versions.partition_point(|v| v.rev.0 <= at);
+                let version = versions[..position].last()?;
+                (!version.tombstone).then_some((key, *version))
+            })
             .collect()
     }
-    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let rev = if req.revision <= 0 {
-            self.current
-        } else {
-            req.revision
-        };
-        if rev > self.current {
-            return Err(MvccError::FutureRevision);
+}
+
+/// Reads values: from what this batch wrote, else from storage.
+struct ValueSource<'a> {
+    pending: &'a HashMap<Rev, Vec<u8>>,
+    snapshot: &'a dyn KvSnapshot,
+}
+
+impl ValueSource<'_> {
+    fn value(&self, rev: Rev) -> Result<Vec<u8>, MvccError> {
+        if let Some(value) = self.pending.get(&rev) {
+            return Ok(value.clone());
         }
-        if rev < self.compacted {
-            return Err(MvccError::Compacted);
-        }
-        let mut kvs = self.live(&req.key, &req.range_end, rev);
-        let count = kvs.len() as i64;
-        let mut more = false;
-        if req.limit > 0 && kvs.len() > req.limit as usize {
-            kvs.truncate(req.limit as usize);
-            more = true;
-        }
-        if req.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
-        }
-        if req.count_only {
-            kvs.clear();
-        }
-        Ok(RangeResponse { kvs, more, count })
+        let bytes = self
+            .snapshot
+            .get(Table::Revisions, &rev_key(rev))?
+            .ok_or_else(|| MvccError::Storage(format!("revision {rev:?} is indexed but not stored")))?;
+        Ok(decode_record(rev, &bytes)?.2)
     }
-    fn write(
-        &mut self,
-        rev: i64,
-        sub: &mut i64,
-        ops: &mut Vec<WriteOp>,
-        key: &[u8],
-        kv: Option<KeyValue>,
-    ) {
-        let mut k = rev.to_be_bytes().to_vec();
-        k.extend_from_slice(&sub.to_be_bytes());
-        *sub += 1;
-        ops.push(WriteOp::Put {
-            table: Table::Revisions,
-            key: k,
-            value: enc_kv(key, &kv),
-        });
-        self.history
-            .entry(key.to_vec())
-            .or_default()
-            .push((rev, kv));
-    }
-    fn exec(
-        &mut self,
-        op: &RequestOp,
-        rev: i64,
-        sub: &mut i64,
-        ops: &mut Vec<WriteOp>,
-    ) -> Result<ResponseOp, MvccError> {
-        Ok(match op {
-            RequestOp::Range(r) => {
-                let mut r = r.clone();
-                r.revision = 0;
-                let cur = self.current;
-                self.current = rev.max(cur);
-                let res = self.range(&r);
-                self.current = cur;
-                ResponseOp::Range(res?)
-            }
-            RequestOp::Put(p) => {
-                let prev = self.at(&p.key, i64::MAX).cloned();
-                if (p.ignore_value || p.ignore_lease) && prev.is_none() {
-                    return Err(MvccError::KeyNotFound);
-                }
-                let value = if p.ignore_value {
-                    prev.as_ref().unwrap().value.clone()
-                } else {
-                    p.value.clone()
-                };
-                let lease = if p.ignore_lease {
-                    prev.as_ref().unwrap().lease
-                } else {
-                    p.lease
-                };
-                let kv = KeyValue {
-                    key: p.key.clone(),
-                    create_revision: prev.as_ref().map_or(rev, |k| k.create_revision),
-                    mod_revision: rev,
-                    version: prev.as_ref().map_or(1, |k| k.version + 1),
-                    value,
-                    lease,
-                };
-                self.write(rev, sub, ops, &p.key, Some(kv));
-                ResponseOp::Put(PutResponse {
-                    prev_kv: if p.prev_kv { prev } else { None },
-                })
-            }
-            RequestOp::DeleteRange(d) => {
-                let live = self.live(&d.key, &d.range_end, i64::MAX);
-                for kv in &live {
-                    self.write(rev, sub, ops, &kv.key, None);
-                }
-                ResponseOp::DeleteRange(DeleteRangeResponse {
-                    deleted: live.len() as i64,
-                    prev_kvs: if d.prev_kv { live } else { vec![] },
-                })
-            }
-            RequestOp::Txn(t) => {
-                let ok = t.compare.iter().all(|c| self.compare(c));
-                let branch = if ok { &t.success } else { &t.failure };
-                let mut responses = Vec::new();
-                for op in branch {
-                    responses.push(self.exec(op, rev, sub, ops)?);
-                }
-                ResponseOp::Txn(TxnResponse {
-                    succeeded: ok,
-                    responses,
-                })
-            }
+
+    fn key_value(&self, key: &[u8], version: &Version, with_value: bool) -> Result<KeyValue, MvccError> {
+        Ok(KeyValue {
+            key: key.to_vec(),
+            create_revision: version.create_revision,
+            mod_revision: version.rev.0,
+            version: version.version,
+            value: if with_value { self.value(version.rev)? } else { Vec::new() },
+            lease: version.lease,
         })
     }
-    fn compare(&self, c: &Compare) -> bool {
-        let kvs = if c.range_end.is_empty() {
-            vec![self.at(&c.key, i64::MAX).cloned().unwrap_or_default()]
+}
+
+/// Serves a range from `index` at revision `at` (`current` is the header revision).
+fn range_at(
+    index: &Index,
+    values: &ValueSource<'_>,
+    req: &RangeRequest,
+    current: i64,
+) -> Result<RangeResponse, MvccError> {
+    let at = if req.revision <= 0 { current } else { req.revision };
+    if at > current {
+        return Err(MvccError::FutureRevision);
+    }
+    if at < index.compacted {
+        return Err(MvccError::Compacted);
+    }
+    let live = index.live(&req.key, &req.range_end, at);
+    // As etcd (server/etcdserver/txn/range.go): `count` is every live key in the range at
+    // that revision, before filters and limit.
+    let count = live.len() as i64;
+    if req.count_only {
+        return Ok(RangeResponse {
+            kvs: Vec::new(),
+            more: false,
+            count,
+        });
+    }
+    let filtered = live.into_iter().filter(|(_, v)| {
+        (req.max_mod_revision == 0 || v.rev.0 <= req.max_mod_revision)
+            && (req.min_mod_revision == 0 || v.rev.0 >= req.min_mod_revision)
+            && (req.max_create_revision == 0 || v.create_revision <= req.max_create_revision)
+            && (req.min_create_revision == 0 || v.create_revision >= req.min_create_revision)
+    });
+    let sort_order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (order, _) => order,
+    };
+    let needs_value = !req.keys_only || (sort_order != SortOrder::None && req.sort_target == SortTarget::Value);
+    let limit = usize::try_from(req.limit).unwrap_or(0);
+    let mut kvs = Vec::new();
+    let mut more = false;
+    if sort_order == SortOrder::None {
+        // Key order already: read values only for what is returned.
+        for (key, version) in filtered {
+            if limit > 0 && kvs.len() == limit {
+                more = true;
+                break;
+            }
+            kvs.push(values.key_value(key, &version, needs_value)?);
+        }
+    } else {
+        for (key, version) in filtered {
+            kvs.push(values.key_value(key, &version, needs_value)?);
+        }
+        match req.sort_target {
+            SortTarget::Key => {}
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if sort_order == SortOrder::Descend {
+            kvs.reverse();
+        }
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+    }
+    if req.keys_only {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    Ok(RangeResponse { kvs, more, count })
+}
+
+/// One command's execution against the index: changes are applied to the index as they are
+/// made (so later ops of a txn see them) and undone if the command fails.
+struct Execution<'a> {
+    index: &'a mut Index,
+    snapshot: &'a dyn KvSnapshot,
+    pending: &'a mut HashMap<Rev, Vec<u8>>,
+    ops: Vec<WriteOp>,
+    main: i64,
+    sub: i64,
+    /// Keys touched, with their number of versions before: the undo log.
+    touched: Vec<(Vec<u8>, usize)>,
+}
+
+impl Execution<'_> {
+    fn values(&self) -> ValueSource<'_> {
+        ValueSource {
+            pending: self.pending,
+            snapshot: self.snapshot,
+        }
+    }
+
+    /// The revision reads inside the command see: its own, once it has written.
+    fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.main
         } else {
-            self.live(&c.key, &c.range_end, i64::MAX)
+            self.index.current
+        }
+    }
+
+    fn record(&mut self, key: &[u8], version: Version, value: Vec<u8>) {
+        let versions = self.index.keys.entry(key.to_vec()).or_default();
+        self.touched.push((key.to_vec(), versions.len()));
+        versions.push(version);
+        self.ops.push(WriteOp::Put {
+            table: Table::Revisions,
+            key: rev_key(version.rev),
+            value: encode_record(key, &version, &value),
+        });
+        self.pending.insert(version.rev, value);
+        self.sub += 1;
+    }
+
+    fn undo(&mut self) {
+        for (key, len) in self.touched.drain(..).rev() {
+            if len == 0 {
+                self.index.keys.remove(&key);
+            } else if let Some(versions) = self.index.keys.get_mut(&key) {
+                versions.truncate(len);
+            }
+        }
+        for op in &self.ops {
+            if let WriteOp::Put { table: Table::Revisions, key, .. } = op {
+                if let Ok(rev) = decode_rev_key(key) {
+                    self.pending.remove(&rev);
+                }
+            }
+        }
+        self.ops.clear();
+        self.sub = 0;
+    }
+
+    fn live_version(&self, key: &[u8]) -> Option<Version> {
+        self.index
+            .version_at(key, i64::MAX)
+            .filter(|v| !v.tombstone)
+            .copied()
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        let previous = self.live_version(&req.key);
+        let previous_kv = match &previous {
+            Some(v) if req.prev_kv || req.ignore_value => {
+                Some(self.values().key_value(&req.key, v, true)?)
+            }
+            Some(v) => Some(self.values().key_value(&req.key, v, false)?),
+            None => None,
         };
-        kvs.iter().all(|kv| {
-            let ord = match &c.target {
+        if (req.ignore_value || req.ignore_lease) && previous.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let value = if req.ignore_value {
+            previous_kv.as_ref().map(|kv| kv.value.clone()).unwrap_or_default()
+        } else {
+            req.value.clone()
+        };
+        // Lease existence is checked once leases exist; until then the id is stored as given.
+        let lease = match (&previous, req.ignore_lease) {
+            (Some(v), true) => v.lease,
+            _ => req.lease,
+        };
+        let version = Version {
+            rev: (self.main, self.sub),
+            create_revision: previous.map_or(self.main, |v| v.create_revision),
+            version: previous.map_or(1, |v| v.version + 1),
+            lease,
+            tombstone: false,
+        };
+        self.record(&req.key, version, value);
+        Ok(PutResponse {
+            prev_kv: if req.prev_kv { previous_kv } else { None },
+        })
+    }
+
+    fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        let live: Vec<(Vec<u8>, Version)> = self
+            .index
+            .live(&req.key, &req.range_end, i64::MAX)
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect();
+        let mut prev_kvs = Vec::new();
+        for (key, version) in &live {
+            if req.prev_kv {
+                prev_kvs.push(self.values().key_value(key, version, true)?);
+            }
+            let tombstone = Version {
+                rev: (self.main, self.sub),
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                tombstone: true,
+            };
+            self.record(key, tombstone, Vec::new());
+        }
+        Ok(DeleteRangeResponse {
+            deleted: live.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
+        let matches = |kv: &KeyValue| -> bool {
+            let ordering = match &compare.target {
                 CompareTarget::Version(v) => kv.version.cmp(v),
                 CompareTarget::Create(v) => kv.create_revision.cmp(v),
                 CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
-                CompareTarget::Value(v) => {
-                    if kv.key.is_empty() {
-                        return false;
-                    }
-                    kv.value.as_slice().cmp(v.as_slice())
-                }
+                CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
                 CompareTarget::Lease(v) => kv.lease.cmp(v),
             };
-            match c.result {
-                CompareResult::Equal => ord.is_eq(),
-                CompareResult::Greater => ord.is_gt(),
-                CompareResult::Less => ord.is_lt(),
-                CompareResult::NotEqual => ord.is_ne(),
+            match compare.result {
+                CompareResult::Equal => ordering.is_eq(),
+                CompareResult::Greater => ordering.is_gt(),
+                CompareResult::Less => ordering.is_lt(),
+                CompareResult::NotEqual => ordering.is_ne(),
             }
+        };
+        let with_value = matches!(compare.target, CompareTarget::Value(_));
+        let at = self.read_revision();
+        let live = self.index.live(&compare.key, &compare.range_end, at);
+        if live.is_empty() {
+            // As etcd's applyCompare: an absent key compares as an all-zero KeyValue,
+            // except that a value comparison on it is false.
+            return Ok(!with_value && matches(&KeyValue::default()));
+        }
+        for (key, version) in &live {
+            if !matches(&self.values().key_value(key, version, with_value)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn op(&mut self, op: &RequestOp) -> Result<ResponseOp, MvccError> {
+        Ok(match op {
+            RequestOp::Range(req) => {
+                let current = self.read_revision();
+                let response = range_at(self.index, &self.values(), req, current)?;
+                ResponseOp::Range(response)
+            }
+            RequestOp::Put(req) => ResponseOp::Put(self.put(req)?),
+            RequestOp::DeleteRange(req) => ResponseOp::DeleteRange(self.delete(req)?),
+            RequestOp::Txn(req) => ResponseOp::Txn(self.txn(req)?),
         })
     }
-}
 
-fn meta(ops: &mut Vec<WriteOp>, name: &str, v: i64) {
-    ops.push(WriteOp::Put {
-        table: Table::Meta,
-        key: name.as_bytes().to_vec(),
-        value: v.to_be_bytes().to_vec(),
-    });
-}
-
-fn load<T: KvSnapshot + ?Sized>(snap: &T) -> Result<Inner, MvccError> {
-    let mut inner = Inner {
-        current: 1,
-        ..Default::default()
-    };
-    let get = |name: &str| -> Result<i64, MvccError> {
-        Ok(snap
-            .get(Table::Meta, name.as_bytes())?
-            .map(|v| i64::from_be_bytes(v.try_into().unwrap()))
-            .unwrap_or(0))
-    };
-    inner.current = get("current")?.max(1);
-    inner.compacted = get("compacted")?;
-    inner.applied = AppliedIndex {
-        index: get("applied_index")? as u64,
-        term: get("applied_term")? as u64,
-    };
-    inner.durable = inner.applied;
-    let mut err = None;
-    snap.scan(Table::Revisions, &[], None, &mut |k, v| {
-        let rev = i64::from_be_bytes(k[..8].try_into().unwrap());
-        match dec_kv(v) {
-            Ok((key, kv)) => inner.history.entry(key).or_default().push((rev, kv)),
-            Err(e) => err = Some(e),
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut succeeded = true;
+        for compare in &req.compare {
+            if !self.compare(compare)? {
+                succeeded = false;
+                break;
+            }
         }
-        true
-    })?;
-    if let Some(e) = err {
-        return Err(e);
+        let branch = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(self.op(op)?);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
     }
-    Ok(inner)
+
+    fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        if revision <= self.index.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.index.current {
+            return Err(MvccError::FutureRevision);
+        }
+        let mut emptied = Vec::new();
+        for (key, versions) in &mut self.index.keys {
+            // Keep the newest version at or below `revision` unless it is a tombstone, and
+            // everything after it.
+            let position = versions.partition_point(|v| v.rev.0 <= revision);
+            if position == 0 {
+                continue;
+            }
+            let keep_from = if versions[position - 1].tombstone {
+                position
+            } else {
+                position - 1
+            };
+            for dead in versions.drain(..keep_from) {
+                self.ops.push(WriteOp::Delete {
+                    table: Table::Revisions,
+                    key: rev_key(dead.rev),
+                });
+            }
+            if versions.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.index.keys.remove(&key);
+        }
+        self.index.compacted = revision;
+        put_meta(&mut self.ops, META_COMPACT_REVISION, revision);
+        Ok(())
+    }
+}
+
+/// The multi-version store of one shard.
+pub struct Store<S: KvStore> {
+    kv: S,
+    index: RwLock<Index>,
+}
+
+fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {
+    let mut index = Index {
+        current: meta_i64(snapshot, META_CURRENT_REVISION)?.max(1),
+        compacted: meta_i64(snapshot, META_COMPACT_REVISION)?,
+        ..Index::default()
+    };
+    index.applied = AppliedIndex {
+        index: meta_i64(snapshot, META_APPLIED_INDEX)? as u64,
+        term: meta_i64(snapshot, META_APPLIED_TERM)? as u64,
+    };
+    index.durable = index.applied;
+    let mut failure = None;
+    snapshot.scan(Table::Revisions, &[], None, &mut |key, value| {
+        let decoded = decode_rev_key(key).and_then(|rev| decode_record(rev, value));
+        match decoded {
+            Ok((key, version, _)) => {
+                index.keys.entry(key).or_default().push(version);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(index),
+    }
 }
 
 impl<S: KvStore> Store<S> {
+    /// Opens the store, rebuilding the in-memory key index from `kv`.
+    ///
+    /// # Errors
+    /// Storage errors, or `Storage` if persisted data cannot be decoded.
     pub fn open(kv: S) -> Result<Self, MvccError> {
-        let inner = load(&kv.snapshot()?)?;
+        let index = load_index(&kv.snapshot()?)?;
         Ok(Self {
             kv,
-            inner: RwLock::new(inner),
+            index: RwLock::new(index),
         })
     }
 
+    /// Applies committed entries in order in one storage write; returns one result per entry
+    /// whose `command` is `Some`. The applied index (the last entry's) is written atomically
+    /// with the data. `durable` asks the storage to persist this and every earlier batch.
+    ///
+    /// # Errors
+    /// Only storage failures (fail-stop); etcd errors are inside each [`Applied`].
     pub fn apply_batch(
         &self,
         entries: &[ApplyEntry<'_>],
         durable: bool,
     ) -> Result<Vec<Applied>, MvccError> {
-        let mut inner = self.inner.read().clone();
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let snapshot = self.kv.snapshot()?;
+        let mut index = self.index.write();
+        let mut pending = HashMap::new();
         let mut ops = Vec::new();
-        let mut out = Vec::new();
-        for e in entries {
-            inner.applied = AppliedIndex {
-                index: e.index,
-                term: e.term,
+        let mut results = Vec::new();
+        for entry in entries {
+            let Some(command) = entry.command else {
+                continue;
             };
-            let Some(cmd) = e.command else { continue };
-            let rev = inner.current + 1;
-            let mut sub = 0;
-            let mut local = Vec::new();
-            let mut trial = inner.clone();
-            let result = match cmd {
-                Command::Put(p) => trial
-                    .exec(&RequestOp::Put(p.clone()), rev, &mut sub, &mut local)
-                    .map(|r| match r {
-                        ResponseOp::Put(p) => CommandResponse::Put(p),
-                        _ => unreachable!(),
-                    }),
-                Command::DeleteRange(d) => trial
-                    .exec(
-                        &RequestOp::DeleteRange(d.clone()),
-                        rev,
-                        &mut sub,
-                        &mut local,
-                    )
-                    .map(|r| match r {
-                        ResponseOp::DeleteRange(p) => CommandResponse::DeleteRange(p),
-                        _ => unreachable!(),
-                    }),
-                Command::Txn(t) => trial
-                    .exec(&RequestOp::Txn(t.clone()), rev, &mut sub, &mut local)
-                    .map(|r| match r {
-                        ResponseOp::Txn(p) => CommandResponse::Txn(p),
-                        _ => unreachable!(),
-                    }),
-                Command::Compact(c) => {
-                    if c.revision > trial.current {
-                        Err(MvccError::FutureRevision)
-                    } else if c.revision <= trial.compacted {
-                        Err(MvccError::Compacted)
-                    } else {
-                        trial.compacted = c.revision;
-                        meta(&mut local, "compacted", c.revision);
-                        Ok(CommandResponse::Compact)
-                    }
-                }
+            let mut execution = Execution {
+                main: index.current + 1,
+                index: &mut *index,
+                snapshot: &snapshot,
+                pending: &mut pending,
+                ops: Vec::new(),
+                sub: 0,
+                touched: Vec::new(),
             };
-            if result.is_ok() {
-                if sub > 0 {
-                    trial.current = rev;
-                }
-                inner = trial;
-                ops.extend(local);
+            let result = match command {
+                Command::Put(req) => execution.put(req).map(CommandResponse::Put),
+                Command::DeleteRange(req) => execution.delete(req).map(CommandResponse::DeleteRange),
+                Command::Txn(req) => execution.txn(req).map(CommandResponse::Txn),
+                Command::Compact(req) => execution.compact(req.revision).map(|()| CommandResponse::Compact),
+            };
+            if result.is_err() {
+                execution.undo();
             }
-            out.push(Applied {
+            let wrote = execution.sub > 0;
+            let main = execution.main;
+            ops.append(&mut execution.ops);
+            if wrote {
+                index.current = main;
+            }
+            results.push(Applied {
                 result,
-                revision: inner.current,
+                revision: index.current,
             });
         }
-        meta(&mut ops, "current", inner.current);
-        meta(&mut ops, "applied_index", inner.applied.index as i64);
-        meta(&mut ops, "applied_term", inner.applied.term as i64);
+        put_meta(&mut ops, META_CURRENT_REVISION, index.current);
+        put_meta(&mut ops, META_APPLIED_INDEX, last.index as i64);
+        put_meta(&mut ops, META_APPLIED_TERM, last.term as i64);
+        // Committed while the index lock is held: no reader sees the new index entries before
+        // storage can serve their values.
         self.kv.write(ops, durable)?;
+        index.applied = AppliedIndex {
+            index: last.index,
+            term: last.term,
+        };
         if durable {
-            inner.durable = inner.applied;
+            index.durable = index.applied;
         }
-        *self.inner.write() = inner;
-        Ok(out)
+        Ok(results)
     }
 
+    /// Serves a range at `req.revision` (or current). Returns the response and the current
+    /// revision (the header revision).
+    ///
+    /// # Errors
+    /// `Compacted`, `FutureRevision`, storage errors.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError> {
-        let inner = self.inner.read();
-        Ok((inner.range(req)?, inner.current))
+        let index = self.index.read();
+        let snapshot = self.kv.snapshot()?;
+        let pending = HashMap::new();
+        let values = ValueSource {
+            pending: &pending,
+            snapshot: &snapshot,
+        };
+        let response = range_at(&index, &values, req, index.current)?;
+        Ok((response, index.current))
     }
+
+    /// The current revision.
     pub fn current_revision(&self) -> Revision {
-        self.inner.read().current
+        self.index.read().current
     }
+
+    /// The compacted revision (0 if never compacted).
     pub fn compact_revision(&self) -> Revision {
-        self.inner.read().compacted
+        self.index.read().compacted
     }
+
+    /// The last applied entry (as visible to readers, durable or not).
     pub fn applied(&self) -> AppliedIndex {
-        self.inner.read().applied
+        self.index.read().applied
     }
+
+    /// The last applied entry whose batch was written durably: the log may be compacted up to
+    /// here and no further.
     pub fn durable_applied(&self) -> AppliedIndex {
-        self.inner.read().durable
+        self.index.read().durable
     }
+
+    /// A consistent view of the whole state machine for a Raft snapshot, with the applied
+    /// index that view corresponds to (read from the view itself, so the two always agree).
+    ///
+    /// # Errors
+    /// Storage errors.
     pub fn snapshot_view(&self) -> Result<(S::Snapshot, AppliedIndex), MvccError> {
-        let snap = self.kv.snapshot()?;
-        let applied = load(&snap)?.applied;
-        Ok((snap, applied))
+        let snapshot = self.kv.snapshot()?;
+        let applied = AppliedIndex {
+            index: meta_i64(&snapshot, META_APPLIED_INDEX)? as u64,
+            term: meta_i64(&snapshot, META_APPLIED_TERM)? as u64,
+        };
+        Ok((snapshot, applied))
     }
+
+    /// Replaces the whole state with a snapshot's `(table, key, value)` stream (as produced by
+    /// scanning every table of a [`Store::snapshot_view`] in `Table::ALL` order), durably,
+    /// then rebuilds the in-memory index. Afterwards `applied() == durable_applied()` is the
+    /// snapshot's applied index.
+    ///
+    /// # Errors
+    /// The stream's error or storage errors; on error the store is unchanged.
     pub fn restore(
         &self,
         entries: &mut dyn Iterator<Item = storage::Result<(Table, Vec<u8>, Vec<u8>)>>,
     ) -> Result<AppliedIndex, MvccError> {
-        let mut inner = self.inner.write();
+        let mut index = self.index.write();
         self.kv.restore(entries)?;
-        *inner = load(&self.kv.snapshot()?)?;
-        Ok(inner.applied)
+        *index = load_index(&self.kv.snapshot()?)?;
+        Ok(index.applied)
     }
+
+    /// etcd's HashKV: a CRC-32C over every retained version with revision `<= revision`
+    /// (0 = current), in revision order. Returns `(hash, compact_revision, hash_revision)`.
+    /// Equal state gives equal hashes on every member.
+    ///
+    /// # Errors
+    /// `Compacted`, `FutureRevision`, storage errors.
     pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError> {
-        let inner = self.inner.read();
-        let rev = if revision <= 0 {
-            inner.current
-        } else {
-            revision
-        };
-        let mut h = 0u64;
-        for (k, versions) in &inner.history {
-            for (r, kv) in versions {
-                if *r <= rev {
-                    for b in k.iter().chain(format!("{r}{kv:?}").as_bytes()) {
-                        h = h.wrapping_mul(31).wrapping_add(*b as u64);
-                    }
-                }
-            }
+        let index = self.index.read();
+        let snapshot = self.kv.snapshot()?;
+        let (current, compacted) = (index.current, index.compacted);
+        drop(index);
+        let at = if revision <= 0 { current } else { revision };
+        if at > current {
+            return Err(MvccError::FutureRevision);
         }
-        Ok((h as u32, inner.compacted, rev))
+        if at < compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut hash = 0u32;
+        let end = rev_key((at + 1, 0));
+        snapshot.scan(Table::Revisions, &[], Some(&end), &mut |key, value| {
+            hash = crc32c::crc32c_append(hash, key);
+            hash = crc32c::crc32c_append(hash, value);
+            true
+        })?;
+        Ok((hash, compacted, at))
     }
+
+    /// The underlying store (for snapshots and size).
     pub fn kv(&self) -> &S {
         &self.kv
     }
 }
+
+#[cfg(test)]
+mod tests;

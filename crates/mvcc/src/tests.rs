@@ -1,0 +1,453 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use storage::MemKvStore;
+
+use super::*;
+
+struct Harness {
+    store: Store<std::sync::Arc<MemKvStore>>,
+    kv: std::sync::Arc<MemKvStore>,
+    index: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let kv = std::sync::Arc::new(MemKvStore::new());
+        Self {
+            store: Store::open(kv.clone()).unwrap(),
+            kv,
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> Applied {
+        self.index += 1;
+        let entry = ApplyEntry {
+            index: self.index,
+            term: 1,
+            command: Some(&command),
+        };
+        self.store.apply_batch(&[entry], false).unwrap().remove(0)
+    }
+
+    fn put(&mut self, key: &str, value: &str) -> Applied {
+        self.apply(Command::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }))
+    }
+
+    fn delete(&mut self, key: &str, range_end: &[u8]) -> Applied {
+        self.apply(Command::DeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            range_end: range_end.to_vec(),
+            prev_kv: true,
+        }))
+    }
+
+    fn range(&self, req: RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.store.range(&req).map(|(r, _)| r)
+    }
+
+    fn get(&self, key: &str, revision: i64) -> Result<Option<KeyValue>, MvccError> {
+        self.range(RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        })
+        .map(|r| r.kvs.into_iter().next())
+    }
+}
+
+fn keys(response: &RangeResponse) -> Vec<String> {
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect()
+}
+
+// Proves etcd's revision model: a fresh store is at 1, each write bumps by one, a put of the
+// same value still bumps, a delete of nothing and a failed command do not, and versions and
+// create revisions follow puts, deletes and re-creations.
+#[test]
+fn revisions_and_versions_follow_etcd() {
+    let mut h = Harness::new();
+    assert_eq!(h.store.current_revision(), 1);
+    assert_eq!(h.put("a", "1").revision, 2);
+    assert_eq!(h.put("a", "1").revision, 3);
+    let kv = h.get("a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    let nothing = h.delete("zzz", b"");
+    assert_eq!(nothing.revision, 3);
+    assert_eq!(nothing.result, Ok(CommandResponse::DeleteRange(DeleteRangeResponse::default())));
+    assert_eq!(h.delete("a", b"").revision, 4);
+    assert_eq!(h.get("a", 0).unwrap(), None);
+    assert_eq!(h.put("a", "2").revision, 5);
+    let kv = h.get("a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    let failed = h.apply(Command::Put(PutRequest {
+        key: b"missing".to_vec(),
+        ignore_value: true,
+        ..Default::default()
+    }));
+    assert_eq!(failed.result, Err(MvccError::KeyNotFound));
+    assert_eq!(failed.revision, 5);
+    // History is readable at every retained revision.
+    assert_eq!(h.get("a", 3).unwrap().unwrap().value, b"1");
+    assert_eq!(h.get("a", 4).unwrap(), None);
+    assert_eq!(h.get("a", 6), Err(MvccError::FutureRevision));
+}
+
+// Proves range_end forms, limit with `more` and `count`, keys_only, count_only, sorting and
+// the revision filters.
+#[test]
+fn range_options() {
+    let mut h = Harness::new();
+    for (k, v) in [("a", "3"), ("b", "1"), ("c", "2"), ("d", "0")] {
+        h.put(k, v);
+    }
+    h.put("b", "9");
+    let all = |end: &[u8]| RangeRequest {
+        key: b"a".to_vec(),
+        range_end: end.to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(keys(&h.range(all(b"c")).unwrap()), ["a", "b"]);
+    assert_eq!(keys(&h.range(all(&[0])).unwrap()), ["a", "b", "c", "d"]);
+    let from_zero = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    assert_eq!(h.range(from_zero).unwrap().count, 4);
+    let limited = h.range(RangeRequest { limit: 2, ..all(&[0]) }).unwrap();
+    assert_eq!((keys(&limited), limited.more, limited.count), (vec!["a".into(), "b".into()], true, 4));
+    let counted = h.range(RangeRequest { count_only: true, ..all(&[0]) }).unwrap();
+    assert!(counted.kvs.is_empty());
+    assert_eq!(counted.count, 4);
+    let keys_only = h.range(RangeRequest { keys_only: true, ..all(&[0]) }).unwrap();
+    assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
+    let by_value = h
+        .range(RangeRequest {
+            sort_target: SortTarget::Value,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!(keys(&by_value), ["d", "c", "a", "b"]);
+    let by_create_desc = h
+        .range(RangeRequest {
+            sort_target: SortTarget::Create,
+            sort_order: SortOrder::Descend,
+            limit: 1,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!((keys(&by_create_desc), by_create_desc.more), (vec!["d".into()], true));
+    let modified_late = h
+        .range(RangeRequest {
+            min_mod_revision: 6,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!(keys(&modified_late), ["b"]);
+    assert_eq!(modified_late.count, 4);
+    let created_early = h
+        .range(RangeRequest {
+            max_create_revision: 3,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!(keys(&created_early), ["a", "b"]);
+}
+
+// Proves txn semantics: compares on absent keys, range compares, one revision for all
+// writes, reads that see earlier writes of the same txn, nested txns.
+#[test]
+fn txn_semantics() {
+    let mut h = Harness::new();
+    h.put("x", "1");
+    let compare = |key: &str, target: CompareTarget, result: CompareResult| Compare {
+        result,
+        target,
+        key: key.into(),
+        range_end: Vec::new(),
+    };
+    let put = |key: &str, value: &str| {
+        RequestOp::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+    };
+    let get = |key: &str| {
+        RequestOp::Range(RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+    };
+    // create_revision == 0 holds for an absent key; a value compare on it is false.
+    let txn = TxnRequest {
+        compare: vec![compare("absent", CompareTarget::Create(0), CompareResult::Equal)],
+        success: vec![put("y", "a"), put("z", "b"), get("y")],
+        failure: vec![],
+    };
+    let applied = h.apply(Command::Txn(txn));
+    assert_eq!(applied.revision, 3);
+    let Ok(CommandResponse::Txn(response)) = applied.result else { panic!() };
+    assert!(response.succeeded);
+    let ResponseOp::Range(read) = &response.responses[2] else { panic!() };
+    assert_eq!(read.kvs[0].value, b"a");
+    assert_eq!(read.kvs[0].mod_revision, 3);
+    assert_eq!(h.get("z", 0).unwrap().unwrap().mod_revision, 3);
+
+    let value_on_absent = TxnRequest {
+        compare: vec![compare("absent", CompareTarget::Value(Vec::new()), CompareResult::Equal)],
+        success: vec![put("w", "1")],
+        failure: vec![get("x")],
+    };
+    let applied = h.apply(Command::Txn(value_on_absent));
+    let Ok(CommandResponse::Txn(response)) = applied.result else { panic!() };
+    assert!(!response.succeeded);
+    assert_eq!(applied.revision, 3, "a read-only branch does not bump the revision");
+
+    // A range compare must hold for every key in the range.
+    let mut range_compare = compare("x", CompareTarget::Version(1), CompareResult::Equal);
+    range_compare.range_end = b"zz".to_vec();
+    let nested = TxnRequest {
+        compare: vec![range_compare],
+        success: vec![RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![put("n", "nested")],
+            failure: vec![],
+        })],
+        failure: vec![put("n", "outer-failure")],
+    };
+    h.apply(Command::Txn(nested));
+    assert_eq!(h.get("n", 0).unwrap().unwrap().value, b"nested");
+}
+
+// Proves compaction keeps the newest version at or below the compaction revision, drops
+// tombstones and older history, refuses reads below it, and allows reads exactly at it.
+#[test]
+fn compaction() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // 2
+    h.put("a", "2"); // 3
+    h.put("b", "1"); // 4
+    h.delete("b", b""); // 5
+    h.put("c", "1"); // 6
+    let compact = |rev| Command::Compact(CompactRequest { revision: rev, physical: true });
+    assert_eq!(h.apply(compact(5)).result, Ok(CommandResponse::Compact));
+    assert_eq!(h.store.compact_revision(), 5);
+    assert_eq!(h.get("a", 4), Err(MvccError::Compacted));
+    assert_eq!(h.get("a", 5).unwrap().unwrap().value, b"2");
+    assert_eq!(h.get("b", 5).unwrap(), None);
+    assert_eq!(h.apply(compact(5)).result, Err(MvccError::Compacted));
+    assert_eq!(h.apply(compact(99)).result, Err(MvccError::FutureRevision));
+    // The dropped versions are gone from storage too: reopening sees the same state.
+    let reopened = Store::open(h.kv.clone()).unwrap();
+    assert_eq!(reopened.compact_revision(), 5);
+    assert_eq!(reopened.hash_kv(0).unwrap(), h.store.hash_kv(0).unwrap());
+    let snapshot = h.kv.snapshot().unwrap();
+    let mut stored = 0;
+    snapshot
+        .scan(Table::Revisions, &[], None, &mut |_, _| {
+            stored += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(stored, 2, "a@3 and c@6 remain");
+}
+
+// Proves snapshots: restoring another store's snapshot view yields the same state, applied
+// index and hash; and HashKV differs when histories differ.
+#[test]
+fn restore_and_hash() {
+    let mut a = Harness::new();
+    for i in 0..20 {
+        a.put(&format!("k{i}"), &format!("v{i}"));
+    }
+    let mut b = Harness::new();
+    b.put("other", "state");
+    assert_ne!(a.store.hash_kv(0).unwrap().0, b.store.hash_kv(0).unwrap().0);
+    let (view, applied) = a.store.snapshot_view().unwrap();
+    assert_eq!(applied.index, 20);
+    let mut records = Vec::new();
+    for table in Table::ALL {
+        view.scan(table, &[], None, &mut |k, v| {
+            records.push(Ok((table, k.to_vec(), v.to_vec())));
+            true
+        })
+        .unwrap();
+    }
+    let restored = b.store.restore(&mut records.into_iter()).unwrap();
+    assert_eq!(restored, applied);
+    assert_eq!(b.store.durable_applied(), applied);
+    assert_eq!(b.store.hash_kv(0).unwrap(), a.store.hash_kv(0).unwrap());
+    assert_eq!(b.get("k7", 0).unwrap().unwrap().value, b"v7");
+    assert_eq!(b.get("other", 0).unwrap(), None);
+}
+
+// Proves the command codec round-trips and never panics on malformed input.
+#[test]
+fn command_codec() {
+    let command = Command::Txn(TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::NotEqual,
+            target: CompareTarget::Value(b"v".to_vec()),
+            key: b"k".to_vec(),
+            range_end: b"z".to_vec(),
+        }],
+        success: vec![RequestOp::Range(RangeRequest {
+            key: b"a".to_vec(),
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Create,
+            max_create_revision: 9,
+            limit: 1,
+            ..Default::default()
+        })],
+        failure: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+            key: b"d".to_vec(),
+            range_end: vec![0],
+            prev_kv: true,
+        })],
+    });
+    let bytes = command.encode();
+    assert_eq!(Command::decode(&bytes).unwrap(), command);
+    for cut in 0..bytes.len() {
+        assert!(Command::decode(&bytes[..cut]).is_err());
+    }
+}
+
+/// The model: the full state after every revision.
+#[derive(Default)]
+struct Model {
+    history: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+    compacted: i64,
+}
+
+impl Model {
+    fn new() -> Self {
+        // Revision 1 is the empty store; index 0 unused.
+        Self {
+            history: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: 0,
+        }
+    }
+
+    fn current(&self) -> i64 {
+        self.history.len() as i64 - 1
+    }
+
+    fn latest(&self) -> BTreeMap<Vec<u8>, KeyValue> {
+        self.history.last().unwrap().clone()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8, u8),
+    Compact(u8),
+    Read(u8, u8),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        1 => (0u8..6, 0u8..3).prop_map(|(k, n)| Op::Delete(k, n)),
+        1 => any::<u8>().prop_map(Op::Compact),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(r, l)| Op::Read(r, l)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    // Proves the store against a model that keeps the whole history: every write's revision
+    // and result, and every read at any retained revision (with limits), match.
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op_strategy(), 1..60)) {
+        let mut h = Harness::new();
+        let mut model = Model::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    let key = vec![b'a' + k];
+                    let mut state = model.latest();
+                    let rev = model.current() + 1;
+                    let previous = state.get(&key).cloned();
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        create_revision: previous.as_ref().map_or(rev, |p| p.create_revision),
+                        mod_revision: rev,
+                        version: previous.as_ref().map_or(1, |p| p.version + 1),
+                        value: vec![v],
+                        lease: 0,
+                    };
+                    state.insert(key.clone(), kv);
+                    model.history.push(state);
+                    let applied = h.apply(Command::Put(PutRequest { key, value: vec![v], prev_kv: true, ..Default::default() }));
+                    prop_assert_eq!(applied.revision, rev);
+                    prop_assert_eq!(applied.result, Ok(CommandResponse::Put(PutResponse { prev_kv: previous })));
+                }
+                Op::Delete(k, n) => {
+                    let start = vec![b'a' + k];
+                    let end = vec![b'a' + k + n];
+                    let mut state = model.latest();
+                    let deleted: Vec<KeyValue> = state.range(start.clone()..end.clone()).map(|(_, kv)| kv.clone()).collect();
+                    let range_end = if n == 0 { Vec::new() } else { end.clone() };
+                    let deleted = if n == 0 { state.get(&start).cloned().into_iter().collect() } else { deleted };
+                    for kv in &deleted {
+                        state.remove(&kv.key);
+                    }
+                    if !deleted.is_empty() {
+                        model.history.push(state);
+                    }
+                    let applied = h.apply(Command::DeleteRange(DeleteRangeRequest { key: start, range_end, prev_kv: true }));
+                    prop_assert_eq!(applied.revision, model.current());
+                    prop_assert_eq!(applied.result, Ok(CommandResponse::DeleteRange(DeleteRangeResponse { deleted: deleted.len() as i64, prev_kvs: deleted })));
+                }
+                Op::Compact(r) => {
+                    let rev = i64::from(r) % (model.current() + 2);
+                    let expected = if rev <= model.compacted {
+                        Err(MvccError::Compacted)
+                    } else if rev > model.current() {
+                        Err(MvccError::FutureRevision)
+                    } else {
+                        model.compacted = rev;
+                        Ok(CommandResponse::Compact)
+                    };
+                    let applied = h.apply(Command::Compact(CompactRequest { revision: rev, physical: false }));
+                    prop_assert_eq!(applied.result, expected);
+                }
+                Op::Read(r, limit) => {
+                    let rev = i64::from(r) % (model.current() + 2);
+                    let req = RangeRequest { key: b"a".to_vec(), range_end: vec![0], revision: rev, limit: i64::from(limit), ..Default::default() };
+                    let at = if rev == 0 { model.current() } else { rev };
+                    let expected = if at > model.current() {
+                        Err(MvccError::FutureRevision)
+                    } else if at < model.compacted {
+                        Err(MvccError::Compacted)
+                    } else {
+                        let state = &model.history[at as usize];
+                        let all: Vec<KeyValue> = state.values().cloned().collect();
+                        let count = all.len() as i64;
+                        let take = if limit == 0 { all.len() } else { usize::from(limit).min(all.len()) };
+                        Ok(RangeResponse { more: take < all.len(), kvs: all[..take].to_vec(), count })
+                    };
+                    prop_assert_eq!(h.range(req), expected);
+                }
+            }
+        }
+        // Reopening from storage rebuilds the same index.
+        let reopened = Store::open(h.kv.clone()).unwrap();
+        prop_assert_eq!(reopened.current_revision(), h.store.current_revision());
+        prop_assert_eq!(reopened.hash_kv(0).unwrap(), h.store.hash_kv(0).unwrap());
+        let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        prop_assert_eq!(reopened.range(&all).unwrap(), h.store.range(&all).unwrap());
+    }
+}
