@@ -312,4 +312,3 @@ impl Command {
         Ok(command)
     }
 }
-

@@ -104,7 +104,10 @@ fn rev_key(rev: Rev) -> Vec<u8> {
 
 fn decode_rev_key(key: &[u8]) -> Result<Rev, MvccError> {
     if key.len() != 16 {
-        return Err(MvccError::Storage(format!("revision key of {} bytes", key.len())));
+        return Err(MvccError::Storage(format!(
+            "revision key of {} bytes",
+            key.len()
+        )));
     }
     let main = i64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
     let sub = i64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
@@ -128,7 +131,9 @@ fn encode_record(key: &[u8], version: &Version, value: &[u8]) -> Vec<u8> {
 fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), MvccError> {
     let mut r = codec::R { b: bytes };
     if r.u8()? != RECORD_FORMAT_V1 {
-        return Err(MvccError::Storage(format!("record at revision {rev:?}: unknown format")));
+        return Err(MvccError::Storage(format!(
+            "record at revision {rev:?}: unknown format"
+        )));
     }
     let tombstone = r.u8()? != 0;
     let key = r.bytes()?;
@@ -150,7 +155,12 @@ fn meta_i64(snapshot: &dyn KvSnapshot, name: &[u8]) -> Result<i64, MvccError> {
             .as_slice()
             .try_into()
             .map(i64::from_be_bytes)
-            .map_err(|_| MvccError::Storage(format!("meta {} is malformed", String::from_utf8_lossy(name)))),
+            .map_err(|_| {
+                MvccError::Storage(format!(
+                    "meta {} is malformed",
+                    String::from_utf8_lossy(name)
+                ))
+            }),
     }
 }
 
@@ -223,17 +233,28 @@ impl ValueSource<'_> {
         let bytes = self
             .snapshot
             .get(Table::Revisions, &rev_key(rev))?
-            .ok_or_else(|| MvccError::Storage(format!("revision {rev:?} is indexed but not stored")))?;
+            .ok_or_else(|| {
+                MvccError::Storage(format!("revision {rev:?} is indexed but not stored"))
+            })?;
         Ok(decode_record(rev, &bytes)?.2)
     }
 
-    fn key_value(&self, key: &[u8], version: &Version, with_value: bool) -> Result<KeyValue, MvccError> {
+    fn key_value(
+        &self,
+        key: &[u8],
+        version: &Version,
+        with_value: bool,
+    ) -> Result<KeyValue, MvccError> {
         Ok(KeyValue {
             key: key.to_vec(),
             create_revision: version.create_revision,
             mod_revision: version.rev.0,
             version: version.version,
-            value: if with_value { self.value(version.rev)? } else { Vec::new() },
+            value: if with_value {
+                self.value(version.rev)?
+            } else {
+                Vec::new()
+            },
             lease: version.lease,
         })
     }
@@ -246,7 +267,11 @@ fn range_at(
     req: &RangeRequest,
     current: i64,
 ) -> Result<RangeResponse, MvccError> {
-    let at = if req.revision <= 0 { current } else { req.revision };
+    let at = if req.revision <= 0 {
+        current
+    } else {
+        req.revision
+    };
     if at > current {
         return Err(MvccError::FutureRevision);
     }
@@ -275,7 +300,8 @@ fn range_at(
         (SortOrder::None, _) => SortOrder::Ascend,
         (order, _) => order,
     };
-    let needs_value = !req.keys_only || (sort_order != SortOrder::None && req.sort_target == SortTarget::Value);
+    let needs_value =
+        !req.keys_only || (sort_order != SortOrder::None && req.sort_target == SortTarget::Value);
     let limit = usize::try_from(req.limit).unwrap_or(0);
     let mut kvs = Vec::new();
     let mut more = false;
@@ -365,7 +391,12 @@ impl Execution<'_> {
             }
         }
         for op in &self.ops {
-            if let WriteOp::Put { table: Table::Revisions, key, .. } = op {
+            if let WriteOp::Put {
+                table: Table::Revisions,
+                key,
+                ..
+            } = op
+            {
                 if let Ok(rev) = decode_rev_key(key) {
                     self.pending.remove(&rev);
                 }
@@ -395,7 +426,10 @@ impl Execution<'_> {
             return Err(MvccError::KeyNotFound);
         }
         let value = if req.ignore_value {
-            previous_kv.as_ref().map(|kv| kv.value.clone()).unwrap_or_default()
+            previous_kv
+                .as_ref()
+                .map(|kv| kv.value.clone())
+                .unwrap_or_default()
         } else {
             req.value.clone()
         };
@@ -497,7 +531,11 @@ impl Execution<'_> {
                 break;
             }
         }
-        let branch = if succeeded { &req.success } else { &req.failure };
+        let branch = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(branch.len());
         for op in branch {
             responses.push(self.op(op)?);
@@ -631,9 +669,13 @@ impl<S: KvStore> Store<S> {
             };
             let result = match command {
                 Command::Put(req) => execution.put(req).map(CommandResponse::Put),
-                Command::DeleteRange(req) => execution.delete(req).map(CommandResponse::DeleteRange),
+                Command::DeleteRange(req) => {
+                    execution.delete(req).map(CommandResponse::DeleteRange)
+                }
                 Command::Txn(req) => execution.txn(req).map(CommandResponse::Txn),
-                Command::Compact(req) => execution.compact(req.revision).map(|()| CommandResponse::Compact),
+                Command::Compact(req) => execution
+                    .compact(req.revision)
+                    .map(|()| CommandResponse::Compact),
             };
             if result.is_err() {
                 execution.undo();

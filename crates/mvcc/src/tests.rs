@@ -82,7 +82,10 @@ fn revisions_and_versions_follow_etcd() {
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     let nothing = h.delete("zzz", b"");
     assert_eq!(nothing.revision, 3);
-    assert_eq!(nothing.result, Ok(CommandResponse::DeleteRange(DeleteRangeResponse::default())));
+    assert_eq!(
+        nothing.result,
+        Ok(CommandResponse::DeleteRange(DeleteRangeResponse::default()))
+    );
     assert_eq!(h.delete("a", b"").revision, 4);
     assert_eq!(h.get("a", 0).unwrap(), None);
     assert_eq!(h.put("a", "2").revision, 5);
@@ -123,12 +126,30 @@ fn range_options() {
         ..Default::default()
     };
     assert_eq!(h.range(from_zero).unwrap().count, 4);
-    let limited = h.range(RangeRequest { limit: 2, ..all(&[0]) }).unwrap();
-    assert_eq!((keys(&limited), limited.more, limited.count), (vec!["a".into(), "b".into()], true, 4));
-    let counted = h.range(RangeRequest { count_only: true, ..all(&[0]) }).unwrap();
+    let limited = h
+        .range(RangeRequest {
+            limit: 2,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!(
+        (keys(&limited), limited.more, limited.count),
+        (vec!["a".into(), "b".into()], true, 4)
+    );
+    let counted = h
+        .range(RangeRequest {
+            count_only: true,
+            ..all(&[0])
+        })
+        .unwrap();
     assert!(counted.kvs.is_empty());
     assert_eq!(counted.count, 4);
-    let keys_only = h.range(RangeRequest { keys_only: true, ..all(&[0]) }).unwrap();
+    let keys_only = h
+        .range(RangeRequest {
+            keys_only: true,
+            ..all(&[0])
+        })
+        .unwrap();
     assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
     let by_value = h
         .range(RangeRequest {
@@ -145,7 +166,10 @@ fn range_options() {
             ..all(&[0])
         })
         .unwrap();
-    assert_eq!((keys(&by_create_desc), by_create_desc.more), (vec!["d".into()], true));
+    assert_eq!(
+        (keys(&by_create_desc), by_create_desc.more),
+        (vec!["d".into()], true)
+    );
     let modified_late = h
         .range(RangeRequest {
             min_mod_revision: 6,
@@ -190,28 +214,45 @@ fn txn_semantics() {
     };
     // create_revision == 0 holds for an absent key; a value compare on it is false.
     let txn = TxnRequest {
-        compare: vec![compare("absent", CompareTarget::Create(0), CompareResult::Equal)],
+        compare: vec![compare(
+            "absent",
+            CompareTarget::Create(0),
+            CompareResult::Equal,
+        )],
         success: vec![put("y", "a"), put("z", "b"), get("y")],
         failure: vec![],
     };
     let applied = h.apply(Command::Txn(txn));
     assert_eq!(applied.revision, 3);
-    let Ok(CommandResponse::Txn(response)) = applied.result else { panic!() };
+    let Ok(CommandResponse::Txn(response)) = applied.result else {
+        panic!()
+    };
     assert!(response.succeeded);
-    let ResponseOp::Range(read) = &response.responses[2] else { panic!() };
+    let ResponseOp::Range(read) = &response.responses[2] else {
+        panic!()
+    };
     assert_eq!(read.kvs[0].value, b"a");
     assert_eq!(read.kvs[0].mod_revision, 3);
     assert_eq!(h.get("z", 0).unwrap().unwrap().mod_revision, 3);
 
     let value_on_absent = TxnRequest {
-        compare: vec![compare("absent", CompareTarget::Value(Vec::new()), CompareResult::Equal)],
+        compare: vec![compare(
+            "absent",
+            CompareTarget::Value(Vec::new()),
+            CompareResult::Equal,
+        )],
         success: vec![put("w", "1")],
         failure: vec![get("x")],
     };
     let applied = h.apply(Command::Txn(value_on_absent));
-    let Ok(CommandResponse::Txn(response)) = applied.result else { panic!() };
+    let Ok(CommandResponse::Txn(response)) = applied.result else {
+        panic!()
+    };
     assert!(!response.succeeded);
-    assert_eq!(applied.revision, 3, "a read-only branch does not bump the revision");
+    assert_eq!(
+        applied.revision, 3,
+        "a read-only branch does not bump the revision"
+    );
 
     // A range compare must hold for every key in the range.
     let mut range_compare = compare("x", CompareTarget::Version(1), CompareResult::Equal);
@@ -239,7 +280,12 @@ fn compaction() {
     h.put("b", "1"); // 4
     h.delete("b", b""); // 5
     h.put("c", "1"); // 6
-    let compact = |rev| Command::Compact(CompactRequest { revision: rev, physical: true });
+    let compact = |rev| {
+        Command::Compact(CompactRequest {
+            revision: rev,
+            physical: true,
+        })
+    };
     assert_eq!(h.apply(compact(5)).result, Ok(CommandResponse::Compact));
     assert_eq!(h.store.compact_revision(), 5);
     assert_eq!(h.get("a", 4), Err(MvccError::Compacted));
