@@ -7,6 +7,7 @@
 //!
 //! It owns no state and refuses to know storage or Raft: `node` is its only way in.
 
+pub mod authority;
 pub mod cluster;
 pub mod convert;
 pub mod errors;

@@ -172,8 +172,11 @@ fn put_meta(ops: &mut Vec<WriteOp>, name: &[u8], value: i64) {
     });
 }
 
+/// Bounds of a key range for a `BTreeMap` lookup.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// Map bounds for etcd's range. `None` when the range is empty.
-fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
     if end.is_empty() {
         Some((Bound::Included(start), Bound::Included(start)))
     } else if end == [0] {
@@ -660,7 +663,7 @@ impl<S: KvStore> Store<S> {
             };
             let mut execution = Execution {
                 main: index.current + 1,
-                index: &mut *index,
+                index: &mut index,
                 snapshot: &snapshot,
                 pending: &mut pending,
                 ops: Vec::new(),

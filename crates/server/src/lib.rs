@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .await
             .with_context(|| format!("cannot listen for clients on {addr}"))?;
         let routes = api::client_routes(&node, members.clone(), api_config);
-        servers.spawn(serve(listener, routes, stop_rx.clone()));
+        servers.spawn(serve_clients(listener, routes, stop_rx.clone()));
     }
     tracing::info!(
         name = %config.name,
@@ -156,17 +156,40 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let incoming = TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    server_builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
         .await
         .context("grpc server")
+}
+
+/// Serves client connections, each through [`api::authority::AuthorityFix`] so that older
+/// etcd clients' malformed `:authority` headers are accepted as etcd accepts them.
+async fn serve_clients(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt as _;
+    let incoming =
+        TcpListenerStream::new(listener).map(|conn| conn.map(api::authority::AuthorityFix::new));
+    server_builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .context("grpc server")
+}
+
+fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }
 
 /// The election-jitter seed. It only needs to differ between members and runs; simulations

@@ -18,8 +18,8 @@ fn stdout(output: &std::process::Output) -> String {
 }
 
 // Proves etcdctl can put, get and delete through every member of a 3-member cluster, and
-// that every member sees what was written through any other; also that `endpoint health`
-// and `member list` work.
+// that every member sees what was written through any other; also that `endpoint health`,
+// `endpoint status` and `member list` work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_put_get_delete_through_every_member() {
     let cluster = Cluster::start(binary(), 3, &[]).unwrap();
@@ -66,6 +66,21 @@ async fn etcdctl_put_get_delete_through_every_member() {
     let health = String::from_utf8_lossy(&health.stderr).into_owned()
         + &String::from_utf8_lossy(&health.stdout);
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    // etcdctl 3.4 sends a malformed :authority on `endpoint status`; it must work anyway, and
+    // exactly one member must report itself as leader.
+    let status = std::process::Command::new("etcdctl")
+        .args([endpoints.as_str(), "endpoint", "status", "-w", "simple"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let status = stdout(&status);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    let leaders = status
+        .lines()
+        .filter(|l| l.contains(", true, false,"))
+        .count();
+    assert_eq!(leaders, 1, "{status}");
 
     let members = stdout(&cluster.etcdctl(1, &["member", "list"]).unwrap());
     assert_eq!(members.lines().count(), 3, "{members}");
