@@ -1,1 +1,58 @@
+use storage::testing::{kv_store_conformance, log_store_conformance};
+use storage::{MemKvStore, MemLogStore};
 
+use super::*;
+
+// Proves the raft-engine log store keeps every LogStore promise, across reopen.
+#[test]
+fn raft_log_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    log_store_conformance(RaftLogStore::open(&path).unwrap(), |store| {
+        drop(store);
+        RaftLogStore::open(&path).unwrap()
+    });
+}
+
+// Proves the redb state store keeps every KvStore promise, across reopen.
+#[test]
+fn redb_kv_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    kv_store_conformance(RedbKvStore::open(&path).unwrap(), |store| {
+        drop(store);
+        RedbKvStore::open(&path).unwrap()
+    });
+}
+
+// Proves the in-memory stores used by tests and simulation keep the same promises.
+#[test]
+fn memory_stores_conform() {
+    log_store_conformance(MemLogStore::new(), |store| store);
+    kv_store_conformance(MemKvStore::new(), |store| store);
+}
+
+// Proves a file that is not a redb database is refused with an error, not a panic.
+#[test]
+fn foreign_state_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(&path, b"this is not a database, just some bytes").unwrap();
+    assert!(RedbKvStore::open(&path).is_err());
+}
+
+// Proves the corruption locator reads raft-engine's log line into a file and an offset.
+#[test]
+fn corruption_location_is_parsed() {
+    let dir = Path::new("/data/log");
+    let line = "Failed to open log file due to broken batch (queue=Append,seq=3,offset=4093): \
+                Corruption: Checksum expected 1 but got 2";
+    let (file, offset, detail) = locate_corruption(dir, line).unwrap();
+    assert_eq!(file, dir.join("0000000000000003.raftlog"));
+    assert_eq!(offset, 4093);
+    assert_eq!(detail, "Corruption: Checksum expected 1 but got 2");
+    assert_eq!(
+        parse_location("Append, seq: 12 }, offset: 77, len: 5"),
+        Some((false, 12, 77))
+    );
+}
