@@ -23,5 +23,7 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== cargo test (unit and in-process tests)"
+cargo test --workspace --locked --exclude concord
+echo "== cargo test (real-process cluster tests, one at a time: each runs its own cluster)"
+cargo test -p concord --locked -- --test-threads=1

@@ -89,7 +89,7 @@ fn data_dir_of_another_cluster_is_refused() {
     let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime
-        .block_on(cluster.wait_for_leader(Duration::from_secs(10)))
+        .block_on(cluster.wait_for_leader(Duration::from_secs(20)))
         .unwrap();
     cluster.stop(0);
     let mut args = cluster.args(0);
@@ -117,4 +117,69 @@ fn tempfile_dir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+// Proves `concord dev` starts a working 3-member cluster in one command, prints how to reach
+// it, and stops every member cleanly on Ctrl-C (SIGINT).
+#[test]
+fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
+    let dir = tempfile_dir();
+    // Member i listens on base + 10*i (clients) and base + 10*i + 1 (peers).
+    let base = 30_000 + (std::process::id() % 2_000) as u16 * 10;
+    let mut dev = Command::new(binary())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.join("dev"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = |i: u16| format!("--endpoints=http://127.0.0.1:{}", base + 10 * i);
+    let etcdctl = |i: u16, args: &[&str]| {
+        Command::new("timeout")
+            .args(["10", "etcdctl", &endpoint(i)])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !etcdctl(0, &["put", "dev-key", "dev-value"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev cluster never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got = etcdctl(2, &["get", "dev-key"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "dev-key\ndev-value\n");
+
+    let _ = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = dev.kill();
+            panic!("concord dev did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut dev.stdout.take().unwrap(), &mut printed).unwrap();
+    assert!(
+        printed.contains(&format!("http://127.0.0.1:{base}")),
+        "{printed}"
+    );
+    assert!(printed.contains("etcdctl"), "{printed}");
+    assert!(
+        !etcdctl(1, &["get", "dev-key"]).status.success(),
+        "a member outlived dev"
+    );
 }

@@ -21,7 +21,7 @@ const SNAPSHOT_INSTALLED_LOG: &str = "installed snapshot";
 async fn leader_killed_during_writes_loses_nothing() {
     let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
     let leader = cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -75,7 +75,7 @@ async fn leader_killed_during_writes_loses_nothing() {
     // The killed member comes back, catches up, and holds every acknowledged write too.
     cluster.restart(leader).unwrap();
     cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let found = read_prefix(&cluster, leader, "lk/", false).await.unwrap();
@@ -88,7 +88,7 @@ async fn leader_killed_during_writes_loses_nothing() {
 async fn all_members_killed_and_restarted_keep_every_acknowledged_write() {
     let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
     cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,7 +128,7 @@ async fn stopped_member_catches_up_through_a_snapshot() {
     }
     let mut cluster = Cluster::start(binary(), 3, &["--snapshot-count", "2000"]).unwrap();
     let leader = cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let lagging = (leader + 1) % 3;
@@ -211,7 +211,7 @@ async fn stopped_member_catches_up_through_a_snapshot() {
 async fn flipped_byte_in_the_log_stops_the_member() {
     let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
     cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let mut kv = cluster.kv(0);

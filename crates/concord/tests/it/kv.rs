@@ -24,7 +24,7 @@ fn stdout(output: &std::process::Output) -> String {
 async fn etcdctl_put_get_delete_through_every_member() {
     let cluster = Cluster::start(binary(), 3, &[]).unwrap();
     cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     for writer in 0..3 {
@@ -105,7 +105,7 @@ async fn etcdctl_put_get_delete_through_every_member() {
 async fn oversized_request_and_empty_key_get_etcds_errors() {
     let cluster = Cluster::start(binary(), 1, &[]).unwrap();
     cluster
-        .wait_for_leader(Duration::from_secs(10))
+        .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
     let mut kv = cluster.kv(0);
