@@ -155,7 +155,8 @@ async fn serve(
     routes: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let incoming = TcpListenerStream::new(listener);
+    use tokio_stream::StreamExt as _;
+    let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(nodelay));
     server_builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -173,8 +174,12 @@ async fn serve_clients(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use tokio_stream::StreamExt as _;
-    let incoming =
-        TcpListenerStream::new(listener).map(|conn| conn.map(api::authority::AuthorityFix::new));
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.map(|stream| {
+            nodelay(&stream);
+            api::authority::AuthorityFix::new(stream)
+        })
+    });
     server_builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -182,6 +187,16 @@ async fn serve_clients(
         })
         .await
         .context("grpc server")
+}
+
+/// Small responses must leave at once: with Nagle's algorithm on, a response written in two
+/// segments waits for the client's delayed ACK (about 40 ms). The server builder's own
+/// `tcp_nodelay` applies only to listeners it binds itself, not to a given stream of
+/// connections, so it is set here on each accepted connection.
+fn nodelay(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 fn server_builder() -> tonic::transport::Server {

@@ -1,33 +1,137 @@
 //! Fixtures for tests against real `concord` processes.
 //!
-//! [`Cluster`] starts members of a cluster as child processes on 127.0.0.1 with free ports,
-//! each with its own data directory that survives restarts, and its output captured in a log
-//! file. Members can be killed (SIGKILL), stopped (SIGTERM) and restarted with the same flags.
-//! Dropping the cluster kills every member it started, also when a test panics.
+//! [`Cluster::start`] launches the members of a new cluster as child processes of the test,
+//! on 127.0.0.1 with free ports, each with its own data directory that survives restarts. A
+//! member's stdout and stderr go to `<name>.log` in the cluster's directory; every start of
+//! the member appends to the same file after a `==== testkit:` marker line.
+//!
+//! Members can be killed ([`Cluster::kill`], SIGKILL), stopped ([`Cluster::stop`], SIGTERM)
+//! and restarted with the same flags and data ([`Cluster::restart`]). Dropping the cluster
+//! kills every member it started, also when the test panics; on a panic it also prints the
+//! tail of every member's log and keeps the cluster's directory, naming its path, so a
+//! failure can be read after the fact. Set `TESTKIT_KEEP=1` to keep the directory always,
+//! and `TESTKIT_RUST_LOG` to pass a `RUST_LOG` filter to the members.
+//!
+//! Every wait in this crate has a deadline: nothing here can hang a test forever.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! let mut cluster = testkit::Cluster::start("target/debug/concord", 3, &[])?;
+//! let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+//! cluster.kill(leader);
+//! let output = cluster.etcdctl((leader + 1) % 3, &["put", "k", "v"])?;
+//! assert!(output.status.success());
+//! # Ok(())
+//! # }
+//! ```
 
+use std::fmt::Write as _;
 use std::fs::File;
-use std::net::TcpListener;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
+use proto::etcdserverpb::cluster_client::ClusterClient;
 use proto::etcdserverpb::kv_client::KvClient;
 use proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use proto::etcdserverpb::{StatusRequest, StatusResponse};
-use tonic::transport::Channel;
+use proto::etcdserverpb::{HashKvRequest, HashKvResponse, StatusRequest, StatusResponse};
+use tonic::transport::{Channel, Endpoint};
 
-/// A port that was free a moment ago.
+/// How long one `Maintenance.Status` or `HashKV` call made by the fixture may take.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`Cluster::start`] waits for every member to listen on its client port.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Cluster::etcdctl`] lets one etcdctl invocation run before killing it.
+pub const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Cluster::stop`] waits after SIGTERM before it sends SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest gRPC response the fixture's clients accept (a full read of a big key space).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How many times [`Cluster::start`] picks new ports after a member could not bind its own.
+const START_ATTEMPTS: usize = 5;
+
+/// The text a member prints when it cannot bind an address (see `server::run`).
+const BIND_FAILURE: &str = "cannot listen";
+
+/// Lines of each member's log printed when a test panics.
+const LOG_TAIL_LINES: usize = 40;
+
+/// `n` distinct ports that were free a moment ago.
+///
+/// All `n` are bound at once (so they differ from each other), then released. Another process
+/// may take one before it is used; [`Cluster::start`] retries with new ports when that
+/// happens.
+///
+/// # Panics
+/// If no port can be bound on 127.0.0.1.
+#[must_use]
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// A port that was free a moment ago (see [`free_ports`]).
 ///
 /// # Panics
 /// If no port can be bound on 127.0.0.1.
 #[must_use]
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    free_ports(1)[0]
+}
+
+/// Sends `signal` (a name such as `TERM` or `INT`) to process `pid`, with the shell's `kill`
+/// builtin (no `kill` binary needed, no unsafe code).
+///
+/// # Errors
+/// The shell cannot be run or the process does not exist.
+pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", "kill -s \"$0\" \"$1\"", signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .context("run sh")?;
+    anyhow::ensure!(status.success(), "kill -s {signal} {pid}: {status}");
+    Ok(())
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, for at most `timeout`.
+///
+/// # Errors
+/// The deadline passed; the error names `what` and carries the last failure of `check`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match tokio::time::timeout(remaining, check()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => e,
+            Err(_) => anyhow!("the last attempt was still running at the deadline"),
+        };
+        if Instant::now() >= deadline {
+            return Err(last.context(format!("{what}: not within {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 struct Member {
@@ -36,47 +140,80 @@ struct Member {
     peer_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    starts: usize,
 }
 
-/// A cluster of `concord serve` processes.
+/// A cluster of `concord serve` processes on 127.0.0.1, owned by one test.
+///
+/// Member `i` is named `m{i}`. Methods that take a member index panic if it is out of range.
 pub struct Cluster {
     binary: PathBuf,
-    dir: tempfile::TempDir,
+    /// `None` only while being dropped.
+    dir: Option<tempfile::TempDir>,
     members: Vec<Member>,
     token: String,
     extra_args: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts `size` members of a new cluster with `extra_args` added to every member's
-    /// command line.
+    /// Starts `size` members of a new cluster, `extra_args` added to every member's command
+    /// line (for example `["--snapshot-count", "1000"]`), and waits until every member
+    /// listens on its client port.
+    ///
+    /// A member that cannot bind a port (another process took it after [`free_ports`]
+    /// released it) makes the whole cluster start again on new ports, up to 5 times.
     ///
     /// # Errors
-    /// A member cannot be spawned.
-    pub fn start(binary: &Path, size: usize, extra_args: &[&str]) -> anyhow::Result<Cluster> {
+    /// A member cannot be spawned, exits, or does not listen within [`START_TIMEOUT`]; the
+    /// error carries its log.
+    pub fn start(
+        binary: impl AsRef<Path>,
+        size: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        assert!(size > 0, "a cluster has at least one member");
         let dir = tempfile::Builder::new()
             .prefix("concord-cluster-")
-            .tempdir()?;
-        let members = (0..size)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                child: None,
-                log: dir.path().join(format!("m{i}.log")),
-            })
-            .collect();
+            .tempdir()
+            .context("create the cluster directory")?;
         let mut cluster = Cluster {
-            binary: binary.to_path_buf(),
-            dir,
-            members,
-            token: "testkit".to_string(),
+            binary: binary.as_ref().to_path_buf(),
+            dir: Some(dir),
+            members: Vec::new(),
+            token: format!("testkit-{}", std::process::id()),
             extra_args: extra_args.iter().map(|s| (*s).to_string()).collect(),
         };
-        for i in 0..size {
-            cluster.spawn(i)?;
+        for attempt in 1..=START_ATTEMPTS {
+            cluster.kill_all();
+            let ports = free_ports(2 * size);
+            cluster.members = (0..size)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    child: None,
+                    log: cluster.dir().join(format!("m{i}.log")),
+                    starts: 0,
+                })
+                .collect();
+            for i in 0..size {
+                // A previous attempt's data was made for other ports: start afresh.
+                let data = cluster.data_dir(i);
+                if data.exists() {
+                    std::fs::remove_dir_all(&data)
+                        .with_context(|| format!("remove {}", data.display()))?;
+                }
+                cluster.spawn(i)?;
+            }
+            match cluster.wait_all_listening(START_TIMEOUT) {
+                Ok(()) => return Ok(cluster),
+                Err(e) if attempt < START_ATTEMPTS && cluster.bind_failed() => {
+                    eprintln!("testkit: port collision, starting again on new ports ({e:#})");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(cluster)
+        unreachable!("the last attempt returns")
     }
 
     /// Number of members.
@@ -85,72 +222,25 @@ impl Cluster {
         self.members.len()
     }
 
-    /// The command line flags of member `i`.
+    /// The name of member `i` (`m{i}`).
     #[must_use]
-    pub fn args(&self, i: usize) -> Vec<String> {
-        let member = &self.members[i];
-        let initial_cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect();
-        let client = format!("http://127.0.0.1:{}", member.client_port);
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--name".into(),
-            member.name.clone(),
-            "--data-dir".into(),
-            self.data_dir(i).display().to_string(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--advertise-client-urls".into(),
-            client,
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer,
-            "--initial-cluster".into(),
-            initial_cluster.join(","),
-            "--initial-cluster-token".into(),
-            self.token.clone(),
-        ];
-        args.extend(self.extra_args.iter().cloned());
-        args
+    pub fn name(&self, i: usize) -> &str {
+        &self.members[i].name
     }
 
-    /// The data directory of member `i`.
-    #[must_use]
-    pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(&self.members[i].name)
-    }
-
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let args = self.args(i);
-        let member = &mut self.members[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&member.log)?;
-        let child = Command::new(&self.binary)
-            .args(&args)
-            .env("RUST_LOG", "info,slog=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", self.binary.display()))?;
-        member.child = Some(child);
-        Ok(())
-    }
-
-    /// The client URL of member `i`.
+    /// The client URL of member `i`, such as `http://127.0.0.1:43121`.
     #[must_use]
     pub fn client_url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.members[i].client_port)
     }
 
-    /// Every client URL, comma separated (etcdctl's `--endpoints`).
+    /// The peer URL of member `i`.
+    #[must_use]
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+    }
+
+    /// Every member's client URL, comma separated (etcdctl's `--endpoints`).
     #[must_use]
     pub fn endpoints(&self) -> String {
         (0..self.size())
@@ -159,13 +249,92 @@ impl Cluster {
             .join(",")
     }
 
-    /// The process id of member `i`, if running.
+    /// The command line of member `i`, without the binary (starts with `serve`).
+    #[must_use]
+    pub fn args(&self, i: usize) -> Vec<String> {
+        let initial_cluster: Vec<String> = (0..self.size())
+            .map(|m| format!("{}={}", self.members[m].name, self.peer_url(m)))
+            .collect();
+        let client = self.client_url(i);
+        let peer = self.peer_url(i);
+        let mut args: Vec<String> = [
+            "serve",
+            "--name",
+            &self.members[i].name,
+            "--data-dir",
+            &self.data_dir(i).display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &initial_cluster.join(","),
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &self.token,
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// The directory holding every member's data directory and log.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("not dropped").path()
+    }
+
+    /// The data directory of member `i`; it survives the member's restarts.
+    #[must_use]
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir().join(&self.members[i].name)
+    }
+
+    /// The file that member `i`'s stdout and stderr go to.
+    #[must_use]
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.members[i].log
+    }
+
+    /// Everything member `i` has written so far, over all its starts.
+    #[must_use]
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    }
+
+    /// What member `i` has written since it was last started.
+    #[must_use]
+    pub fn current_log(&self, i: usize) -> String {
+        let log = self.log(i);
+        match log.rfind("==== testkit: start") {
+            Some(at) => log[at..].to_string(),
+            None => log,
+        }
+    }
+
+    /// The process id of member `i`, if the fixture started it and has not reaped it.
     #[must_use]
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)
     }
 
-    /// Kills member `i` with SIGKILL and reaps it.
+    /// Whether member `i`'s process is running (reaps it if it has exited).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.members[i].child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_)) | Err(_)) | None => false,
+        }
+    }
+
+    /// Kills member `i` with SIGKILL, sent to its process id, and reaps it. Does nothing if
+    /// it is not running.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
@@ -173,25 +342,41 @@ impl Cluster {
         }
     }
 
-    /// Stops member `i` with SIGTERM and waits for it to exit (SIGKILL after 10 s).
-    pub fn stop(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+    /// Kills every member with SIGKILL.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.size() {
+            self.kill(i);
         }
     }
 
-    /// Starts member `i` again with the same flags and data.
+    /// Stops member `i` with SIGTERM and waits for it to exit, sending SIGKILL after
+    /// [`STOP_TIMEOUT`]; its exit status (`None` if it was not running or had to be killed).
+    pub fn stop(&mut self, i: usize) -> Option<ExitStatus> {
+        let mut child = self.members[i].child.take()?;
+        let _ = send_signal(child.id(), "TERM");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("testkit: member {i} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Stops every member (SIGTERM, see [`Cluster::stop`]).
+    pub fn stop_all(&mut self) {
+        for i in 0..self.size() {
+            self.stop(i);
+        }
+    }
+
+    /// Starts member `i` again with the same flags and data directory, killing it first if it
+    /// is running. Does not wait for it to serve; see [`Cluster::wait_listening`] and
+    /// [`Cluster::wait_for_leader`].
     ///
     /// # Errors
     /// The process cannot be spawned.
@@ -200,20 +385,27 @@ impl Cluster {
         self.spawn(i)
     }
 
-    /// Waits until member `i`'s process exits, for at most `timeout`; its exit status.
+    /// Restarts every member (see [`Cluster::restart`]).
     ///
     /// # Errors
-    /// Still running at the deadline.
-    pub fn wait_exit(
-        &mut self,
-        i: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
+    /// A process cannot be spawned.
+    pub fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.size() {
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until member `i` exits, for at most `timeout`; its exit status.
+    ///
+    /// # Errors
+    /// Not running, or still running at the deadline.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         let child = self.members[i]
             .child
             .as_mut()
-            .context("member not running")?;
+            .with_context(|| format!("member {i} is not running"))?;
         loop {
             if let Some(status) = child.try_wait()? {
                 self.members[i].child = None;
@@ -226,116 +418,304 @@ impl Cluster {
         }
     }
 
-    /// The output member `i` has written so far.
-    #[must_use]
-    pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+    /// Waits until member `i` accepts TCP connections on its client port.
+    ///
+    /// # Errors
+    /// The member exits or is not listening within `timeout`; the error carries its log.
+    pub fn wait_listening(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.members[i].client_port));
+        loop {
+            if !self.is_running(i) {
+                bail!(
+                    "member {i} exited before listening on {addr}; {}",
+                    self.describe_log(i)
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "member {i} not listening on {addr} after {timeout:?}; {}",
+                    self.describe_log(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// A gRPC channel to member `i` (connects lazily).
+    fn wait_all_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for i in 0..self.size() {
+            self.wait_listening(i, deadline.saturating_duration_since(Instant::now()))?;
+        }
+        Ok(())
+    }
+
+    fn bind_failed(&self) -> bool {
+        (0..self.size()).any(|i| self.current_log(i).contains(BIND_FAILURE))
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let args = self.args(i);
+        let member = &mut self.members[i];
+        member.starts += 1;
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .with_context(|| format!("open {}", member.log.display()))?;
+        writeln!(
+            log,
+            "==== testkit: start #{} of {}: {} {}",
+            member.starts,
+            member.name,
+            self.binary.display(),
+            args.join(" ")
+        )?;
+        let mut command = match pdeathsig_wrapper() {
+            Some(wrapper) => {
+                let mut command = Command::new(wrapper);
+                command
+                    .args(["--pdeathsig", "KILL", "--"])
+                    .arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        command.args(&args).stdin(Stdio::null());
+        // The members' behaviour comes from their flags alone, not from the test's environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CONCORD_") {
+                command.env_remove(&key);
+            }
+        }
+        match std::env::var_os("TESTKIT_RUST_LOG") {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.binary.display()))?;
+        member.child = Some(child);
+        Ok(())
+    }
+
+    fn describe_log(&self, i: usize) -> String {
+        let log = self.current_log(i);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+        format!(
+            "its log ({}) ends with:\n{}",
+            self.members[i].log.display(),
+            tail.join("\n")
+        )
+    }
+
+    /// A gRPC channel to member `i`: connects lazily, 1 s connect timeout, 10 s per request.
     ///
     /// # Panics
     /// Never for the URLs this cluster makes.
     #[must_use]
     pub fn channel(&self, i: usize) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.client_url(i))
-            .expect("valid URL")
+        Endpoint::from_shared(self.client_url(i))
+            .expect("a valid URL")
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
             .connect_lazy()
     }
 
-    /// A KV client for member `i`.
+    /// A KV client for member `i` that accepts responses up to [`MAX_RESPONSE_BYTES`].
     #[must_use]
     pub fn kv(&self, i: usize) -> KvClient<Channel> {
-        KvClient::new(self.channel(i))
+        KvClient::new(self.channel(i)).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    /// `Maintenance.Status` of member `i`.
+    /// A Maintenance client for member `i`.
+    #[must_use]
+    pub fn maintenance(&self, i: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel(i)).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// A Cluster client for member `i`.
+    #[must_use]
+    pub fn cluster_client(&self, i: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(i))
+    }
+
+    /// `Maintenance.Status` of member `i`, within [`RPC_TIMEOUT`].
     ///
     /// # Errors
-    /// The member does not answer.
+    /// The member does not answer in time.
     pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
-        let mut client = MaintenanceClient::new(self.channel(i));
-        Ok(client.status(StatusRequest {}).await?.into_inner())
+        let mut client = self.maintenance(i);
+        let response = tokio::time::timeout(RPC_TIMEOUT, client.status(StatusRequest {}))
+            .await
+            .with_context(|| format!("status of member {i}: timed out"))?
+            .with_context(|| format!("status of member {i}"))?;
+        Ok(response.into_inner())
     }
 
-    /// Waits until every running member agrees on one leader; returns its member index.
+    /// `Maintenance.HashKV` of member `i` at `revision` (0: the latest), within
+    /// [`RPC_TIMEOUT`] times ten (it reads the whole key space).
     ///
     /// # Errors
-    /// No agreement within `timeout`.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+    /// The member does not answer in time or refuses.
+    pub async fn hash_kv(&self, i: usize, revision: i64) -> anyhow::Result<HashKvResponse> {
+        let mut client = self.maintenance(i);
+        let response =
+            tokio::time::timeout(RPC_TIMEOUT * 10, client.hash_kv(HashKvRequest { revision }))
+                .await
+                .with_context(|| format!("hashkv of member {i}: timed out"))?
+                .with_context(|| format!("hashkv of member {i}"))?;
+        Ok(response.into_inner())
+    }
+
+    /// The member that every running member currently names as leader, asking each once.
+    ///
+    /// # Errors
+    /// A running member does not answer, has no leader, or they disagree, or the leader they
+    /// name is not a running member of this cluster.
+    pub async fn leader(&mut self) -> anyhow::Result<usize> {
+        let running: Vec<usize> = (0..self.size()).filter(|&i| self.is_running(i)).collect();
+        if running.is_empty() {
+            bail!("no member is running");
+        }
+        let mut ids = vec![None; self.size()];
+        let mut leader = None;
+        for &i in &running {
+            let status = self.status(i).await?;
+            let header = status.header.context("a status without a header")?;
+            ids[i] = Some(header.member_id);
+            if status.leader == 0 {
+                bail!("member {i} has no leader");
+            }
+            match leader {
+                Some(l) if l != status.leader => {
+                    bail!(
+                        "members disagree on the leader: {l:x} and {:x}",
+                        status.leader
+                    )
+                }
+                _ => leader = Some(status.leader),
+            }
+        }
+        let leader = leader.expect("at least one running member");
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .with_context(|| format!("the leader {leader:x} is not a running member"))
+    }
+
+    /// Waits until every running member names the same running member as leader; its index.
+    ///
+    /// # Errors
+    /// No agreement within `timeout`; the error says why the last check failed and where
+    /// the members' logs are.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(leader) = self.agreed_leader().await {
-                return Ok(leader);
-            }
+            let last = match tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.leader(),
+            )
+            .await
+            {
+                Ok(Ok(leader)) => return Ok(leader),
+                Ok(Err(e)) => e,
+                Err(_) => anyhow!("the last check was still running at the deadline"),
+            };
             if Instant::now() >= deadline {
-                bail!(
-                    "no agreed leader within {timeout:?}; logs in {}",
-                    self.dir.path().display()
-                );
+                return Err(last.context(format!(
+                    "no agreed leader within {timeout:?}; member logs in {}",
+                    self.dir().display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    async fn agreed_leader(&self) -> Option<usize> {
-        let mut leader = None;
-        let mut ids = Vec::new();
-        for i in 0..self.size() {
-            if self.members[i].child.is_none() {
-                ids.push(None);
-                continue;
-            }
-            let status = self.status(i).await.ok()?;
-            let header = status.header?;
-            ids.push(Some(header.member_id));
-            if status.leader == 0 || leader.is_some_and(|l| l != status.leader) {
-                return None;
-            }
-            leader = Some(status.leader);
-        }
-        let leader = leader?;
-        ids.iter().position(|id| *id == Some(leader))
-    }
-
-    /// Runs `etcdctl` (API v3) against member `i` with `args`, with a 20 s timeout.
+    /// Runs `etcdctl` (API v3) against member `i` with `args`, killed after
+    /// [`ETCDCTL_TIMEOUT`] (then the exit code is 124 or 137).
     ///
     /// # Errors
     /// etcdctl cannot be run.
     pub fn etcdctl(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+        self.etcdctl_with_endpoints(&self.client_url(i), args)
+    }
+
+    /// Runs `etcdctl` (API v3) against every member's endpoint (see [`Cluster::etcdctl`]).
+    ///
+    /// # Errors
+    /// etcdctl cannot be run.
+    pub fn etcdctl_all(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.etcdctl_with_endpoints(&self.endpoints(), args)
+    }
+
+    fn etcdctl_with_endpoints(&self, endpoints: &str, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("timeout")
-            .arg("20")
+            .arg("--kill-after=5")
+            .arg(ETCDCTL_TIMEOUT.as_secs().to_string())
             .arg("etcdctl")
-            .arg(format!("--endpoints={}", self.client_url(i)))
+            .arg(format!("--endpoints={endpoints}"))
             .args(args)
             .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
             .output()
             .context("run etcdctl (is the etcd-client package installed?)")
     }
 
-    /// Where the cluster keeps data and logs.
+    /// A report of every member: running or not, and the end of its log.
     #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Keeps the cluster's directory after the test (for debugging a failure).
-    pub fn keep_dir(self) -> PathBuf {
-        let mut this = self;
-        for i in 0..this.size() {
-            this.kill(i);
+    pub fn report(&self) -> String {
+        let mut report = format!("cluster directory: {}\n", self.dir().display());
+        for i in 0..self.size() {
+            let _ = writeln!(
+                report,
+                "--- member {i} ({}, client {}, {}); {}",
+                self.members[i].name,
+                self.client_url(i),
+                match self.pid(i) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "not running".to_string(),
+                },
+                self.describe_log(i)
+            );
         }
-        let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().expect("tempdir"));
-        dir.keep()
+        report
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
+        self.kill_all();
+        let Some(dir) = self.dir.take() else { return };
+        let keep = std::env::var_os("TESTKIT_KEEP").is_some();
+        if std::thread::panicking() {
+            // Put the dir back for `report`, then keep it on disk.
+            self.dir = Some(dir);
+            eprintln!("testkit: the test failed; {}", self.report());
+            let dir = self.dir.take().expect("just set");
+            eprintln!("testkit: kept {}", dir.keep().display());
+        } else if keep {
+            eprintln!("testkit: kept {}", dir.keep().display());
         }
     }
+}
+
+/// `setpriv` if it can make a child die with its parent: members then die even if the test
+/// process is killed (a harness timeout) before it can drop its clusters. The signal is sent
+/// when the thread that spawned the member exits, so spawn members from the test's thread.
+fn pdeathsig_wrapper() -> Option<&'static Path> {
+    static WRAPPER: OnceLock<Option<PathBuf>> = OnceLock::new();
+    WRAPPER
+        .get_or_init(|| {
+            let output = Command::new("setpriv").arg("--help").output().ok()?;
+            String::from_utf8_lossy(&output.stdout)
+                .contains("--pdeathsig")
+                .then(|| PathBuf::from("setpriv"))
+        })
+        .as_deref()
 }

@@ -1,34 +1,59 @@
-//! Bad flags and bad data directories: each refuses to start with one clear line.
+//! The command line: bad flags and bad data directories are refused at once with one clear
+//! line, and `concord dev` runs a local cluster.
 
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::binary;
-use testkit::{free_port, Cluster};
+use testkit::{free_port, free_ports, send_signal, Cluster};
 
-fn serve(args: &[&str]) -> std::process::Output {
-    Command::new("timeout")
-        .arg("20")
+use crate::{binary, ELECTION_DEADLINE};
+
+/// How long a refusal may take: it happens before anything starts.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs `concord serve <args>` (killed after 30 s) and asserts it failed within
+/// [`REFUSAL_DEADLINE`]; its output.
+fn refused(args: &[&str]) -> Output {
+    let started = Instant::now();
+    let output = Command::new("timeout")
+        .arg("30")
         .arg(binary())
         .arg("serve")
         .args(args)
+        .stdin(Stdio::null())
         .output()
-        .expect("run concord")
+        .expect("run concord");
+    let took = started.elapsed();
+    assert!(!output.status.success(), "concord serve {args:?} started");
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "concord serve {args:?} hung"
+    );
+    assert!(took < REFUSAL_DEADLINE, "refusing {args:?} took {took:?}");
+    output
 }
 
-fn first_stderr_line(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// The single line on stderr of a refused start, asserting there is exactly one and that it
+/// is `concord: error: ...` with exit code 1.
+fn one_error_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{stderr}"
+    );
+    assert!(lines[0].starts_with("concord: error: "), "{}", lines[0]);
+    assert_eq!(output.status.code(), Some(1), "{}", lines[0]);
+    lines[0].to_string()
 }
 
-// Proves each malformed --initial-cluster is refused with one line naming the problem.
+// Proves each malformed --initial-cluster is refused at once with one line naming the problem.
 #[test]
 fn invalid_initial_cluster_is_refused() {
-    let dir = tempfile_dir();
-    let data = dir.join("d");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     for (cluster, expected) in [
         ("nonsense", "is not name=url"),
@@ -36,60 +61,69 @@ fn invalid_initial_cluster_is_refused() {
         ("default=http://127.0.0.1", "must have a port"),
         ("other=http://localhost:2380", "no member named \"default\""),
     ] {
-        let output = serve(&["--data-dir", data, "--initial-cluster", cluster]);
-        assert_eq!(output.status.code(), Some(1), "{cluster}");
-        let line = first_stderr_line(&output);
-        assert!(line.starts_with("concord: error: "), "{line}");
+        let line = one_error_line(&refused(&[
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            cluster,
+        ]));
         assert!(line.contains(expected), "{cluster}: {line}");
-        assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
     }
+    assert!(
+        !dir.path().join("data").join("member").exists(),
+        "a refused start wrote a data directory"
+    );
 }
 
-// Proves an unknown flag is refused before anything starts, naming the flag.
+// Proves an unknown flag is refused at once, the first line on stderr naming the flag (the
+// usage that follows is clap's, as etcd prints its usage).
 #[test]
 fn unknown_flag_is_refused() {
-    let output = serve(&["--no-such-flag"]);
-    assert_eq!(output.status.code(), Some(2));
-    let line = first_stderr_line(&output);
-    assert!(line.contains("--no-such-flag"), "{line}");
+    let output = refused(&["--no-such-flag"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("error") && first.contains("--no-such-flag"),
+        "{stderr}"
+    );
 }
 
-// Proves `--initial-cluster-state existing` on an empty data dir is refused with one line.
+// Proves `--initial-cluster-state existing` with an empty data dir is refused at once with one
+// line: a member cannot join a cluster it knows nothing about.
 #[test]
 fn existing_state_with_empty_data_dir_is_refused() {
-    let dir = tempfile_dir();
-    let port = free_port();
-    let peer = format!("http://127.0.0.1:{port}");
-    let output = serve(&[
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let line = one_error_line(&refused(&[
         "--data-dir",
-        dir.join("empty").to_str().unwrap(),
+        dir.path().join("empty").to_str().unwrap(),
         "--initial-cluster-state",
         "existing",
         "--listen-client-urls",
-        &format!("http://127.0.0.1:{}", free_port()),
+        &format!("http://127.0.0.1:{}", ports[0]),
         "--listen-peer-urls",
         &peer,
         "--initial-advertise-peer-urls",
         &peer,
         "--initial-cluster",
         &format!("default={peer}"),
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    let line = first_stderr_line(&output);
+    ]));
     assert!(
         line.contains("existing") && line.contains("empty"),
         "{line}"
     );
 }
 
-// Proves a data dir created by one cluster is refused by a member of another cluster (here:
-// the same flags with another cluster token), with one line saying whose it is.
+// Proves a data dir created by one cluster is refused by a member of another cluster (the same
+// flags with another --initial-cluster-token) with one line, and is left intact: the member
+// starts again with its own cluster's flags.
 #[test]
 fn data_dir_of_another_cluster_is_refused() {
-    let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
     runtime
-        .block_on(cluster.wait_for_leader(Duration::from_secs(20)))
+        .block_on(cluster.wait_for_leader(ELECTION_DEADLINE))
         .unwrap();
     cluster.stop(0);
     let mut args = cluster.args(0);
@@ -98,88 +132,130 @@ fn data_dir_of_another_cluster_is_refused() {
         .position(|a| a == "--initial-cluster-token")
         .unwrap();
     args[token + 1] = "another-cluster".into();
-    let output = Command::new("timeout")
-        .arg("20")
-        .arg(binary())
-        .args(&args)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let line = first_stderr_line(&output);
+    let args: Vec<&str> = args.iter().skip(1).map(String::as_str).collect(); // skip "serve"
+    let line = one_error_line(&refused(&args));
     assert!(line.contains("belongs to cluster"), "{line}");
+
+    cluster.restart(0).unwrap();
+    runtime
+        .block_on(cluster.wait_for_leader(ELECTION_DEADLINE))
+        .unwrap();
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "concord-cli-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// `concord dev`, stopped with Ctrl-C (SIGINT) when dropped if still running, then killed
+/// after 20 s: a failing test leaves no members behind.
+struct Dev(std::process::Child);
+
+impl Dev {
+    fn interrupt(&self) {
+        let _ = send_signal(self.0.id(), "INT");
+    }
+
+    /// Waits for the exit, for at most `timeout`.
+    fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+            if self.wait(Duration::from_secs(20)).is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
 }
 
 // Proves `concord dev` starts a working 3-member cluster in one command, prints how to reach
-// it, and stops every member cleanly on Ctrl-C (SIGINT).
+// it, and stops every member on Ctrl-C (SIGINT).
 #[test]
 fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
-    let dir = tempfile_dir();
-    // Member i listens on base + 10*i (clients) and base + 10*i + 1 (peers).
-    let base = 30_000 + (std::process::id() % 2_000) as u16 * 10;
-    let mut dev = Command::new(binary())
+    let dir = tempfile::tempdir().unwrap();
+    // Member i listens on base + 10*i (clients) and base + 10*i + 1 (peers); pick a base whose
+    // six ports are free now.
+    let base = (0..100)
+        .map(|_| free_port().saturating_sub(30).max(1024))
+        .find(|base| {
+            (0..3u16).all(|i| {
+                [base + 10 * i, base + 10 * i + 1]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+        })
+        .expect("six free ports");
+    let mut dev = Dev(Command::new(binary())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir.join("dev"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .arg(dir.path().join("dev"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let endpoint = |i: u16| format!("--endpoints=http://127.0.0.1:{}", base + 10 * i);
+        .unwrap());
+    // Read what dev and its members print as it comes, so a full pipe never blocks them.
+    let mut stdout = dev.0.stdout.take().unwrap();
+    let (printed_tx, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut printed = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut printed);
+        let _ = printed_tx.send(printed);
+    });
     let etcdctl = |i: u16, args: &[&str]| {
         Command::new("timeout")
-            .args(["10", "etcdctl", &endpoint(i)])
+            .args(["10", "etcdctl"])
+            .arg(format!("--endpoints=http://127.0.0.1:{}", base + 10 * i))
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
             .unwrap()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !etcdctl(0, &["put", "dev-key", "dev-value"])
         .status
         .success()
     {
         assert!(
-            std::time::Instant::now() < deadline,
-            "dev cluster never served"
+            Instant::now() < deadline && dev.0.try_wait().unwrap().is_none(),
+            "the dev cluster did not serve within 30 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let got = etcdctl(2, &["get", "dev-key"]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "dev-key\ndev-value\n");
+    for i in 0..3 {
+        let got = etcdctl(i, &["get", "dev-key"]);
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            "dev-key\ndev-value\n",
+            "via member {i}"
+        );
+    }
 
-    let _ = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = dev.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = dev.kill();
-            panic!("concord dev did not stop on SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    dev.interrupt();
+    let status = dev
+        .wait(Duration::from_secs(20))
+        .expect("concord dev did not stop within 20 s of SIGINT");
     assert!(status.success(), "{status}");
-    let mut printed = String::new();
-    std::io::Read::read_to_string(&mut dev.stdout.take().unwrap(), &mut printed).unwrap();
+    // The pipe closes once dev and every member it started have exited.
+    let printed = printed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a member of dev still holds its stdout 20 s after dev exited");
     assert!(
         printed.contains(&format!("http://127.0.0.1:{base}")),
         "{printed}"
     );
     assert!(printed.contains("etcdctl"), "{printed}");
-    assert!(
-        !etcdctl(1, &["get", "dev-key"]).status.success(),
-        "a member outlived dev"
-    );
+    for i in 0..3 {
+        assert!(
+            !etcdctl(i, &["get", "dev-key"]).status.success(),
+            "member {i} outlived dev"
+        );
+    }
 }

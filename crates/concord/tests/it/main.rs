@@ -1,93 +1,205 @@
 //! Tests against real `concord` processes: the binary is started, killed and restarted as a
-//! user or an operator would, and spoken to with etcdctl and gRPC clients.
+//! user or an operator would, and spoken to with etcdctl 3.4 and the gRPC clients of the
+//! `proto` crate. Each test starts its own cluster on free ports (see `testkit`).
+//!
+//! Tests that take more than about 30 s run only when `RUN_SLOW_TESTS` is set (CI sets it).
+//! Clusters are real processes sharing the machine's cores: run these tests one at a time
+//! (`cargo test -p concord -- --test-threads=1`) where cores are few.
 
 mod cli;
 mod faults;
 mod kv;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::etcdserverpb::{PutRequest, RangeRequest};
+use anyhow::Context as _;
+use proto::etcdserverpb::PutRequest;
+use proto::etcdserverpb::RangeRequest;
+use proto::mvccpb::KeyValue;
 use testkit::Cluster;
-use tokio::sync::Mutex;
+
+/// How long a fresh cluster may take to elect its first leader.
+const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_concord"))
 }
 
-/// Slow tests run only when `RUN_SLOW_TESTS` is set (CI sets it).
-fn slow_tests_enabled() -> bool {
-    std::env::var_os("RUN_SLOW_TESTS").is_some()
+/// Whether slow tests run (`RUN_SLOW_TESTS` is set); prints a note when they do not.
+fn slow_tests_enabled(test: &str) -> bool {
+    let enabled = std::env::var_os("RUN_SLOW_TESTS").is_some();
+    if !enabled {
+        eprintln!("{test}: skipped (slow); set RUN_SLOW_TESTS=1 to run it");
+    }
+    enabled
 }
 
-/// Writes acknowledged by the cluster: key -> value.
-type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+/// The value the writers put under `key`: any other value read back is corruption.
+fn value_for(key: &str) -> String {
+    format!("value-of-{key}")
+}
 
-/// Starts `writers` tasks that put unique keys through the given members (round robin, each
-/// request with a 2 s timeout) until `stop` is set, recording every acknowledged write.
-fn start_writers(
-    cluster: &Cluster,
-    members: &[usize],
-    writers: usize,
-    prefix: &str,
+/// Client tasks putting unique keys (`<prefix>/<writer>/<n>`) round robin through a set of
+/// members, recording every write the cluster acknowledged.
+struct Writers {
     stop: Arc<AtomicBool>,
-    acked: Acked,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..writers)
-        .map(|w| {
-            let clients: Vec<_> = members.iter().map(|&m| cluster.kv(m)).collect();
-            let stop = stop.clone();
-            let acked = acked.clone();
-            let prefix = prefix.to_string();
-            tokio::spawn(async move {
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("{prefix}/{w}/{n:06}");
-                    let value = format!("v{w}-{n}");
-                    let mut client = clients[n % clients.len()].clone();
-                    let put = PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: value.clone().into_bytes(),
-                        ..Default::default()
-                    };
-                    let sent = tokio::time::timeout(Duration::from_secs(2), client.put(put)).await;
-                    if let Ok(Ok(_)) = sent {
-                        acked.lock().await.insert(key, value);
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect()
+    acked: Arc<Mutex<BTreeMap<String, i64>>>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Reads every key under `prefix` from member `i` (linearizable unless `serializable`).
+impl Writers {
+    /// Starts `count` writer tasks sending through `members` of `cluster`, each request with
+    /// a 2 s deadline; an error or timeout leaves that write unacknowledged (its outcome is
+    /// unknown) and the writer moves on to its next key after a 20 ms pause.
+    fn start(cluster: &Cluster, members: &[usize], count: usize, prefix: &str) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..count)
+            .map(|w| {
+                let clients: Vec<_> = members.iter().map(|&m| cluster.kv(m)).collect();
+                let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}/{w:02}/{n:07}");
+                        let mut client = clients[(n + w) % clients.len()].clone();
+                        let put = PutRequest {
+                            key: key.clone().into_bytes(),
+                            value: value_for(&key).into_bytes(),
+                            ..Default::default()
+                        };
+                        match tokio::time::timeout(Duration::from_secs(2), client.put(put)).await {
+                            Ok(Ok(response)) => {
+                                let revision =
+                                    response.into_inner().header.map_or(0, |h| h.revision);
+                                acked.lock().unwrap().insert(key, revision);
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acked,
+            failed,
+            tasks,
+        }
+    }
+
+    /// How many writes have been acknowledged so far.
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` writes have been acknowledged.
+    async fn wait_acked(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        testkit::eventually(timeout, &format!("{n} acknowledged writes"), || async {
+            let acked = self.acked();
+            anyhow::ensure!(acked >= n, "{acked} acknowledged so far");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the writers; every acknowledged key with the revision it was written at.
+    async fn finish(self) -> BTreeMap<String, i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a writer panicked");
+        }
+        eprintln!(
+            "writers: {} acknowledged, {} failed or unknown",
+            self.acked.lock().unwrap().len(),
+            self.failed.load(Ordering::Relaxed)
+        );
+        let acked = self.acked.lock().unwrap();
+        acked.clone()
+    }
+}
+
+/// The end of the range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Every key in `[key, range_end)` on member `i` (`range_end` as in etcd: `[0]` means "to the
+/// end"), read in pages of 10,000 at one revision: `revision`, or if 0 the revision of the
+/// first page. Linearizable unless `serializable`. Returns the revision read and the pairs.
+async fn read_range(
+    cluster: &Cluster,
+    i: usize,
+    key: &[u8],
+    range_end: &[u8],
+    serializable: bool,
+    revision: i64,
+) -> anyhow::Result<(i64, Vec<KeyValue>)> {
+    let mut client = cluster.kv(i);
+    let mut revision = revision;
+    let mut next = key.to_vec();
+    let mut kvs = Vec::new();
+    loop {
+        let response = client
+            .range(RangeRequest {
+                key: next.clone(),
+                range_end: range_end.to_vec(),
+                limit: 10_000,
+                revision,
+                serializable,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("range on member {i}"))?
+            .into_inner();
+        if revision == 0 {
+            revision = response
+                .header
+                .context("a response without header")?
+                .revision;
+        }
+        let more = response.more;
+        kvs.extend(response.kvs);
+        if !more {
+            return Ok((revision, kvs));
+        }
+        next = kvs.last().context("more without keys")?.key.clone();
+        next.push(0);
+    }
+}
+
+/// Every key under `prefix` on member `i` with its value, read linearizably (retried for up
+/// to 30 s while the member is still catching up or electing).
 async fn read_prefix(
     cluster: &Cluster,
     i: usize,
     prefix: &str,
-    serializable: bool,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    let response = cluster
-        .kv(i)
-        .range(RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: end,
-            serializable,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok(response
-        .kvs
+    let end = prefix_end(prefix.as_bytes());
+    let (_, kvs) = testkit::eventually(Duration::from_secs(30), "a linearizable read", || {
+        read_range(cluster, i, prefix.as_bytes(), &end, false, 0)
+    })
+    .await?;
+    Ok(kvs
         .into_iter()
         .map(|kv| {
             (
@@ -98,22 +210,26 @@ async fn read_prefix(
         .collect())
 }
 
-/// Asserts every acknowledged write is present with its value in `found`.
-fn assert_all_acked_present(
-    acked: &BTreeMap<String, String>,
+/// Asserts every acknowledged write is in `found` with its value, and that everything in
+/// `found` carries the value its writer put (nothing corrupt or invented).
+fn assert_acked_present(
+    acked: &BTreeMap<String, i64>,
     found: &BTreeMap<String, String>,
     who: &str,
 ) {
-    let missing: Vec<&String> = acked
-        .iter()
-        .filter(|(k, v)| found.get(*k) != Some(*v))
-        .map(|(k, _)| k)
-        .collect();
+    let missing: Vec<&String> = acked.keys().filter(|k| !found.contains_key(*k)).collect();
     assert!(
         missing.is_empty(),
-        "{who}: {} of {} acknowledged writes missing, e.g. {:?}",
+        "{who}: {} of {} acknowledged writes are missing, e.g. {:?}",
         missing.len(),
         acked.len(),
-        missing.iter().take(5).collect::<Vec<_>>()
+        &missing[..missing.len().min(5)]
+    );
+    let wrong: Vec<(&String, &String)> =
+        found.iter().filter(|(k, v)| **v != value_for(k)).collect();
+    assert!(
+        wrong.is_empty(),
+        "{who}: wrong values, e.g. {:?}",
+        &wrong[..wrong.len().min(5)]
     );
 }
