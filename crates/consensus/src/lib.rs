@@ -186,8 +186,13 @@ pub fn new_peer<L: LogStore>(
 }
 
 /// The raft crate logs through `slog`; bridge it into `tracing` (events carry target `slog`).
+/// Only warnings and errors pass: raft's info lines (every vote and term change, with file
+/// paths) would drown a member's log, and the node logs role changes itself. The bridge's
+/// events do not respond to `tracing` filter directives, so the level is set here.
 fn logger() -> slog::Logger {
-    slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!())
+    use slog::Drain as _;
+    let drain = slog::LevelFilter::new(tracing_slog::TracingSlogDrain, slog::Level::Warning);
+    slog::Logger::root(drain.ignore_res(), slog::o!())
 }
 
 /// Seeded election jitter.

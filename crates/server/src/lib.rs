@@ -103,13 +103,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut peer_servers = tokio::task::JoinSet::new();
     let mut servers = tokio::task::JoinSet::new();
     for addr in &config.peer_addrs {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for peers on {addr}"))?;
         let routes = api::peer_routes(&node, config.cluster_id);
-        servers.spawn(serve(listener, routes, stop_rx.clone()));
+        peer_servers.spawn(serve(listener, routes, stop_rx.clone()));
     }
     for addr in &config.client_addrs {
         let listener = TcpListener::bind(addr)
@@ -131,17 +132,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "serving"
     );
 
+    let server_stopped =
+        |result: Option<Result<anyhow::Result<()>, tokio::task::JoinError>>| match result {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(anyhow::anyhow!("a server task failed: {e}")),
+            _ => Err(anyhow::anyhow!("a server stopped unexpectedly")),
+        };
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
         failure = node.failed() => Err(anyhow::anyhow!("member failed: {failure}")),
-        Some(result) = servers.join_next() => match result {
-            Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("a server task failed: {e}")),
-        },
+        result = servers.join_next() => server_stopped(result),
+        result = peer_servers.join_next() => server_stopped(result),
     };
-    // Stop accepting, let in-flight requests finish, then stop the node.
+    // Stop accepting and let in-flight client requests finish (bounded). Peer streams are
+    // long-lived and would hold a graceful stop open until the other members go away, so the
+    // peer servers are simply dropped. Then stop the node.
     let _ = stop_tx.send(true);
+    peer_servers.abort_all();
     let drain = async { while servers.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     tokio::task::spawn_blocking(move || node.shutdown())
