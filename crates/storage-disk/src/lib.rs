@@ -489,9 +489,9 @@ impl LogStore for RaftLogStore {
     }
 }
 
-type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
+type BytesTableDefinition = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
-fn table_definition(table: Table) -> BytesTable {
+fn table_definition(table: Table) -> BytesTableDefinition {
     TableDefinition::new(table.name())
 }
 
@@ -533,6 +533,18 @@ impl RedbKvStore {
 }
 
 type ReadOnlyBytesTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+type BytesTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// Every table of `txn`, in `Table::ALL` order (index with [`table_index`]).
+fn open_write_tables(txn: &redb::WriteTransaction) -> Result<Vec<BytesTable<'_>>> {
+    Table::ALL
+        .iter()
+        .map(|table| {
+            txn.open_table(table_definition(*table))
+                .map_err(|e| redb_error("open table", e))
+        })
+        .collect()
+}
 
 /// Position of `table` in `Table::ALL`, which is also its position in the vectors of opened
 /// tables below.
@@ -601,13 +613,7 @@ impl KvStore for RedbKvStore {
         txn.set_durability(durability)
             .map_err(|e| redb_error("durability", e))?;
         {
-            let mut tables = Vec::with_capacity(Table::ALL.len());
-            for table in Table::ALL {
-                let opened = txn
-                    .open_table(table_definition(table))
-                    .map_err(|e| redb_error("open table", e))?;
-                tables.push(opened);
-            }
+            let mut tables = open_write_tables(&txn)?;
             for op in &ops {
                 match op {
                     WriteOp::Put { table, key, value } => {
@@ -653,21 +659,11 @@ impl KvStore for RedbKvStore {
                 .map_err(|e| redb_error("clear", e))?;
         }
         {
-            let mut tables = Vec::new();
-            for table in Table::ALL {
-                let opened = txn
-                    .open_table(table_definition(table))
-                    .map_err(|e| redb_error("open table", e))?;
-                tables.push(opened);
-            }
+            let mut tables = open_write_tables(&txn)?;
             for item in entries {
                 // An error drops `txn` without commit: the store is unchanged.
                 let (table, key, value) = item?;
-                let i = Table::ALL
-                    .iter()
-                    .position(|x| *x == table)
-                    .expect("known table");
-                tables[i]
+                tables[table_index(table)]
                     .insert(key.as_slice(), value.as_slice())
                     .map_err(|e| redb_error("write", e))?;
             }

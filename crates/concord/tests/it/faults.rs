@@ -155,41 +155,49 @@ async fn flipped_byte_in_the_raft_log_stops_the_member() {
         "expected the 50 writes in {}, found {written} bytes",
         file.display()
     );
-    let offset = written / 2;
-    let mut corrupt = original.clone();
-    corrupt[offset] ^= 0x5a;
-    std::fs::write(&file, &corrupt).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    for offset in [written / 4, written / 2, written * 3 / 4] {
+        let mut corrupt = original.clone();
+        corrupt[offset] ^= 0x5a;
+        std::fs::write(&file, &corrupt).unwrap();
 
-    cluster.restart(0).unwrap();
-    let exited = Instant::now() + Duration::from_secs(30);
-    while cluster.is_running(0) {
+        cluster.restart(0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.is_running(0) {
+            assert!(
+                cluster.status(0).await.is_err(),
+                "the member served with byte {offset} of {name} flipped"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the member with byte {offset} of {name} flipped still runs after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = cluster.wait_exit(0, Duration::from_secs(1)).unwrap();
+        assert!(!status.success(), "exit status {status}");
+        let log = cluster.current_log(0);
+        let error = log
+            .lines()
+            .find(|l| l.starts_with("concord: error:"))
+            .unwrap_or_else(|| panic!("no `concord: error:` line in:\n{log}"));
+        eprintln!("flipped byte {offset} of {name}; the member said: {error}");
         assert!(
-            cluster.status(0).await.is_err(),
-            "the member served with a corrupt log"
+            error.contains(&name),
+            "the error does not name {name}: {error}"
         );
+        // The offset reported is that of the damaged record: at or before the flipped byte.
+        let reported: usize = error
+            .split("offset ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("the error gives no offset: {error}"));
         assert!(
-            Instant::now() < exited,
-            "the member with a corrupt log still runs after 30 s"
+            reported <= offset,
+            "reported offset {reported}, flipped byte {offset}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = cluster.wait_exit(0, Duration::from_secs(1)).unwrap();
-    assert!(!status.success(), "exit status {status}");
-    let log = cluster.current_log(0);
-    let error = log
-        .lines()
-        .find(|l| l.starts_with("concord: error:"))
-        .unwrap_or_else(|| panic!("no `concord: error:` line in:\n{log}"));
-    let name = file.file_name().unwrap().to_str().unwrap();
-    assert!(
-        error.contains(name),
-        "the error does not name {name}: {error}"
-    );
-    assert!(
-        error.contains("offset"),
-        "the error gives no offset: {error}"
-    );
-    eprintln!("flipped byte {offset} of {name}; the member said: {error}");
 
     std::fs::write(&file, &original).unwrap();
     cluster.restart(0).unwrap();
