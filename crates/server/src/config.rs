@@ -1,48 +1,67 @@
 //! etcd-compatible flags and their validation into a [`Config`].
+//!
+//! Flags keep etcd's names, meanings and defaults. Validation checks everything that can be
+//! checked without touching the disk or the network, so a bad command line is refused at
+//! once with one line. No host name is resolved here: advertised and peer URLs may name hosts
+//! that do not resolve yet (a Kubernetes StatefulSet's peers appear in DNS one by one), and
+//! listen URLs must be IP addresses or `localhost`, as etcd requires.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
+/// etcd's ceiling on the election timeout (`maxElectionMs`).
+const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
+
+/// The largest `--max-request-bytes` accepted. A request becomes one log entry, and an entry
+/// must fit in one peer message (with room for the envelope), or it could be committed by
+/// nobody: the leader could never send it.
+pub const MAX_REQUEST_BYTES_CEILING: usize = api::peer::PEER_MESSAGE_BYTES_MAX / 2;
+
 /// `concord serve` flags. Names, meanings and defaults are etcd's; every flag can also be set
-/// with a `CONCORD_` environment variable (`--initial-cluster` = `CONCORD_INITIAL_CLUSTER`).
+/// with a `CONCORD_` environment variable, as etcd reads `ETCD_*` (`--initial-cluster` =
+/// `CONCORD_INITIAL_CLUSTER`). A flag given on the command line wins over the environment.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Human-readable name for this member.
     #[arg(long, env = "CONCORD_NAME", default_value = "default")]
     pub name: String,
-    /// Path to the data directory (default: "<name>.etcd").
+    /// Path to the data directory [default: <name>.etcd].
     #[arg(long, env = "CONCORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// URLs to listen on for client traffic.
+    /// URLs to listen on for client traffic, comma separated.
     #[arg(
         long,
         env = "CONCORD_LISTEN_CLIENT_URLS",
         default_value = "http://localhost:2379"
     )]
     pub listen_client_urls: String,
-    /// Client URLs advertised to the rest of the cluster.
+    /// This member's client URLs, advertised to the rest of the cluster, comma separated.
     #[arg(
         long,
         env = "CONCORD_ADVERTISE_CLIENT_URLS",
         default_value = "http://localhost:2379"
     )]
     pub advertise_client_urls: String,
-    /// URLs to listen on for peer traffic.
+    /// URLs to listen on for peer traffic, comma separated.
     #[arg(
         long,
         env = "CONCORD_LISTEN_PEER_URLS",
         default_value = "http://localhost:2380"
     )]
     pub listen_peer_urls: String,
-    /// This member's peer URLs, advertised to the rest of the cluster.
+    /// This member's peer URLs, advertised to the rest of the cluster, comma separated.
     #[arg(
         long,
         env = "CONCORD_INITIAL_ADVERTISE_PEER_URLS",
         default_value = "http://localhost:2380"
     )]
     pub initial_advertise_peer_urls: String,
-    /// Initial cluster configuration: name=peer-url pairs, comma separated.
+    /// Initial cluster configuration for bootstrapping: name=peer-url pairs, comma separated.
+    /// A name given twice is one member with several peer URLs.
     #[arg(
         long,
         env = "CONCORD_INITIAL_CLUSTER",
@@ -52,7 +71,8 @@ pub struct ServeArgs {
     /// Initial cluster state: "new" or "existing".
     #[arg(long, env = "CONCORD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
-    /// Initial cluster token; keeps clusters started from the same configuration apart.
+    /// Initial cluster token; clusters started from the same --initial-cluster with
+    /// different tokens get different ids and never mix.
     #[arg(
         long,
         env = "CONCORD_INITIAL_CLUSTER_TOKEN",
@@ -65,16 +85,16 @@ pub struct ServeArgs {
     /// Time (in milliseconds) for an election to time out.
     #[arg(long, env = "CONCORD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Applied entries between two compactions of the Raft log.
+    /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "CONCORD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
-    /// Largest client request accepted, in bytes.
+    /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "CONCORD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
-    /// Most operations in one txn.
+    /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "CONCORD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
-    /// Log level: debug, info, warn or error.
+    /// Log level: debug, info, warn, error, panic or fatal (RUST_LOG, if set, wins).
     #[arg(long, env = "CONCORD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
@@ -93,13 +113,13 @@ pub enum ClusterState {
 pub struct InitialMember {
     /// Its name.
     pub name: String,
-    /// Its peer URLs.
+    /// Its peer URLs, canonical (`http://host:port`), in the order given.
     pub peer_urls: Vec<String>,
-    /// Its id, derived from its peer URLs and the cluster token.
+    /// Its id, derived from its peer URLs and the cluster token ([`member_id`]).
     pub id: u64,
 }
 
-/// A validated member configuration.
+/// A validated member configuration: what [`crate::run`] needs, nothing left to parse.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This member's name.
@@ -110,13 +130,15 @@ pub struct Config {
     pub cluster_id: u64,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// Client listen addresses.
+    /// Client listen addresses (`localhost` is 127.0.0.1).
     pub client_addrs: Vec<SocketAddr>,
-    /// Advertised client URLs.
+    /// Advertised client URLs, canonical.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
     pub peer_addrs: Vec<SocketAddr>,
-    /// The initial members (this one included).
+    /// This member's advertised peer URLs, canonical.
+    pub advertise_peer_urls: Vec<String>,
+    /// The initial members (this one included), in `--initial-cluster` order.
     pub members: Vec<InitialMember>,
     /// New or existing cluster.
     pub cluster_state: ClusterState,
@@ -128,13 +150,16 @@ pub struct Config {
     pub election_timeout: Duration,
     /// Applied entries between log compactions.
     pub snapshot_count: u64,
-    /// Largest request.
+    /// Largest client request, in bytes.
     pub max_request_bytes: usize,
-    /// Most txn operations.
+    /// Most operations in one txn.
     pub max_txn_ops: usize,
+    /// The `tracing` level of `--log-level`: `debug`, `info`, `warn` or `error`.
+    pub log_level: &'static str,
 }
 
-/// Why a configuration is refused. Messages are one line, lowercase.
+/// Why a configuration is refused. Every message is one lowercase line; where etcd has a
+/// well-known message for the same mistake, it is etcd's.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A flag's value is malformed.
@@ -142,14 +167,59 @@ pub enum ConfigError {
     Invalid {
         /// The flag.
         flag: &'static str,
-        /// Its value.
+        /// Its value, or the part of it that is wrong.
         value: String,
         /// What is wrong.
         reason: String,
     },
-    /// The flags contradict each other.
-    #[error("{0}")]
-    Inconsistent(String),
+    /// `--name` is not in `--initial-cluster`.
+    #[error("no member named {name:?} (--name) in --initial-cluster {initial_cluster:?}")]
+    NameNotInCluster {
+        /// `--name`.
+        name: String,
+        /// `--initial-cluster`.
+        initial_cluster: String,
+    },
+    /// `--initial-cluster` lists peer URLs for this member that it does not advertise
+    /// (etcd's message).
+    #[error("--initial-cluster has {missing} but missing from --initial-advertise-peer-urls={advertised}")]
+    AdvertiseMissingClusterUrl {
+        /// The `name=url` pairs missing from the advertised URLs.
+        missing: String,
+        /// `--initial-advertise-peer-urls`, sorted.
+        advertised: String,
+    },
+    /// This member advertises peer URLs that `--initial-cluster` does not list for it
+    /// (etcd's message).
+    #[error("--initial-advertise-peer-urls has {missing} but missing from --initial-cluster={name}={advertised}")]
+    ClusterMissingAdvertisedUrl {
+        /// The advertised URLs missing from `--initial-cluster`.
+        missing: String,
+        /// `--name`.
+        name: String,
+        /// `--initial-advertise-peer-urls`.
+        advertised: String,
+    },
+    /// The election timeout is shorter than five heartbeats (etcd's message).
+    #[error("--election-timeout[{election_ms}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_ms}ms]")]
+    ElectionTimeoutTooShort {
+        /// `--election-timeout`.
+        election_ms: u64,
+        /// `--heartbeat-interval`.
+        heartbeat_ms: u64,
+    },
+    /// The election timeout is longer than etcd allows (etcd's message).
+    #[error("--election-timeout[{election_ms}ms] is too long, and should be set less than {ELECTION_TIMEOUT_MS_MAX}ms")]
+    ElectionTimeoutTooLong {
+        /// `--election-timeout`.
+        election_ms: u64,
+    },
+    /// Two listeners would bind the same address.
+    #[error("{addr} is listened on twice (--listen-client-urls and --listen-peer-urls)")]
+    ListenTwice {
+        /// The address.
+        addr: SocketAddr,
+    },
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -160,97 +230,239 @@ fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Config
     }
 }
 
-fn split_list(value: &str) -> Vec<String> {
+/// Splits a comma-separated list, ignoring blanks around and between items.
+fn split_list(value: &str) -> Vec<&str> {
     value
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
         .collect()
 }
 
-/// Checks that `url` is `http://host:port` and resolves it.
-fn parse_url(flag: &'static str, url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(invalid(flag, url, "TLS (https) is not supported yet"));
-    } else {
-        return Err(invalid(flag, url, "URL scheme must be http"));
-    };
-    let host_port = rest.trim_end_matches('/');
-    if host_port.contains('/') {
-        return Err(invalid(flag, url, "URL must not have a path"));
-    }
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(flag, url, "URL must have a port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid(flag, url, "port is not a number from 0 to 65535"))?;
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    (host.trim_start_matches('[').trim_end_matches(']'), port)
-        .to_socket_addrs()
-        .map_err(|e| invalid(flag, url, format!("cannot resolve host: {e}")))?
-        .next()
-        .ok_or_else(|| invalid(flag, url, "host resolves to no address"))
+/// An `http://host:port` URL. `host` has no brackets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HttpUrl {
+    host: String,
+    port: u16,
 }
 
-/// A stable 64-bit digest (FNV-1a, then the SplitMix64 finaliser to spread the bits). Ids
-/// must be the same on every member and every start, so no randomness may enter.
-fn digest(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.iter().chain(std::iter::once(&0xff)) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+impl HttpUrl {
+    /// The canonical spelling: no trailing slash, IPv6 hosts in brackets, the port in
+    /// decimal without leading zeros. Ids are derived from it, so `http://a:2380/` and
+    /// `http://a:2380` name the same member.
+    fn canonical(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
         }
     }
-    let mut z = hash;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)).max(1)
+
+    /// The address to bind: an IP address, or `localhost` as 127.0.0.1.
+    fn bind_addr(&self) -> Option<SocketAddr> {
+        let ip = if self.host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.host.parse().ok()?
+        };
+        Some(SocketAddr::new(ip, self.port))
+    }
+
+    /// The canonical spelling with `localhost` as 127.0.0.1, to compare URLs that name the
+    /// same address differently (etcd compares them resolved).
+    fn comparable(&self) -> String {
+        match self.bind_addr() {
+            Some(addr) if self.host.eq_ignore_ascii_case("localhost") => HttpUrl {
+                host: addr.ip().to_string(),
+                port: self.port,
+            }
+            .canonical(),
+            _ => self.canonical(),
+        }
+    }
 }
 
-/// A member's id: a digest of its sorted peer URLs and the cluster token, as etcd derives it
-/// (etcd uses SHA-1; only stability and spread matter here).
+/// Parses `http://host:port` (a trailing `/` is allowed); the reason it is not one.
+fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+            return Err("https (TLS) is not supported yet; use http".into())
+        }
+        _ => return Err("URL scheme must be http".into()),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#']) {
+        return Err("URL must not have a path, query or fragment".into());
+    }
+    if rest.contains('@') {
+        return Err("URL must not have user information".into());
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("unclosed [ in an IPv6 address")?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or("URL must have a port (host:port)")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{host:?} is not an IPv6 address"));
+        }
+        (host, port)
+    } else {
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or("URL must have a port (host:port)")?;
+        if host.contains(':') {
+            return Err("an IPv6 address must be in brackets, as in http://[::1]:2380".into());
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("URL must have a host".into());
+    }
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':');
+    if !host.chars().all(valid_char) {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("URL must have a port (host:port) from 0 to 65535".into());
+    }
+    let port = port
+        .parse()
+        .map_err(|_| "port is not a number from 0 to 65535".to_string())?;
+    Ok(HttpUrl {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parses a URL that other members or clients will dial: port 0 is meaningless there.
+fn parse_dialable(url: &str) -> Result<HttpUrl, String> {
+    let parsed = parse_http_url(url)?;
+    if parsed.port == 0 {
+        return Err("port 0 cannot be dialled".into());
+    }
+    Ok(parsed)
+}
+
+fn parse_advertised(flag: &'static str, url: &str) -> Result<HttpUrl, ConfigError> {
+    parse_dialable(url).map_err(|reason| invalid(flag, url, reason))
+}
+
+/// Parses a non-empty list of advertised URLs.
+fn parse_advertised_list(flag: &'static str, value: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+    let urls = split_list(value);
+    if urls.is_empty() {
+        return Err(invalid(flag, value, "at least one URL is needed"));
+    }
+    urls.iter().map(|url| parse_advertised(flag, url)).collect()
+}
+
+/// Parses a non-empty list of URLs to listen on into addresses to bind.
+fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let urls = split_list(value);
+    if urls.is_empty() {
+        return Err(invalid(flag, value, "at least one URL is needed"));
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let parsed = parse_http_url(url).map_err(|reason| invalid(flag, url, reason))?;
+        // etcd's rule and words: a listener binds an address, not a name.
+        let addr = parsed.bind_addr().ok_or_else(|| {
+            invalid(
+                flag,
+                url,
+                "expected IP in URL for binding (or localhost, which is 127.0.0.1)",
+            )
+        })?;
+        if addr.port() != 0 && addrs.contains(&addr) {
+            return Err(invalid(flag, url, format!("{addr} is listed twice")));
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
+/// Domain separators for the id digests, so a member id can never equal a cluster id
+/// computed from the same bytes, and a future derivation can be told apart by its version.
+const MEMBER_ID_DOMAIN: &[u8] = b"concord member id v1\0";
+const CLUSTER_ID_DOMAIN: &[u8] = b"concord cluster id v1\0";
+
+/// The first eight bytes of a SHA-256 digest, big-endian, never 0 (Raft's "no node").
+fn digest_id(hasher: Sha256) -> u64 {
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
+}
+
+/// A member's id, derived as etcd derives it, with SHA-256 instead of SHA-1: the first 8
+/// bytes, big-endian, of SHA-256 over `"concord member id v1\0"`, then each of the member's
+/// peer URLs sorted (canonical, `http://host:port`) followed by a NUL byte, then the cluster
+/// token. 0 (which Raft reserves) becomes 1. Every member computes the same ids from the
+/// same `--initial-cluster` and token, on every start, without talking to the others.
 #[must_use]
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
-    let joined = urls.join(",");
-    digest(&[joined.as_bytes(), token.as_bytes()])
+    let mut hasher = Sha256::new();
+    hasher.update(MEMBER_ID_DOMAIN);
+    for url in urls {
+        hasher.update(url.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(token.as_bytes());
+    digest_id(hasher)
 }
 
-/// The cluster's id: a digest of the sorted member ids and the token.
+/// The cluster's id: the first 8 bytes, big-endian, of SHA-256 over
+/// `"concord cluster id v1\0"`, then the member ids sorted, each as 8 big-endian bytes,
+/// then the cluster token; 0 becomes 1. (etcd hashes the sorted member ids, which already
+/// carry the token.)
 #[must_use]
 pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
     let mut ids = member_ids.to_vec();
     ids.sort_unstable();
-    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
-    digest(&[&bytes, token.as_bytes()])
+    let mut hasher = Sha256::new();
+    hasher.update(CLUSTER_ID_DOMAIN);
+    for id in ids {
+        hasher.update(id.to_be_bytes());
+    }
+    hasher.update(token.as_bytes());
+    digest_id(hasher)
 }
 
+/// Parses `--initial-cluster` as etcd does: `name=url` pairs; a name given twice is one
+/// member with two peer URLs. A URL may belong to one member only.
 fn parse_initial_cluster(value: &str, token: &str) -> Result<Vec<InitialMember>, ConfigError> {
     let flag = "--initial-cluster";
     let mut members: Vec<InitialMember> = Vec::new();
+    let mut seen = BTreeSet::new();
     for pair in split_list(value) {
         let (name, url) = pair
             .split_once('=')
             .ok_or_else(|| invalid(flag, value, format!("{pair:?} is not name=url")))?;
+        let (name, url) = (name.trim(), url.trim());
         if name.is_empty() {
-            return Err(invalid(flag, value, format!("{pair:?} has an empty name")));
+            return Err(invalid(flag, pair, "the member name is empty"));
         }
-        parse_url(flag, url)?;
+        // Errors name the whole pair, so the member is clear.
+        let url = parse_dialable(url)
+            .map_err(|reason| invalid(flag, pair, reason))?
+            .canonical();
+        if !seen.insert(url.clone()) {
+            return Err(invalid(
+                flag,
+                value,
+                format!("peer URL {url} appears twice"),
+            ));
+        }
         match members.iter_mut().find(|m| m.name == name) {
-            Some(member) => member.peer_urls.push(url.to_string()),
+            Some(member) => member.peer_urls.push(url),
             None => members.push(InitialMember {
                 name: name.to_string(),
-                peer_urls: vec![url.to_string()],
+                peer_urls: vec![url],
                 id: 0,
             }),
         }
@@ -261,48 +473,110 @@ fn parse_initial_cluster(value: &str, token: &str) -> Result<Vec<InitialMember>,
     for member in &mut members {
         member.id = member_id(&member.peer_urls, token);
     }
-    let mut urls: Vec<&String> = members.iter().flat_map(|m| &m.peer_urls).collect();
-    urls.sort();
-    if let Some(pair) = urls.windows(2).find(|pair| pair[0] == pair[1]) {
+    let mut ids = BTreeSet::new();
+    if let Some(twin) = members.iter().find(|m| !ids.insert(m.id)) {
+        // Two distinct URL sets colliding in 64 bits: astronomically unlikely, but the ids
+        // would alias, so refuse rather than run a cluster that cannot tell them apart.
         return Err(invalid(
             flag,
             value,
-            format!("peer URL {} appears twice", pair[0]),
+            format!("member {} has the same id as another member", twin.name),
         ));
     }
     Ok(members)
 }
 
+/// The `tracing` level for etcd's `--log-level` (etcd's `panic` and `fatal` log errors only).
+fn parse_log_level(value: &str) -> Result<&'static str, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "debug" => Ok("debug"),
+        "info" => Ok("info"),
+        "warn" => Ok("warn"),
+        "error" | "dpanic" | "panic" | "fatal" => Ok("error"),
+        _ => Err(invalid(
+            "--log-level",
+            value,
+            "must be debug, info, warn, error, panic or fatal",
+        )),
+    }
+}
+
+/// Refuses control characters, which would break the identity file's lines and log lines.
+fn check_printable(flag: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.chars().any(char::is_control) {
+        return Err(invalid(flag, value, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// This member's advertised peer URLs must be exactly its `--initial-cluster` entry
+/// (etcd's `advertiseMatchesCluster`, with `localhost` equal to 127.0.0.1 instead of a DNS
+/// lookup).
+fn check_advertised_peers(
+    name: &str,
+    me: &InitialMember,
+    advertised: &[HttpUrl],
+) -> Result<(), ConfigError> {
+    let comparable = |url: &str| {
+        parse_http_url(url)
+            .map(|u| u.comparable())
+            .unwrap_or_else(|_| url.to_string())
+    };
+    let in_cluster: BTreeSet<String> = me.peer_urls.iter().map(|u| comparable(u)).collect();
+    let advertised_set: BTreeSet<String> = advertised.iter().map(HttpUrl::comparable).collect();
+    let mut advertised_sorted: Vec<String> = advertised.iter().map(HttpUrl::canonical).collect();
+    advertised_sorted.sort();
+    let missing: Vec<String> = me
+        .peer_urls
+        .iter()
+        .filter(|u| !advertised_set.contains(&comparable(u)))
+        .map(|u| format!("{name}={u}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConfigError::AdvertiseMissingClusterUrl {
+            missing: missing.join(","),
+            advertised: advertised_sorted.join(","),
+        });
+    }
+    let extra: Vec<String> = advertised
+        .iter()
+        .filter(|u| !in_cluster.contains(&u.comparable()))
+        .map(HttpUrl::canonical)
+        .collect();
+    if !extra.is_empty() {
+        return Err(ConfigError::ClusterMissingAdvertisedUrl {
+            missing: extra.join(","),
+            name: name.to_string(),
+            advertised: advertised_sorted.join(","),
+        });
+    }
+    Ok(())
+}
+
 impl ServeArgs {
-    /// Validates the flags.
+    /// Validates the flags into a [`Config`]. Reads no file and resolves no name.
     ///
     /// # Errors
     /// The first problem found, as one line.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.name.is_empty() {
+            return Err(invalid("--name", "", "must not be empty"));
+        }
+        check_printable("--name", &self.name)?;
+        check_printable("--initial-cluster-token", &self.initial_cluster_token)?;
         let token = self.initial_cluster_token.clone();
         let members = parse_initial_cluster(&self.initial_cluster, &token)?;
-        let advertised_peers = split_list(&self.initial_advertise_peer_urls);
-        for url in &advertised_peers {
-            parse_url("--initial-advertise-peer-urls", url)?;
-        }
-        let Some(me) = members.iter().find(|m| m.name == self.name) else {
-            return Err(ConfigError::Inconsistent(format!(
-                "--initial-cluster {} has no member named {:?} (--name)",
-                self.initial_cluster, self.name
-            )));
-        };
-        let mut mine = me.peer_urls.clone();
-        mine.sort();
-        let mut advertised = advertised_peers.clone();
-        advertised.sort();
-        if mine != advertised {
-            return Err(ConfigError::Inconsistent(format!(
-                "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
-                self.name,
-                me.peer_urls.join(","),
-                self.initial_advertise_peer_urls
-            )));
-        }
+        let advertised_peers =
+            parse_advertised_list("--initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let me = members
+            .iter()
+            .find(|m| m.name == self.name)
+            .ok_or_else(|| ConfigError::NameNotInCluster {
+                name: self.name.clone(),
+                initial_cluster: self.initial_cluster.clone(),
+            })?;
+        check_advertised_peers(&self.name, me, &advertised_peers)?;
+        let member_id = me.id;
         let cluster_state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -315,48 +589,69 @@ impl ServeArgs {
             }
         };
         if self.heartbeat_interval == 0 {
-            return Err(invalid(
-                "--heartbeat-interval",
-                &self.heartbeat_interval.to_string(),
-                "must be positive",
-            ));
+            return Err(invalid("--heartbeat-interval", "0", "must be positive"));
         }
-        // etcd's rule: the election timeout must be at least five heartbeats.
-        if self.election_timeout < 5 * self.heartbeat_interval {
-            return Err(ConfigError::Inconsistent(format!(
-                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
-                self.election_timeout, self.heartbeat_interval
-            )));
+        // etcd's rule (embed.Config.Validate): `5 * TickMs > ElectionMs` is refused.
+        if self.election_timeout < self.heartbeat_interval.saturating_mul(5) {
+            return Err(ConfigError::ElectionTimeoutTooShort {
+                election_ms: self.election_timeout,
+                heartbeat_ms: self.heartbeat_interval,
+            });
+        }
+        if self.election_timeout > ELECTION_TIMEOUT_MS_MAX {
+            return Err(ConfigError::ElectionTimeoutTooLong {
+                election_ms: self.election_timeout,
+            });
         }
         if self.snapshot_count == 0 {
             return Err(invalid("--snapshot-count", "0", "must be positive"));
         }
+        if self.max_request_bytes == 0 {
+            return Err(invalid("--max-request-bytes", "0", "must be positive"));
+        }
+        if self.max_request_bytes > MAX_REQUEST_BYTES_CEILING {
+            return Err(invalid(
+                "--max-request-bytes",
+                &self.max_request_bytes.to_string(),
+                format!(
+                    "must be at most {MAX_REQUEST_BYTES_CEILING} (a request must fit in one peer message)"
+                ),
+            ));
+        }
         if self.max_txn_ops == 0 {
             return Err(invalid("--max-txn-ops", "0", "must be positive"));
         }
-        let addrs = |flag: &'static str, value: &str| -> Result<Vec<SocketAddr>, ConfigError> {
-            let urls = split_list(value);
-            if urls.is_empty() {
-                return Err(invalid(flag, value, "no URLs"));
+        let log_level = parse_log_level(&self.log_level)?;
+        let data_dir = match &self.data_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(invalid("--data-dir", "", "must not be empty"))
             }
-            urls.iter().map(|url| parse_url(flag, url)).collect()
+            Some(dir) => dir.clone(),
+            None => PathBuf::from(format!("{}.etcd", self.name)),
         };
-        let advertise_client_urls = split_list(&self.advertise_client_urls);
-        for url in &advertise_client_urls {
-            parse_url("--advertise-client-urls", url)?;
+        let client_addrs = parse_listen_list("--listen-client-urls", &self.listen_client_urls)?;
+        let peer_addrs = parse_listen_list("--listen-peer-urls", &self.listen_peer_urls)?;
+        if let Some(addr) = client_addrs
+            .iter()
+            .find(|a| a.port() != 0 && peer_addrs.contains(a))
+        {
+            return Err(ConfigError::ListenTwice { addr: *addr });
         }
+        let advertise_client_urls =
+            parse_advertised_list("--advertise-client-urls", &self.advertise_client_urls)?
+                .iter()
+                .map(HttpUrl::canonical)
+                .collect();
         let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Ok(Config {
             name: self.name.clone(),
-            member_id: me.id,
+            member_id,
             cluster_id: cluster_id(&member_ids, &token),
-            data_dir: self
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
-            client_addrs: addrs("--listen-client-urls", &self.listen_client_urls)?,
+            data_dir,
+            client_addrs,
             advertise_client_urls,
-            peer_addrs: addrs("--listen-peer-urls", &self.listen_peer_urls)?,
+            peer_addrs,
+            advertise_peer_urls: advertised_peers.iter().map(HttpUrl::canonical).collect(),
             members,
             cluster_state,
             token,
@@ -365,6 +660,7 @@ impl ServeArgs {
             snapshot_count: self.snapshot_count,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            log_level,
         })
     }
 }

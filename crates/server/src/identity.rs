@@ -1,5 +1,21 @@
 //! The identity file: which cluster and member a data directory belongs to. A member refuses
 //! to start on another cluster's data rather than mix two histories.
+//!
+//! Format (text, one `key=value` per line after a version line; unknown keys are ignored so
+//! a later version can add fields that an older binary skips):
+//!
+//! ```text
+//! concord-identity v1
+//! cluster_id=<16 hex digits>
+//! member_id=<16 hex digits>
+//! name=<--name>
+//! token=<--initial-cluster-token>
+//! ```
+//!
+//! It is written once, on the first start, atomically (temporary file, fsync, rename, fsync
+//! of the directory), before any store is created: a directory with stores has an identity.
+//! Only the ids are compared; the name and token are there for people reading the file and
+//! for the error messages.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -8,137 +24,279 @@ use anyhow::{bail, Context as _};
 
 use crate::ClusterState;
 
-const FILE_NAME: &str = "identity";
-const FORMAT_LINE: &str = "concord-identity v1";
+/// The identity file's name inside `<data-dir>/member/`.
+pub const FILE_NAME: &str = "identity";
+const FORMAT_PREFIX: &str = "concord-identity v";
+const FORMAT_VERSION: u32 = 1;
 
-/// The ids a data directory belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which cluster and member a data directory belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// Cluster id.
     pub cluster_id: u64,
     /// Member id.
     pub member_id: u64,
+    /// The member's `--name` when the directory was claimed.
+    pub name: String,
+    /// The `--initial-cluster-token` when the directory was claimed.
+    pub token: String,
 }
 
 impl Identity {
-    fn encode(self) -> String {
+    /// The file's text. `name` and `token` have no control characters (the config refuses
+    /// them), so each stays on its line.
+    fn encode(&self) -> String {
         format!(
-            "{FORMAT_LINE}\ncluster_id={:016x}\nmember_id={:016x}\n",
-            self.cluster_id, self.member_id
+            "{FORMAT_PREFIX}{FORMAT_VERSION}\ncluster_id={:016x}\nmember_id={:016x}\nname={}\ntoken={}\n",
+            self.cluster_id, self.member_id, self.name, self.token
         )
     }
 
-    fn decode(text: &str) -> Option<Identity> {
+    /// Parses the file's text; what is wrong with it.
+    fn decode(text: &str) -> Result<Identity, String> {
         let mut lines = text.lines();
-        if lines.next()? != FORMAT_LINE {
-            return None;
+        let version = lines
+            .next()
+            .and_then(|line| line.strip_prefix(FORMAT_PREFIX))
+            .ok_or("not a concord identity file")?;
+        match version.parse::<u32>() {
+            Ok(FORMAT_VERSION) => {}
+            Ok(newer) if newer > FORMAT_VERSION => {
+                return Err(format!(
+                    "format version {newer} is newer than this concord understands ({FORMAT_VERSION})"
+                ))
+            }
+            _ => return Err(format!("unknown format version {version:?}")),
         }
-        let field = |line: Option<&str>, name: &str| {
-            u64::from_str_radix(line?.strip_prefix(name)?.strip_prefix('=')?, 16).ok()
-        };
-        Some(Identity {
-            cluster_id: field(lines.next(), "cluster_id")?,
-            member_id: field(lines.next(), "member_id")?,
+        let (mut cluster_id, mut member_id) = (None, None);
+        let (mut name, mut token) = (String::new(), String::new());
+        for line in lines {
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!("line {line:?} is not key=value"));
+            };
+            let hex = |value: &str| {
+                u64::from_str_radix(value, 16).map_err(|_| format!("{key} {value:?} is not hex"))
+            };
+            match key {
+                "cluster_id" => cluster_id = Some(hex(value)?),
+                "member_id" => member_id = Some(hex(value)?),
+                "name" => name = value.to_string(),
+                "token" => token = value.to_string(),
+                _ => {}
+            }
+        }
+        Ok(Identity {
+            cluster_id: cluster_id.ok_or("no cluster_id")?,
+            member_id: member_id.ok_or("no member_id")?,
+            name,
+            token,
         })
     }
 }
 
-/// Checks that `member_dir` belongs to `expected`, or claims an empty one for it.
+/// Reads the identity in `member_dir`, if there is one.
+///
+/// # Errors
+/// The file cannot be read or is damaged.
+pub fn read(member_dir: &Path) -> anyhow::Result<Option<Identity>> {
+    let path = member_dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Identity::decode(&text)
+            .map(Some)
+            .map_err(|reason| anyhow::anyhow!("identity file {} is damaged: {reason}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Checks that `data_dir` belongs to `expected`, or claims an empty one for it; then checks
+/// that the directory is writable, so a read-only disk is reported as such rather than by a
+/// store deep in its startup.
 ///
 /// # Errors
 /// Another cluster's or member's directory, `existing` with no data, an unreadable or
-/// unwritable directory.
+/// unwritable directory, a directory with data but no identity.
 pub fn check_or_create(
-    member_dir: &Path,
-    expected: Identity,
+    data_dir: &Path,
+    expected: &Identity,
     state: ClusterState,
 ) -> anyhow::Result<()> {
-    let path = member_dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let found = Identity::decode(&text).with_context(|| {
-                format!("data dir identity file {} is not readable", path.display())
-            })?;
+    let member_dir = data_dir.join("member");
+    match read(&member_dir)? {
+        Some(found) => {
             if found.cluster_id != expected.cluster_id {
                 bail!(
-                    "data dir {} belongs to cluster {:x}, not {:x} (--initial-cluster or --initial-cluster-token changed?)",
-                    member_dir.parent().unwrap_or(member_dir).display(),
+                    "data dir {} belongs to cluster {:x}, not {:x} (--initial-cluster/--initial-cluster-token changed?)",
+                    data_dir.display(),
                     found.cluster_id,
                     expected.cluster_id
                 );
             }
             if found.member_id != expected.member_id {
                 bail!(
-                    "data dir {} belongs to member {:x}, not {:x} (--name or peer URLs changed?)",
-                    member_dir.parent().unwrap_or(member_dir).display(),
+                    "data dir {} belongs to member {:x} ({:?}), not {:x} ({:?}) (wrong --data-dir, or this member's peer URLs changed?)",
+                    data_dir.display(),
                     found.member_id,
-                    expected.member_id
+                    found.name,
+                    expected.member_id,
+                    expected.name
                 );
             }
-            Ok(())
+            probe_writable(data_dir, &member_dir)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             if state == ClusterState::Existing {
                 bail!(
-                    "--initial-cluster-state existing needs this member's data in {}, which is empty (joining a running cluster needs membership changes, which are not supported yet)",
-                    member_dir.parent().unwrap_or(member_dir).display()
+                    "--initial-cluster-state existing needs this member's data in {}, which is empty (joining a running cluster needs membership changes, which are not implemented yet)",
+                    data_dir.display()
                 );
             }
             let has_data =
                 member_dir.join("log").exists() || member_dir.join("state.redb").exists();
             if has_data {
                 bail!(
-                    "data dir {} has data but no identity file; refusing to guess whose it is",
-                    member_dir.display()
+                    "data dir {} has data but no {FILE_NAME} file; refusing to guess which cluster it belongs to",
+                    data_dir.display()
                 );
             }
-            write_atomically(member_dir, &path, &expected.encode())
+            std::fs::create_dir_all(&member_dir).with_context(|| {
+                format!("cannot create data dir {}", member_dir.display())
+            })?;
+            write_atomically(&member_dir, FILE_NAME, &expected.encode())
+                .with_context(|| format!("cannot write in data dir {}", data_dir.display()))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-/// Writes `text` to `path` so that a crash leaves either no file or the whole file.
-fn write_atomically(dir: &Path, path: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
+/// Creates and removes a file in `member_dir`.
+fn probe_writable(data_dir: &Path, member_dir: &Path) -> anyhow::Result<()> {
+    let probe = member_dir.join(".write-probe");
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| format!("data dir {} is not writable", data_dir.display()))
+}
+
+/// Writes `text` to `dir/name` so that a crash leaves either no file or the whole file.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    drop(file);
+    std::fs::rename(&temp, &path)?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Proves the identity check: a directory is claimed once, accepted for the same ids, and
-    // refused for another cluster or member; `existing` refuses an empty directory.
+    fn identity(cluster_id: u64, member_id: u64) -> Identity {
+        Identity {
+            cluster_id,
+            member_id,
+            name: "a".into(),
+            token: "etcd-cluster".into(),
+        }
+    }
+
+    // Proves the file round-trips, older files without name and token still read, and
+    // damaged or newer files are refused with a reason.
+    #[test]
+    fn identity_file_round_trips() {
+        let me = identity(0xdead_beef, 7);
+        assert_eq!(Identity::decode(&me.encode()), Ok(me.clone()));
+        let old = "concord-identity v1\ncluster_id=00000000deadbeef\nmember_id=0000000000000007\n";
+        let decoded = Identity::decode(old).unwrap();
+        assert_eq!((decoded.cluster_id, decoded.member_id), (0xdead_beef, 7));
+        let with_unknown = format!("{}future=1\n", me.encode());
+        assert_eq!(Identity::decode(&with_unknown), Ok(me));
+        for (text, reason) in [
+            ("garbage", "not a concord identity file"),
+            ("concord-identity v2\n", "newer"),
+            ("concord-identity v1\nmember_id=1\n", "no cluster_id"),
+            ("concord-identity v1\ncluster_id=xyz\n", "not hex"),
+        ] {
+            let error = Identity::decode(text).unwrap_err();
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    // Proves the identity check: a directory is claimed once (atomically: no temporary file
+    // is left), accepted for the same ids, and refused for another cluster or member;
+    // `existing` refuses an empty directory; data without an identity is refused.
     #[test]
     fn identity_is_claimed_then_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let member = dir.path().join("member");
-        let me = Identity {
-            cluster_id: 1,
-            member_id: 2,
-        };
-        let existing = check_or_create(&member, me, ClusterState::Existing).unwrap_err();
-        assert!(existing.to_string().contains("existing"), "{existing}");
-        check_or_create(&member, me, ClusterState::New).unwrap();
-        check_or_create(&member, me, ClusterState::New).unwrap();
-        let other = Identity {
-            cluster_id: 3,
-            member_id: 2,
-        };
-        let refused = check_or_create(&member, other, ClusterState::New).unwrap_err();
+        let data = dir.path().join("data");
+        let me = identity(1, 2);
+        let existing = check_or_create(&data, &me, ClusterState::Existing).unwrap_err();
+        let existing = format!("{existing:#}");
         assert!(
-            refused.to_string().contains("belongs to cluster 1, not 3"),
+            existing.contains("existing") && existing.contains("not implemented yet"),
+            "{existing}"
+        );
+        assert!(!data.exists(), "a refused start created the data dir");
+
+        check_or_create(&data, &me, ClusterState::New).unwrap();
+        assert_eq!(read(&data.join("member")).unwrap(), Some(me.clone()));
+        assert!(!data.join("member").join("identity.tmp").exists());
+        check_or_create(&data, &me, ClusterState::New).unwrap();
+        check_or_create(&data, &me, ClusterState::Existing).unwrap();
+
+        let other_cluster = identity(3, 2);
+        let refused = check_or_create(&data, &other_cluster, ClusterState::New).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "data dir {} belongs to cluster 1, not 3 (--initial-cluster/--initial-cluster-token changed?)",
+                data.display()
+            )
+        );
+        let other_member = identity(1, 5);
+        let refused = check_or_create(&data, &other_member, ClusterState::New).unwrap_err();
+        assert!(
+            refused.to_string().contains("belongs to member 2"),
             "{refused}"
         );
-        assert_eq!(Identity::decode(&me.encode()), Some(me));
-        assert_eq!(Identity::decode("garbage"), None);
+
+        let orphan = dir.path().join("orphan");
+        std::fs::create_dir_all(orphan.join("member").join("log")).unwrap();
+        let refused = check_or_create(&orphan, &me, ClusterState::New).unwrap_err();
+        assert!(refused.to_string().contains("no identity file"), "{refused}");
+    }
+
+    // Proves a damaged identity file stops the start with a line naming the file.
+    #[test]
+    fn damaged_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("member")).unwrap();
+        std::fs::write(dir.path().join("member").join(FILE_NAME), "junk").unwrap();
+        let refused = check_or_create(dir.path(), &identity(1, 2), ClusterState::New).unwrap_err();
+        let refused = format!("{refused:#}");
+        assert!(
+            refused.contains("identity") && refused.contains("damaged"),
+            "{refused}"
+        );
+    }
+
+    // Proves an unwritable data dir is reported as such (skipped as root, who can write
+    // anywhere).
+    #[test]
+    fn unwritable_data_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if std::fs::File::create(locked.join("probe")).is_ok() {
+            return; // root
+        }
+        let refused = check_or_create(&locked, &identity(1, 2), ClusterState::New).unwrap_err();
+        let refused = format!("{refused:#}");
+        assert!(refused.contains("cannot create data dir"), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
     }
 }

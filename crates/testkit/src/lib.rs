@@ -166,6 +166,9 @@ impl Cluster {
     /// # Errors
     /// A member cannot be spawned, exits, or does not listen within [`START_TIMEOUT`]; the
     /// error carries its log.
+    ///
+    /// # Panics
+    /// If `size` is 0.
     pub fn start(
         binary: impl AsRef<Path>,
         size: usize,
@@ -491,6 +494,8 @@ impl Cluster {
                 command.env_remove(&key);
             }
         }
+        // Plain text in the log files.
+        command.env("NO_COLOR", "1");
         match std::env::var_os("TESTKIT_RUST_LOG") {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
@@ -719,3 +724,6 @@ fn pdeathsig_wrapper() -> Option<&'static Path> {
         })
         .as_deref()
 }
+
+#[cfg(test)]
+mod tests;
