@@ -44,9 +44,19 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (tests)"
 cargo test --workspace --locked --no-run
-# Each phase is bounded: timeout(1) signals the whole process group, cluster members included.
+# Each phase is bounded. Without a terminal, timeout(1) signals its whole process group at the
+# deadline, cluster members included; on a terminal it stays in the foreground so that Ctrl-C
+# reaches the tests. Both phases run even if the first fails: one run reports every failure.
+bounded=(timeout --kill-after=30s)
+if [ -t 0 ]; then bounded+=(--foreground); fi
+bounded+=("$test_timeout")
+failed=()
 echo "== cargo test (unit and in-process tests)"
-timeout --kill-after=30s "$test_timeout" cargo test --workspace --locked --exclude concord
+"${bounded[@]}" cargo test --workspace --locked --no-fail-fast --exclude concord || failed+=("unit and in-process tests")
 echo "== cargo test (real-process cluster tests, one at a time: each runs its own cluster)"
-timeout --kill-after=30s "$test_timeout" cargo test -p concord --locked -- --test-threads=1
+"${bounded[@]}" cargo test -p concord --locked --no-fail-fast -- --test-threads=1 || failed+=("cluster tests")
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '== FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
 echo "== all tests passed"

@@ -40,12 +40,15 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    /// The gRPC decoding limit: etcd allows the request limit plus 512 KiB of overhead, so an
-    /// oversized request is decoded and answered with etcd's error rather than cut off, while
-    /// anything larger is refused before it is buffered.
+    /// The gRPC decoding limit. Requests up to it are decoded and, when over
+    /// `max_request_bytes`, answered with etcd's `etcdserver: request is too large`; anything
+    /// larger is refused by gRPC before it is buffered. etcd's own limit is the request limit
+    /// plus 512 KiB, past which its clients see a bare gRPC size error; twice the request limit
+    /// keeps the bound on memory while giving clients the clear error for any plausible
+    /// mistake.
     #[must_use]
     pub fn grpc_receive_bytes_max(&self) -> usize {
-        self.max_request_bytes + 512 * 1024
+        2 * self.max_request_bytes + 512 * 1024
     }
 }
 

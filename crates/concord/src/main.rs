@@ -1,8 +1,23 @@
 //! `concord`: the one binary. `serve` runs a member; `dev` runs a local cluster; `bench`
 //! measures a cluster (Concord's or etcd's) through the public API.
+//!
+//! - `concord serve [etcd flags]`: one member (flags and `CONCORD_*` variables in
+//!   `server::ServeArgs`). SIGINT or SIGTERM stops it cleanly (exit 0). A bad configuration
+//!   or a failure is one line on stderr, `concord: error: <message>`, and exit 1.
+//! - `concord dev [--data-dir DIR] [--members N] [--base-port P]`: N members (default 3) as
+//!   child processes of this executable, named m0, m1, ..., member i on 127.0.0.1 with
+//!   client port P + 10*i and peer port P + 10*i + 1 (default 2379/2380, 2389/2390,
+//!   2399/2400), data in DIR/m<i> (default `concord-dev-data`), cluster token
+//!   `concord-dev`. Their output is relayed line by line, prefixed `m<i> | `. SIGINT or
+//!   SIGTERM sends SIGTERM to every member, waits for them, and exits 0; a member that exits
+//!   on its own is reported, the others are stopped, and dev exits 1. (A SIGKILLed dev
+//!   cannot stop its members.)
+//! - Usage errors are clap's (exit 2); `--help` and `--version` exit 0.
+//!
+//! `main` maps `run() -> anyhow::Result<ExitCode>` to the exit code, as ripgrep does.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -29,16 +44,18 @@ enum Commands {
     Bench(BenchArgs),
 }
 
+/// `concord dev` flags.
 #[derive(clap::Args)]
 struct DevArgs {
-    /// Where the members keep their data (one subdirectory each).
+    /// Where the members keep their data (one subdirectory per member, named after it).
     #[arg(long, default_value = "concord-dev-data")]
     data_dir: PathBuf,
     /// Number of members.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     members: u16,
-    /// Client port of the first member; member i listens on base + 10*i for clients and
-    /// base + 10*i + 1 for peers.
+    /// Client port of the first member. Member i (named m<i>) listens on 127.0.0.1, port
+    /// base + 10*i for clients and base + 10*i + 1 for peers: 2379/2380, 2389/2390,
+    /// 2399/2400 by default.
     #[arg(long, default_value_t = 2379)]
     base_port: u16,
 }
@@ -68,25 +85,35 @@ struct BenchArgs {
     workload: String,
 }
 
+/// How long `concord dev` waits for its members to stop after SIGTERM before killing them.
+const DEV_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often `concord dev` checks whether a member has exited.
+const DEV_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    match run(cli) {
+    match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("concord: error: {e:#}");
+            // One line, whatever the causes say.
+            let message = format!("{e:#}").replace(['\n', '\r'], " ");
+            eprintln!("concord: error: {message}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Parses the command line and runs the subcommand; the exit code on success or on a
+/// failure that has been reported already.
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own report: usage errors (exit 2) on stderr, --help and --version
+            // (exit 0) on stdout.
+            let _ = e.print();
+            return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+        }
+    };
     match cli.command {
         Commands::Serve(args) => serve(&args),
         Commands::Dev(args) => dev(&args),
@@ -94,123 +121,298 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Installs the tracing subscriber: `RUST_LOG` if it is set, else `level` (from
+/// `--log-level`). The raft crate's events (target `slog`) are kept to warnings and above
+/// unless `RUST_LOG` says otherwise: at debug level it logs every message.
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal as _;
+    let slog_level = if level == "error" { "error" } else { "warn" };
+    let default = || tracing_subscriber::EnvFilter::new(format!("{level},slog={slog_level}"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+                eprintln!("concord: warning: ignoring RUST_LOG={directives:?}: {e}");
+                default()
+            })
+        }
+        _ => default(),
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
+/// `concord serve`: validates the flags (a bad one is one line and exit 1, before anything
+/// starts), then runs the member until SIGINT or SIGTERM.
 fn serve(args: &server::ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.validate()?;
-    init_tracing(&args.log_level);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    init_tracing(config.log_level);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGTERM; only Ctrl-C stops this member");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
     tracing::info!("shutting down");
 }
 
+/// One member started by `concord dev`.
+struct DevMember {
+    name: String,
+    client_url: String,
+    peer_url: String,
+}
+
+/// `concord dev`: runs `--members` copies of this executable as `concord serve`, prefixes
+/// their output with their names, and stops them all on SIGINT or SIGTERM (exit 0) or when
+/// one of them exits on its own (exit 1).
 fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
-    if args.members == 0 {
-        anyhow::bail!("--members must be at least 1");
-    }
+    let members = dev_members(args.members, args.base_port)?;
     let exe = std::env::current_exe().context("cannot find the concord executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let port = |i: u16, offset: u16| -> anyhow::Result<u16> {
-        args.base_port
-            .checked_add(10 * i + offset)
-            .context("--base-port too high for this many members")
-    };
-    let mut initial_cluster = Vec::new();
-    for i in 0..args.members {
-        initial_cluster.push(format!("m{i}=http://127.0.0.1:{}", port(i, 1)?));
-    }
-    let initial_cluster = initial_cluster.join(",");
-    let mut endpoints = Vec::new();
-    let mut children = Vec::new();
-    for i in 0..args.members {
-        let name = format!("m{i}");
-        let client = format!("http://127.0.0.1:{}", port(i, 0)?);
-        let peer = format!("http://127.0.0.1:{}", port(i, 1)?);
-        let data_dir = args.data_dir.join(&name);
-        let child = std::process::Command::new(&exe)
-            .args(["serve", "--name", &name])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--initial-cluster-token", "concord-dev"])
-            .spawn()
-            .with_context(|| format!("cannot start member {name}"))?;
-        endpoints.push(client);
-        children.push((name, child));
-    }
-    let endpoints = endpoints.join(",");
-    println!(
-        "concord dev: {} members, data in {}",
-        args.members,
-        args.data_dir.display()
-    );
-    println!("client endpoints: {endpoints}");
-    println!("try: ETCDCTL_API=3 etcdctl --endpoints={endpoints} put foo bar");
-    println!("press Ctrl-C to stop");
+    let initial_cluster = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect::<Vec<_>>()
+        .join(",");
+    let endpoints = members
+        .iter()
+        .map(|m| m.client_url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
 
-    let runtime = tokio::runtime::Runtime::new()?;
-    let stopped_by_user = runtime.block_on(async {
-        let mut poll = tokio::time::interval(Duration::from_millis(200));
-        let signal = shutdown_signal();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Watch for signals before the first member starts, so none is ever left behind.
+        let signal = dev_signal()?;
         tokio::pin!(signal);
-        loop {
+        let mut children: Vec<(String, Child)> = Vec::with_capacity(members.len());
+        let mut relays = Vec::new();
+        for member in &members {
+            let data_dir = args.data_dir.join(&member.name);
+            let spawned = Command::new(&exe)
+                .arg("serve")
+                .args(["--name", &member.name])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--listen-client-urls", &member.client_url])
+                .args(["--advertise-client-urls", &member.client_url])
+                .args(["--listen-peer-urls", &member.peer_url])
+                .args(["--initial-advertise-peer-urls", &member.peer_url])
+                .args(["--initial-cluster", &initial_cluster])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "concord-dev"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    stop_members(&mut children).await;
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("cannot start member {}", member.name)));
+                }
+            };
+            if let Some(out) = child.stdout.take() {
+                relays.push(relay(out, &member.name, false));
+            }
+            if let Some(err) = child.stderr.take() {
+                relays.push(relay(err, &member.name, true));
+            }
+            children.push((member.name.clone(), child));
+        }
+        println!(
+            "concord dev: {} member{} on 127.0.0.1, data in {}",
+            members.len(),
+            if members.len() == 1 { "" } else { "s" },
+            args.data_dir.display()
+        );
+        for member in &members {
+            println!(
+                "  {}: client {}, peer {}",
+                member.name, member.client_url, member.peer_url
+            );
+        }
+        println!("client endpoints: {endpoints}");
+        println!("try: etcdctl --endpoints={endpoints} put foo bar");
+        println!("press Ctrl-C to stop");
+
+        let mut poll = tokio::time::interval(DEV_POLL_INTERVAL);
+        let code = loop {
             tokio::select! {
-                () = &mut signal => return true,
+                // A member stopped by the same Ctrl-C (the terminal signals the whole process
+                // group) must not be mistaken for one that died: the signal is seen first.
+                biased;
+                () = &mut signal => {
+                    eprintln!("concord dev: stopping");
+                    break ExitCode::SUCCESS;
+                }
                 _ = poll.tick() => {
-                    for (name, child) in &mut children {
-                        if let Ok(Some(status)) = child.try_wait() {
-                            eprintln!("concord dev: member {name} exited ({status}); stopping the others");
-                            return false;
-                        }
+                    if let Some((name, status)) = exited(&mut children) {
+                        eprintln!("concord dev: member {name} exited ({status}); stopping the others");
+                        break ExitCode::from(1);
                     }
                 }
             }
+        };
+        stop_members(&mut children).await;
+        // Each relay ends when its member's pipe closes, that is once the member has exited.
+        for relay in relays {
+            let _ = relay.join();
         }
-    });
-    for (_, child) in &children {
-        // SIGTERM: each member shuts down cleanly.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        Ok(code)
+    })
+}
+
+/// The members of a dev cluster: m<i> on ports base + 10*i (clients) and + 1 (peers).
+fn dev_members(count: u16, base_port: u16) -> anyhow::Result<Vec<DevMember>> {
+    (0..count)
+        .map(|i| {
+            let client = u32::from(base_port) + 10 * u32::from(i);
+            let peer = client + 1;
+            if peer > u32::from(u16::MAX) {
+                anyhow::bail!(
+                    "--base-port {base_port} is too high for {count} members: member m{i} would need port {peer}"
+                );
+            }
+            Ok(DevMember {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{client}"),
+                peer_url: format!("http://127.0.0.1:{peer}"),
+            })
+        })
+        .collect()
+}
+
+/// Resolves on SIGINT or SIGTERM; the handlers are installed before it is returned.
+fn dev_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot watch for SIGINT (Ctrl-C)")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// The first member that has exited, and how.
+fn exited(children: &mut [(String, Child)]) -> Option<(String, std::process::ExitStatus)> {
+    children
+        .iter_mut()
+        .find_map(|(name, child)| match child.try_wait() {
+            Ok(Some(status)) => Some((name.clone(), status)),
+            _ => None,
+        })
+}
+
+/// Sends SIGTERM to every member still running, waits for all of them (at most
+/// [`DEV_STOP_TIMEOUT`]), and kills any that is still running then.
+async fn stop_members(children: &mut [(String, Child)]) {
+    for (name, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            if let Err(e) = terminate(child.id()) {
+                eprintln!("concord dev: cannot send SIGTERM to member {name}: {e}");
+            }
+        }
     }
-    for (_, child) in &mut children {
-        let _ = child.wait();
+    let deadline = tokio::time::Instant::now() + DEV_STOP_TIMEOUT;
+    loop {
+        let running = children
+            .iter_mut()
+            .filter_map(|(_, child)| child.try_wait().ok())
+            .filter(Option::is_none)
+            .count();
+        if running == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(if stopped_by_user {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    for (name, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            eprintln!(
+                "concord dev: member {name} still running {} s after SIGTERM; killing it",
+                DEV_STOP_TIMEOUT.as_secs()
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to process `pid`.
+fn terminate(pid: u32) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = i32::try_from(pid).context("process id out of range")?;
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM)?;
+    Ok(())
+}
+
+/// Copies `from` line by line to this process's stdout (or stderr), each line prefixed with
+/// `name`, on a thread of its own; the thread ends at end of file.
+fn relay(
+    from: impl std::io::Read + Send + 'static,
+    name: &str,
+    to_stderr: bool,
+) -> std::thread::JoinHandle<()> {
+    let prefix = format!("{name} | ");
+    std::thread::spawn(move || {
+        use std::io::{BufRead as _, Write as _};
+        let mut from = std::io::BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match from.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if !line.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            // One write per line under the lock, so members' lines never interleave.
+            let written = if to_stderr {
+                let mut out = std::io::stderr().lock();
+                out.write_all(prefix.as_bytes())
+                    .and_then(|()| out.write_all(&line))
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(prefix.as_bytes())
+                    .and_then(|()| out.write_all(&line))
+                    .and_then(|()| out.flush())
+            };
+            if written.is_err() {
+                // Nobody reads any more; keep draining so the member never blocks on a
+                // full pipe.
+                continue;
+            }
+        }
     })
 }
 

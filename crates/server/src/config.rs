@@ -566,8 +566,10 @@ impl ServeArgs {
         check_printable("--initial-cluster-token", &self.initial_cluster_token)?;
         let token = self.initial_cluster_token.clone();
         let members = parse_initial_cluster(&self.initial_cluster, &token)?;
-        let advertised_peers =
-            parse_advertised_list("--initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let advertised_peers = parse_advertised_list(
+            "--initial-advertise-peer-urls",
+            &self.initial_advertise_peer_urls,
+        )?;
         let me = members
             .iter()
             .find(|m| m.name == self.name)

@@ -63,8 +63,8 @@ impl Identity {
             Ok(FORMAT_VERSION) => {}
             Ok(newer) if newer > FORMAT_VERSION => {
                 return Err(format!(
-                    "format version {newer} is newer than this concord understands ({FORMAT_VERSION})"
-                ))
+                "format version {newer} is newer than this concord understands ({FORMAT_VERSION})"
+            ))
             }
             _ => return Err(format!("unknown format version {version:?}")),
         }
@@ -101,71 +101,95 @@ impl Identity {
 pub fn read(member_dir: &Path) -> anyhow::Result<Option<Identity>> {
     let path = member_dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Identity::decode(&text)
-            .map(Some)
-            .map_err(|reason| anyhow::anyhow!("identity file {} is damaged: {reason}", path.display())),
+        Ok(text) => Identity::decode(&text).map(Some).map_err(|reason| {
+            anyhow::anyhow!("identity file {} is damaged: {reason}", path.display())
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-/// Checks that `data_dir` belongs to `expected`, or claims an empty one for it; then checks
-/// that the directory is writable, so a read-only disk is reported as such rather than by a
-/// store deep in its startup.
+/// Whether a data directory already belongs to this member, as [`check`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// It has this member's identity.
+    Ours,
+    /// It is empty or missing: [`claim`] writes the identity.
+    Unclaimed,
+}
+
+/// Checks, without writing anything, that `data_dir` belongs to `expected` or is empty.
 ///
 /// # Errors
-/// Another cluster's or member's directory, `existing` with no data, an unreadable or
-/// unwritable directory, a directory with data but no identity.
-pub fn check_or_create(
-    data_dir: &Path,
-    expected: &Identity,
-    state: ClusterState,
-) -> anyhow::Result<()> {
+/// Another cluster's or member's directory, `existing` with no data, a directory with data
+/// but no identity, an unreadable or damaged identity file.
+pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyhow::Result<Claim> {
     let member_dir = data_dir.join("member");
-    match read(&member_dir)? {
-        Some(found) => {
-            if found.cluster_id != expected.cluster_id {
-                bail!(
-                    "data dir {} belongs to cluster {:x}, not {:x} (--initial-cluster/--initial-cluster-token changed?)",
-                    data_dir.display(),
-                    found.cluster_id,
-                    expected.cluster_id
-                );
-            }
-            if found.member_id != expected.member_id {
-                bail!(
-                    "data dir {} belongs to member {:x} ({:?}), not {:x} ({:?}) (wrong --data-dir, or this member's peer URLs changed?)",
-                    data_dir.display(),
-                    found.member_id,
-                    found.name,
-                    expected.member_id,
-                    expected.name
-                );
-            }
-            probe_writable(data_dir, &member_dir)
+    let Some(found) = read(&member_dir)? else {
+        if state == ClusterState::Existing {
+            bail!(
+                "--initial-cluster-state existing needs this member's data in {}, which is empty (joining a running cluster needs membership changes, which are not implemented yet)",
+                data_dir.display()
+            );
         }
-        None => {
-            if state == ClusterState::Existing {
-                bail!(
-                    "--initial-cluster-state existing needs this member's data in {}, which is empty (joining a running cluster needs membership changes, which are not implemented yet)",
-                    data_dir.display()
-                );
-            }
-            let has_data =
-                member_dir.join("log").exists() || member_dir.join("state.redb").exists();
-            if has_data {
-                bail!(
-                    "data dir {} has data but no {FILE_NAME} file; refusing to guess which cluster it belongs to",
-                    data_dir.display()
-                );
-            }
-            std::fs::create_dir_all(&member_dir).with_context(|| {
-                format!("cannot create data dir {}", member_dir.display())
-            })?;
+        let has_data = member_dir.join("log").exists() || member_dir.join("state.redb").exists();
+        if has_data {
+            bail!(
+                "data dir {} has data but no {FILE_NAME} file; refusing to guess which cluster it belongs to",
+                data_dir.display()
+            );
+        }
+        return Ok(Claim::Unclaimed);
+    };
+    if found.cluster_id != expected.cluster_id {
+        bail!(
+            "data dir {} belongs to cluster {:x}, not {:x} (--initial-cluster/--initial-cluster-token changed?)",
+            data_dir.display(),
+            found.cluster_id,
+            expected.cluster_id
+        );
+    }
+    if found.member_id != expected.member_id {
+        bail!(
+            "data dir {} belongs to member {:x} ({:?}), not {:x} ({:?}) (wrong --data-dir, or this member's peer URLs changed?)",
+            data_dir.display(),
+            found.member_id,
+            found.name,
+            expected.member_id,
+            expected.name
+        );
+    }
+    Ok(Claim::Ours)
+}
+
+/// Makes `data_dir` this member's: writes the identity if [`check`] found the directory
+/// unclaimed, then checks that the directory is writable, so a read-only disk is reported
+/// as such rather than by a store deep in its startup.
+///
+/// # Errors
+/// The directory cannot be created or written.
+pub fn claim(data_dir: &Path, expected: &Identity, found: Claim) -> anyhow::Result<()> {
+    let member_dir = data_dir.join("member");
+    match found {
+        Claim::Ours => probe_writable(data_dir, &member_dir),
+        Claim::Unclaimed => {
+            std::fs::create_dir_all(&member_dir)
+                .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
             write_atomically(&member_dir, FILE_NAME, &expected.encode())
                 .with_context(|| format!("cannot write in data dir {}", data_dir.display()))
         }
     }
+}
+
+/// [`check`], then [`claim`].
+#[cfg(test)]
+fn check_or_create(
+    data_dir: &Path,
+    expected: &Identity,
+    state: ClusterState,
+) -> anyhow::Result<()> {
+    let found = check(data_dir, expected, state)?;
+    claim(data_dir, expected, found)
 }
 
 /// Creates and removes a file in `member_dir`.
@@ -265,7 +289,10 @@ mod tests {
         let orphan = dir.path().join("orphan");
         std::fs::create_dir_all(orphan.join("member").join("log")).unwrap();
         let refused = check_or_create(&orphan, &me, ClusterState::New).unwrap_err();
-        assert!(refused.to_string().contains("no identity file"), "{refused}");
+        assert!(
+            refused.to_string().contains("no identity file"),
+            "{refused}"
+        );
     }
 
     // Proves a damaged identity file stops the start with a line naming the file.

@@ -11,6 +11,11 @@
 //! <data-dir>/member/state.redb   the state machine (redb)
 //! <data-dir>/member/snap/        incoming snapshots, spooled before they are installed
 //! ```
+//!
+//! The identity file is written first, atomically, on the first start; a later start with
+//! flags that give other ids is refused (see [`Identity`]). Member and cluster ids are
+//! derived from `--initial-cluster` and `--initial-cluster-token` alone ([`member_id`],
+//! [`cluster_id`]), so every member computes the same ids without talking to the others.
 
 mod config;
 mod identity;
@@ -27,11 +32,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::{cluster_id, member_id, ClusterState, Config, ConfigError, ServeArgs};
+pub use config::{
+    cluster_id, member_id, ClusterState, Config, ConfigError, InitialMember, ServeArgs,
+    MAX_REQUEST_BYTES_CEILING,
+};
 pub use identity::Identity;
 
 /// Proposals waiting for apply before clients get `etcdserver: too many requests`.
 const MAX_PENDING_PROPOSALS: usize = 10_000;
+/// The fixed part of the request timeout; etcd's `ReqTimeout` is 5 s plus two election
+/// timeouts.
+const REQUEST_TIMEOUT_BASE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for in-flight client requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries kept behind a log compaction for followers that are only a little behind
 /// (etcd: 5000).
 const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
@@ -40,21 +53,49 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Runs a member until `shutdown` resolves or the member fails.
 ///
+/// In order: check the data directory's identity, bind every listener, claim the data
+/// directory (nothing is written before the addresses are ours), open the Raft log and the
+/// state machine, start the node, serve clients and peers. On shutdown: stop accepting
+/// connections, let in-flight client requests finish (at most 5 s), stop the node, return.
+///
 /// # Errors
-/// The data directory belongs to another cluster or cannot be used, a store is corrupt, an
-/// address cannot be bound, or the member failed while running.
+/// An address cannot be bound, the data directory belongs to another cluster or cannot be
+/// used, a store is corrupt, or the member failed while running. Each is one line naming
+/// the address, directory or file.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let member_dir = config.data_dir.join("member");
     let expected = Identity {
         cluster_id: config.cluster_id,
         member_id: config.member_id,
+        name: config.name.clone(),
+        token: config.token.clone(),
     };
-    identity::check_or_create(&member_dir, expected, config.cluster_state)?;
+    let found = identity::check(&config.data_dir, &expected, config.cluster_state)?;
+    let mut peer_listeners = Vec::with_capacity(config.peer_addrs.len());
+    for addr in &config.peer_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for peers on {addr}"))?;
+        peer_listeners.push(listener);
+    }
+    let mut client_listeners = Vec::with_capacity(config.client_addrs.len());
+    for addr in &config.client_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for clients on {addr}"))?;
+        client_listeners.push(listener);
+    }
+    identity::claim(&config.data_dir, &expected, found)?;
+    log_config(&config, &client_listeners, &peer_listeners);
 
-    let log =
-        Arc::new(RaftLogStore::open(&member_dir.join("log")).context("cannot open the raft log")?);
-    let kv = RedbKvStore::open(&member_dir.join("state.redb"))
-        .context("cannot open the state machine")?;
+    let member_dir = config.data_dir.join("member");
+    let log = member_dir.join("log");
+    let log = Arc::new(
+        RaftLogStore::open(&log)
+            .with_context(|| format!("cannot open the raft log in {}", log.display()))?,
+    );
+    let state = member_dir.join("state.redb");
+    let kv = RedbKvStore::open(&state)
+        .with_context(|| format!("cannot open the state machine {}", state.display()))?;
 
     let local = NodeId(config.member_id);
     let peers: HashMap<NodeId, String> = config
@@ -63,23 +104,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .map(|m| (NodeId(m.id), m.peer_urls[0].clone()))
         .collect();
     let transport = Arc::new(api::GrpcTransport::new(local, config.cluster_id, peers));
-    let election_ticks =
-        (config.election_timeout.as_millis() / config.heartbeat.as_millis().max(1)) as usize;
-    let node_config = NodeConfig {
-        node_id: local,
-        cluster_id: config.cluster_id,
-        initial_voters: config.members.iter().map(|m| NodeId(m.id)).collect(),
-        tick_interval: config.heartbeat,
-        election_ticks,
-        heartbeat_ticks: 1,
-        snapshot_count: config.snapshot_count,
-        snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES.min(config.snapshot_count / 2),
-        request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
-        max_pending_proposals: MAX_PENDING_PROPOSALS,
-        seed: seed(config.member_id),
-        snapshot_dir: member_dir.join("snap"),
-    };
-    let node = Node::start(node_config, log, kv, transport.clone())
+    let node = Node::start(node_config(&config), log, kv, transport.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the member: {e}"))?;
     transport.attach(node.clone());
 
@@ -90,6 +115,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             id: m.id,
             name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
+            // Other members' client URLs are not in the flags; they arrive with membership
+            // changes.
             client_urls: if m.id == config.member_id {
                 config.advertise_client_urls.clone()
             } else {
@@ -102,33 +129,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_txn_ops: config.max_txn_ops,
     };
 
+    // Shutdown: `stop_tx` tells every server to stop accepting; each server task ends when
+    // its in-flight requests are done.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut peer_servers = tokio::task::JoinSet::new();
     let mut servers = tokio::task::JoinSet::new();
-    for addr in &config.peer_addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for peers on {addr}"))?;
+    for listener in peer_listeners {
         let routes = api::peer_routes(&node, config.cluster_id);
-        peer_servers.spawn(serve(listener, routes, stop_rx.clone()));
+        peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
     }
-    for addr in &config.client_addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for clients on {addr}"))?;
+    for listener in client_listeners {
         let routes = api::client_routes(&node, members.clone(), api_config);
         servers.spawn(serve_clients(listener, routes, stop_rx.clone()));
     }
     tracing::info!(
-        name = %config.name,
         member_id = format!("{:x}", config.member_id),
         cluster_id = format!("{:x}", config.cluster_id),
-        data_dir = %config.data_dir.display(),
-        clients = ?config.client_addrs,
-        peers = ?config.peer_addrs,
-        heartbeat_ms = config.heartbeat.as_millis() as u64,
-        election_timeout_ms = config.election_timeout.as_millis() as u64,
-        snapshot_count = config.snapshot_count,
         "serving"
     );
 
@@ -144,20 +160,84 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         result = servers.join_next() => server_stopped(result),
         result = peer_servers.join_next() => server_stopped(result),
     };
+    tracing::info!("stopping");
     // Stop accepting and let in-flight client requests finish (bounded). Peer streams are
     // long-lived and would hold a graceful stop open until the other members go away, so the
-    // peer servers are simply dropped. Then stop the node.
+    // peer servers are simply dropped: a member that stops is, to its peers, one that left.
+    // Then stop the node, whose threads are joined off the runtime.
     let _ = stop_tx.send(true);
     peer_servers.abort_all();
     let drain = async { while servers.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("client requests still running after the drain timeout; dropping them");
+        servers.abort_all();
+    }
     tokio::task::spawn_blocking(move || node.shutdown())
         .await
         .context("node shutdown")?;
+    tracing::info!("stopped");
     outcome
 }
 
-async fn serve(
+/// The node's settings, from the member's: etcd's tick model (one tick per heartbeat, the
+/// election timeout in ticks) and its request timeout (5 s plus two election timeouts).
+fn node_config(config: &Config) -> NodeConfig {
+    let heartbeat_ms = config.heartbeat.as_millis().max(1);
+    let election_ticks =
+        usize::try_from(config.election_timeout.as_millis() / heartbeat_ms).unwrap_or(usize::MAX);
+    NodeConfig {
+        node_id: NodeId(config.member_id),
+        cluster_id: config.cluster_id,
+        initial_voters: config.members.iter().map(|m| NodeId(m.id)).collect(),
+        tick_interval: config.heartbeat,
+        election_ticks,
+        heartbeat_ticks: 1,
+        snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES.min(config.snapshot_count / 2),
+        request_timeout: REQUEST_TIMEOUT_BASE + 2 * config.election_timeout,
+        max_pending_proposals: MAX_PENDING_PROPOSALS,
+        seed: seed(),
+        snapshot_dir: config.data_dir.join("member").join("snap"),
+    }
+}
+
+/// Logs the effective configuration once, at startup.
+fn log_config(config: &Config, clients: &[TcpListener], peers: &[TcpListener]) {
+    let bound = |listeners: &[TcpListener]| -> Vec<String> {
+        listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let initial_cluster: Vec<String> = config
+        .members
+        .iter()
+        .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
+        .collect();
+    tracing::info!(
+        name = %config.name,
+        member_id = format!("{:x}", config.member_id),
+        cluster_id = format!("{:x}", config.cluster_id),
+        data_dir = %config.data_dir.display(),
+        listen_client = ?bound(clients),
+        advertise_client_urls = ?config.advertise_client_urls,
+        listen_peer = ?bound(peers),
+        advertise_peer_urls = ?config.advertise_peer_urls,
+        initial_cluster = %initial_cluster.join(","),
+        initial_cluster_state = ?config.cluster_state,
+        initial_cluster_token = %config.token,
+        heartbeat_ms = config.heartbeat.as_millis() as u64,
+        election_timeout_ms = config.election_timeout.as_millis() as u64,
+        snapshot_count = config.snapshot_count,
+        max_request_bytes = config.max_request_bytes,
+        max_txn_ops = config.max_txn_ops,
+        "starting"
+    );
+}
+
+/// Serves the peer service on `listener` until `stop` turns true.
+async fn serve_peers(
     listener: TcpListener,
     routes: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
@@ -214,13 +294,19 @@ fn server_builder() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }
 
-/// The election-jitter seed. It only needs to differ between members and runs; simulations
-/// pass their own. The clock and the member id are enough here, at the edge.
-fn seed(member_id: u64) -> u64 {
+/// The election-jitter seed. It only needs to differ between members and runs (simulations
+/// pass their own): std's `RandomState` is keyed from the operating system's random source,
+/// and the clock and process id are mixed in for good measure. This is the edge, where
+/// randomness may enter.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ member_id.rotate_left(17) ^ u64::from(std::process::id())
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 #[cfg(test)]

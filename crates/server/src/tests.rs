@@ -1,3 +1,6 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
 use clap::Parser;
 
 use super::*;
@@ -8,88 +11,371 @@ struct Cli {
     serve: ServeArgs,
 }
 
-fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+/// Every flag reads its `CONCORD_` variable, so parsing must not overlap a test that sets one.
+static ENV: Mutex<()> = Mutex::new(());
+
+fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let _guard = ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (key, value) in env {
+        std::env::set_var(key, value);
+    }
     let mut argv = vec!["concord"];
     argv.extend_from_slice(args);
-    Cli::try_parse_from(argv).unwrap().serve.validate()
+    let parsed = Cli::try_parse_from(argv);
+    for (key, _) in env {
+        std::env::remove_var(key);
+    }
+    parsed.unwrap().serve.validate()
 }
 
-fn three(name: &str, peer: &str) -> Vec<String> {
-    vec![
-        "--name".into(),
-        name.into(),
-        "--initial-advertise-peer-urls".into(),
-        peer.into(),
-        "--initial-cluster".into(),
-        "a=http://127.0.0.1:2380,b=http://127.0.0.1:2390,c=http://127.0.0.1:2400".into(),
-    ]
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    parse_with_env(args, &[])
 }
 
-// Proves etcd's defaults make a valid single-member configuration.
+const THREE: &str = "a=http://127.0.0.1:2380,b=http://127.0.0.1:2390,c=http://127.0.0.1:2400";
+
+fn member_of_three(name: &str, peer: &str) -> Config {
+    parse(&[
+        "--name",
+        name,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        THREE,
+    ])
+    .unwrap()
+}
+
+// Proves etcd's defaults make a valid single-member configuration, with etcd's values.
 #[test]
 fn defaults_are_valid() {
     let config = parse(&[]).unwrap();
     assert_eq!(config.name, "default");
     assert_eq!(config.data_dir, std::path::PathBuf::from("default.etcd"));
     assert_eq!(config.members.len(), 1);
+    assert_eq!(config.members[0].peer_urls, vec!["http://localhost:2380"]);
     assert_eq!(config.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+    assert_eq!(config.peer_addrs, vec!["127.0.0.1:2380".parse().unwrap()]);
+    assert_eq!(config.advertise_client_urls, vec!["http://localhost:2379"]);
+    assert_eq!(config.cluster_state, ClusterState::New);
+    assert_eq!(config.token, "etcd-cluster");
+    assert_eq!(config.heartbeat, Duration::from_millis(100));
+    assert_eq!(config.election_timeout, Duration::from_millis(1000));
+    assert_eq!(config.snapshot_count, 100_000);
     assert_eq!(config.max_request_bytes, 1_572_864);
+    assert_eq!(config.max_txn_ops, 128);
+    assert_eq!(config.log_level, "info");
+    let named = parse(&[
+        "--name",
+        "x",
+        "--initial-cluster",
+        "x=http://localhost:2380",
+    ])
+    .unwrap();
+    assert_eq!(named.data_dir, std::path::PathBuf::from("x.etcd"));
 }
 
-// Proves ids are the same on every member and every start, differ between members, and
-// change with the cluster token.
+// Proves the flags etcd users write are read as etcd reads them: lists, several listeners,
+// IPv6, a name given twice (one member, two URLs), localhost equal to 127.0.0.1 when the
+// advertised URLs are compared.
+#[test]
+fn etcd_style_flags_are_accepted() {
+    let config = parse(&[
+        "--name",
+        "infra0",
+        "--listen-client-urls",
+        "http://127.0.0.1:2379, http://[::1]:2379/",
+        "--advertise-client-urls",
+        "http://10.0.1.10:2379,http://infra0.example.com:2379",
+        "--listen-peer-urls",
+        "http://0.0.0.0:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380,http://10.0.1.10:2380",
+        "--initial-cluster",
+        "infra0=http://localhost:2380,infra0=http://10.0.1.10:2380,infra1=http://infra1.example.com:2380",
+        "--initial-cluster-state",
+        "existing",
+        "--log-level",
+        "fatal",
+    ])
+    .unwrap();
+    assert_eq!(
+        config.client_addrs,
+        vec![
+            "127.0.0.1:2379".parse().unwrap(),
+            "[::1]:2379".parse().unwrap()
+        ]
+    );
+    assert_eq!(config.peer_addrs, vec!["0.0.0.0:2380".parse().unwrap()]);
+    assert_eq!(config.members.len(), 2);
+    assert_eq!(config.members[0].peer_urls.len(), 2);
+    assert_eq!(config.cluster_state, ClusterState::Existing);
+    assert_eq!(config.log_level, "error");
+}
+
+// Proves every flag can come from its CONCORD_ environment variable, and that a flag on the
+// command line wins over the environment.
+#[test]
+fn environment_variables_are_read() {
+    let env = [
+        ("CONCORD_NAME", "e1"),
+        ("CONCORD_DATA_DIR", "/tmp/e1-data"),
+        ("CONCORD_LISTEN_CLIENT_URLS", "http://127.0.0.1:12379"),
+        ("CONCORD_ADVERTISE_CLIENT_URLS", "http://127.0.0.1:12379"),
+        ("CONCORD_LISTEN_PEER_URLS", "http://127.0.0.1:12380"),
+        (
+            "CONCORD_INITIAL_ADVERTISE_PEER_URLS",
+            "http://127.0.0.1:12380",
+        ),
+        (
+            "CONCORD_INITIAL_CLUSTER",
+            "e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380",
+        ),
+        ("CONCORD_INITIAL_CLUSTER_STATE", "existing"),
+        ("CONCORD_INITIAL_CLUSTER_TOKEN", "env-token"),
+        ("CONCORD_HEARTBEAT_INTERVAL", "50"),
+        ("CONCORD_ELECTION_TIMEOUT", "500"),
+        ("CONCORD_SNAPSHOT_COUNT", "42"),
+        ("CONCORD_MAX_REQUEST_BYTES", "1000"),
+        ("CONCORD_MAX_TXN_OPS", "7"),
+        ("CONCORD_LOG_LEVEL", "debug"),
+    ];
+    let config = parse_with_env(&[], &env).unwrap();
+    assert_eq!(config.name, "e1");
+    assert_eq!(config.data_dir, std::path::PathBuf::from("/tmp/e1-data"));
+    assert_eq!(
+        config.client_addrs,
+        vec!["127.0.0.1:12379".parse().unwrap()]
+    );
+    assert_eq!(config.peer_addrs, vec!["127.0.0.1:12380".parse().unwrap()]);
+    assert_eq!(config.members.len(), 2);
+    assert_eq!(config.cluster_state, ClusterState::Existing);
+    assert_eq!(config.token, "env-token");
+    assert_eq!(config.heartbeat, Duration::from_millis(50));
+    assert_eq!(config.election_timeout, Duration::from_millis(500));
+    assert_eq!(config.snapshot_count, 42);
+    assert_eq!(config.max_request_bytes, 1000);
+    assert_eq!(config.max_txn_ops, 7);
+    assert_eq!(config.log_level, "debug");
+
+    let flag_wins = parse_with_env(&["--snapshot-count", "9"], &env).unwrap();
+    assert_eq!(flag_wins.snapshot_count, 9);
+    // And nothing leaks into the next parse.
+    assert_eq!(parse(&[]).unwrap().name, "default");
+}
+
+// Proves ids are the same on every member and every start, differ between members, change
+// with the cluster token, ignore URL order and spelling (trailing slash), and are pinned:
+// changing the derivation would orphan every existing data directory.
 #[test]
 fn ids_are_stable_and_distinct() {
-    let args = three("a", "http://127.0.0.1:2380");
-    let a = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    let args = three("b", "http://127.0.0.1:2390");
-    let b = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let a = member_of_three("a", "http://127.0.0.1:2380");
+    let b = member_of_three("b", "http://127.0.0.1:2390/");
     assert_eq!(a.cluster_id, b.cluster_id);
     assert_ne!(a.member_id, b.member_id);
     assert_eq!(a.members, b.members);
-    let mut args = three("a", "http://127.0.0.1:2380");
-    args.extend(["--initial-cluster-token".into(), "other".into()]);
-    let other = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let other = parse(&[
+        "--name",
+        "a",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        THREE,
+        "--initial-cluster-token",
+        "other",
+    ])
+    .unwrap();
     assert_ne!(other.cluster_id, a.cluster_id);
+    assert_ne!(other.member_id, a.member_id);
+
+    let urls = |list: &[&str]| list.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        member_id(&urls(&["http://b:1", "http://a:1"]), "t"),
+        member_id(&urls(&["http://a:1", "http://b:1"]), "t"),
+    );
+    assert_eq!(cluster_id(&[3, 1, 2], "t"), cluster_id(&[1, 2, 3], "t"));
+    // The boundary between URLs and token is unambiguous.
+    assert_ne!(
+        member_id(&urls(&["http://a:1"]), "0t"),
+        member_id(&urls(&["http://a:10"]), "t"),
+    );
+    // Pinned values of the documented derivation.
+    let default = parse(&[]).unwrap();
+    assert_eq!(
+        (default.member_id, default.cluster_id),
+        (pinned_member_id(), pinned_cluster_id())
+    );
 }
 
-// Proves every bad flag combination is refused with a message naming the problem.
+/// SHA-256("concord member id v1\0" "http://localhost:2380" "\0" "etcd-cluster"), first 8
+/// bytes big-endian.
+fn pinned_member_id() -> u64 {
+    0xa017_d4b7_153d_24a9
+}
+
+/// SHA-256("concord cluster id v1\0" <pinned member id, 8 bytes BE> "etcd-cluster"), first 8
+/// bytes big-endian.
+fn pinned_cluster_id() -> u64 {
+    0x526f_8032_35eb_e421
+}
+
+// Proves every bad flag and flag combination is refused with one line naming the problem,
+// in etcd's words where etcd has them.
 #[test]
 fn bad_flags_are_refused() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--initial-cluster", "default"], "is not name=url"),
+        (
+            &["--initial-cluster", "default"],
+            r#"invalid --initial-cluster "default": "default" is not name=url"#,
+        ),
+        (
+            &["--initial-cluster", "=http://localhost:2380"],
+            "the member name is empty",
+        ),
         (
             &["--initial-cluster", "default=http://localhost:99999"],
-            "port",
+            "port is not a number from 0 to 65535",
+        ),
+        (
+            &["--initial-cluster", "default=http://localhost"],
+            "URL must have a port",
         ),
         (
             &["--initial-cluster", "default=https://localhost:2380"],
-            "https",
+            "https (TLS) is not supported yet",
         ),
         (
-            &["--initial-cluster-state", "maybe"],
-            "must be \"new\" or \"existing\"",
-        ),
-        (&["--election-timeout", "400"], "at least as 5 times"),
-        (
-            &["--listen-client-urls", "localhost:2379"],
-            "scheme must be http",
+            &["--initial-cluster", "default=ftp://localhost:2380"],
+            "URL scheme must be http",
         ),
         (
-            &["--initial-advertise-peer-urls", "http://127.0.0.1:9999"],
-            "missing from --initial-advertise-peer-urls",
+            &["--initial-cluster", "default=http://localhost:2380/path"],
+            "must not have a path",
         ),
+        (
+            &["--initial-cluster", "default=http://bad host:2380"],
+            "is not a host name or IP address",
+        ),
+        (
+            &["--initial-cluster", "default=http://::1:2380"],
+            "must be in brackets",
+        ),
+        (&["--initial-cluster", ""], "no members"),
         (
             &[
                 "--initial-cluster",
-                "default=http://localhost:2380,x=http://localhost:2380",
+                "default=http://localhost:2380,x=http://localhost:2380/",
             ],
-            "appears twice",
+            "peer URL http://localhost:2380 appears twice",
+        ),
+        (
+            &["--initial-cluster", "other=http://localhost:2380"],
+            r#"no member named "default" (--name) in --initial-cluster "other=http://localhost:2380""#,
+        ),
+        (
+            &["--initial-advertise-peer-urls", "http://127.0.0.1:9999"],
+            "--initial-cluster has default=http://localhost:2380 but missing from --initial-advertise-peer-urls=http://127.0.0.1:9999",
+        ),
+        (
+            &[
+                "--initial-advertise-peer-urls",
+                "http://localhost:2380,http://127.0.0.1:9999",
+            ],
+            "--initial-advertise-peer-urls has http://127.0.0.1:9999 but missing from --initial-cluster=default=",
+        ),
+        (&["--initial-advertise-peer-urls", ""], "at least one URL is needed"),
+        (
+            &["--initial-cluster-state", "maybe"],
+            r#"invalid --initial-cluster-state "maybe": must be "new" or "existing""#,
+        ),
+        (
+            &["--election-timeout", "400"],
+            "--election-timeout[400ms] should be at least as 5 times as --heartbeat-interval[100ms]",
+        ),
+        (
+            &["--election-timeout", "60000"],
+            "--election-timeout[60000ms] is too long, and should be set less than 50000ms",
+        ),
+        (&["--heartbeat-interval", "0"], "must be positive"),
+        (&["--snapshot-count", "0"], "must be positive"),
+        (&["--max-txn-ops", "0"], "must be positive"),
+        (&["--max-request-bytes", "0"], "must be positive"),
+        (
+            &["--max-request-bytes", "1000000000"],
+            "a request must fit in one peer message",
+        ),
+        (
+            &["--log-level", "verbose"],
+            "must be debug, info, warn, error, panic or fatal",
+        ),
+        (
+            &["--listen-client-urls", "localhost:2379"],
+            "URL scheme must be http",
+        ),
+        (
+            &["--listen-client-urls", "http://example.com:2379"],
+            "expected IP in URL for binding",
+        ),
+        (&["--listen-client-urls", " , "], "at least one URL is needed"),
+        (
+            &[
+                "--listen-client-urls",
+                "http://127.0.0.1:2379,http://localhost:2379",
+            ],
+            "127.0.0.1:2379 is listed twice",
+        ),
+        (
+            &["--listen-peer-urls", "http://localhost:2379"],
+            "127.0.0.1:2379 is listened on twice",
+        ),
+        (
+            &["--advertise-client-urls", "http://127.0.0.1:0"],
+            "port 0 cannot be dialled",
+        ),
+        (&["--name", ""], "must not be empty"),
+        (
+            &["--initial-cluster-token", "a\nb"],
+            "must not contain control characters",
         ),
     ];
     for (args, expected) in cases {
         let error = parse(args).unwrap_err().to_string();
         assert!(error.contains(expected), "{args:?}: {error}");
-        assert!(!error.contains('\n'), "one line: {error}");
+        assert!(!error.contains('\n'), "one line: {error:?}");
+        assert!(
+            error.starts_with(|c: char| !c.is_uppercase()),
+            "lowercase: {error}"
+        );
     }
+}
+
+// Proves the node runs etcd's timing: one tick per heartbeat, the election timeout in
+// ticks, etcd's request timeout, and catch-up entries below the snapshot count.
+#[test]
+fn node_config_follows_etcd() {
+    let config = parse(&[
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "520",
+        "--snapshot-count",
+        "1000",
+    ])
+    .unwrap();
+    let node = node_config(&config);
+    assert_eq!(node.tick_interval, Duration::from_millis(50));
+    assert_eq!(node.election_ticks, 10);
+    assert_eq!(node.heartbeat_ticks, 1);
+    assert_eq!(node.snapshot_count, 1000);
+    assert_eq!(node.snapshot_catchup_entries, 500);
+    assert_eq!(node.request_timeout, Duration::from_millis(5000 + 1040));
+    assert_eq!(node.node_id, NodeId(config.member_id));
+    assert_eq!(node.initial_voters, vec![NodeId(config.member_id)]);
+    assert_eq!(
+        node.snapshot_dir,
+        config.data_dir.join("member").join("snap")
+    );
+    assert_ne!(seed(), seed(), "two draws from the OS should differ");
 }
