@@ -166,16 +166,16 @@ fn request_op(op: &pb::RequestOp, max_ops: i64) -> Result<m::RequestOp, RequestE
     }
 }
 
-/// A deleted interval: `[start, end)`, a single key when `end` is empty, unbounded when
-/// `end` is `[0]`.
+/// A deleted interval: `[start, end)`, a single key when `end` is empty.
 type Interval = (Vec<u8>, Vec<u8>);
 
+/// Whether a put of `key` falls in a deleted interval, as etcd's `checkIntervals` decides it:
+/// `end` is taken literally, so a from-key delete (`end` = `"\0"`) covers no key there, and a
+/// put after it in the same txn is allowed (the delete runs first).
 fn covers(interval: &Interval, key: &[u8]) -> bool {
     let (start, end) = interval;
     if end.is_empty() {
         key == start.as_slice()
-    } else if end.as_slice() == [0] {
-        key >= start.as_slice()
     } else {
         key >= start.as_slice() && key < end.as_slice()
     }
@@ -268,35 +268,55 @@ pub fn delete_response(r: m::DeleteRangeResponse) -> pb::DeleteRangeResponse {
     }
 }
 
-/// A txn result as etcd's message. Nested responses carry the same header as the txn.
+/// A txn result as etcd's message, under `header`.
+///
+/// The operations' own headers are as etcd fills them: only the revision each operation saw
+/// or made (etcd stamps cluster, member and term on the outermost header alone), and a nested
+/// txn's header is empty.
 #[must_use]
 pub fn txn_response(r: m::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnResponse {
+    pb::TxnResponse {
+        header: Some(*header),
+        ..nested_txn_response(r)
+    }
+}
+
+fn nested_txn_response(r: m::TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let only = |revision| {
+        Some(pb::ResponseHeader {
+            revision,
+            ..Default::default()
+        })
+    };
     let responses = r
         .responses
         .into_iter()
         .map(|op| pb::ResponseOp {
             response: Some(match op {
                 m::ResponseOp::Range(r) => Response::ResponseRange(pb::RangeResponse {
-                    header: Some(*header),
+                    header: only(r.revision),
                     ..range_response(r)
                 }),
                 m::ResponseOp::Put(r) => Response::ResponsePut(pb::PutResponse {
-                    header: Some(*header),
+                    header: only(r.revision),
                     ..put_response(r)
                 }),
                 m::ResponseOp::DeleteRange(r) => {
                     Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                        header: Some(*header),
+                        header: only(r.revision),
                         ..delete_response(r)
                     })
                 }
-                m::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, header)),
+                m::ResponseOp::Txn(r) => Response::ResponseTxn(pb::TxnResponse {
+                    header: Some(pb::ResponseHeader::default()),
+                    ..nested_txn_response(r)
+                }),
             }),
         })
         .collect();
     pb::TxnResponse {
-        header: Some(*header),
+        header: None,
         succeeded: r.succeeded,
         responses,
     }

@@ -131,9 +131,7 @@ fn enc_op(w: &mut W, op: &RequestOp) {
         }
         RequestOp::DeleteRange(d) => {
             w.u8(2);
-            w.bytes(&d.key);
-            w.bytes(&d.range_end);
-            w.u8(d.prev_kv as u8)
+            enc_delete(w, d)
         }
         RequestOp::Txn(t) => {
             w.u8(3);
@@ -141,6 +139,20 @@ fn enc_op(w: &mut W, op: &RequestOp) {
         }
     }
 }
+fn enc_delete(w: &mut W, d: &DeleteRangeRequest) {
+    w.bytes(&d.key);
+    w.bytes(&d.range_end);
+    w.u8(u8::from(d.prev_kv));
+}
+
+fn dec_delete(r: &mut R) -> Result<DeleteRangeRequest, MvccError> {
+    Ok(DeleteRangeRequest {
+        key: r.bytes()?,
+        range_end: r.bytes()?,
+        prev_kv: r.u8()? != 0,
+    })
+}
+
 fn enc_put(w: &mut W, p: &PutRequest) {
     w.bytes(&p.key);
     w.bytes(&p.value);
@@ -234,11 +246,7 @@ fn dec_txn(r: &mut R, depth: u32) -> Result<TxnRequest, MvccError> {
             ops.push(match r.u8()? {
                 0 => RequestOp::Range(dec_range(r)?),
                 1 => RequestOp::Put(dec_put(r)?),
-                2 => RequestOp::DeleteRange(DeleteRangeRequest {
-                    key: r.bytes()?,
-                    range_end: r.bytes()?,
-                    prev_kv: r.u8()? != 0,
-                }),
+                2 => RequestOp::DeleteRange(dec_delete(r)?),
                 3 => RequestOp::Txn(dec_txn(r, depth + 1)?),
                 _ => return Err(bad()),
             });
@@ -267,9 +275,7 @@ impl Command {
             }
             Command::DeleteRange(d) => {
                 w.u8(2);
-                w.bytes(&d.key);
-                w.bytes(&d.range_end);
-                w.u8(d.prev_kv as u8)
+                enc_delete(&mut w, d)
             }
             Command::Txn(t) => {
                 w.u8(3);
@@ -294,11 +300,7 @@ impl Command {
         }
         let command = match r.u8()? {
             1 => Command::Put(dec_put(&mut r)?),
-            2 => Command::DeleteRange(DeleteRangeRequest {
-                key: r.bytes()?,
-                range_end: r.bytes()?,
-                prev_kv: r.u8()? != 0,
-            }),
+            2 => Command::DeleteRange(dec_delete(&mut r)?),
             3 => Command::Txn(dec_txn(&mut r, 0)?),
             4 => Command::Compact(CompactRequest {
                 revision: r.i64()?,

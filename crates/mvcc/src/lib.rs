@@ -94,6 +94,10 @@ const META_APPLIED_TERM: &[u8] = b"applied_term";
 const META_CURRENT_REVISION: &[u8] = b"current_revision";
 const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 const RECORD_FORMAT_V1: u8 = 1;
+/// The compaction revision of a store never compacted, as etcd's `compactMainRev`: it shows
+/// in HashKV, lets a first compaction to revision 0 succeed, and makes a txn's range at
+/// revision -1 valid until the first compaction.
+const NEVER_COMPACTED: i64 = -1;
 
 fn rev_key(rev: Rev) -> Vec<u8> {
     let mut key = Vec::with_capacity(16);
@@ -149,8 +153,12 @@ fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), 
 }
 
 fn meta_i64(snapshot: &dyn KvSnapshot, name: &[u8]) -> Result<i64, MvccError> {
+    meta_i64_or(snapshot, name, 0)
+}
+
+fn meta_i64_or(snapshot: &dyn KvSnapshot, name: &[u8], absent: i64) -> Result<i64, MvccError> {
     match snapshot.get(Table::Meta, name)? {
-        None => Ok(0),
+        None => Ok(absent),
         Some(bytes) => bytes
             .as_slice()
             .try_into()
@@ -287,17 +295,32 @@ fn range_at(
     let count = live.len() as i64;
     if req.count_only {
         return Ok(RangeResponse {
+            revision: current,
             kvs: Vec::new(),
             more: false,
             count,
         });
     }
+    let filters = req.max_mod_revision != 0
+        || req.min_mod_revision != 0
+        || req.max_create_revision != 0
+        || req.min_create_revision != 0;
     let filtered = live.into_iter().filter(|(_, v)| {
         (req.max_mod_revision == 0 || v.rev.0 <= req.max_mod_revision)
             && (req.min_mod_revision == 0 || v.rev.0 >= req.min_mod_revision)
             && (req.max_create_revision == 0 || v.create_revision <= req.max_create_revision)
             && (req.min_create_revision == 0 || v.create_revision >= req.min_create_revision)
     });
+    let limit = usize::try_from(req.limit).unwrap_or(0);
+    // etcd (server/etcdserver/txn/range.go) reads everything when a sort order or a filter is
+    // given, and otherwise only `limit + 1` keys in key order, which it then sorts: a request
+    // with no sort order but a non-key sort target sorts just that first page. Clients see
+    // the difference, so it is kept.
+    let fetch = if req.sort_order != SortOrder::None || filters || limit == 0 {
+        usize::MAX
+    } else {
+        limit + 1
+    };
     let sort_order = match (req.sort_order, req.sort_target) {
         (SortOrder::None, SortTarget::Key) => SortOrder::None,
         (SortOrder::None, _) => SortOrder::Ascend,
@@ -305,41 +328,38 @@ fn range_at(
     };
     let needs_value =
         !req.keys_only || (sort_order != SortOrder::None && req.sort_target == SortTarget::Value);
-    let limit = usize::try_from(req.limit).unwrap_or(0);
     let mut kvs = Vec::new();
+    for (key, version) in filtered.take(fetch) {
+        kvs.push(values.key_value(key, &version, needs_value)?);
+    }
+    // Stable sorts, the descending one by a reversed comparison: equal elements stay in key
+    // order, as etcd's insertion sort leaves them for the small results this matters for.
+    let ordering = |a: &KeyValue, b: &KeyValue| match req.sort_target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match sort_order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(ordering),
+        SortOrder::Descend => kvs.sort_by(|a, b| ordering(b, a)),
+    }
     let mut more = false;
-    if sort_order == SortOrder::None {
-        // Key order already: read values only for what is returned.
-        for (key, version) in filtered {
-            if limit > 0 && kvs.len() == limit {
-                more = true;
-                break;
-            }
-            kvs.push(values.key_value(key, &version, needs_value)?);
-        }
-    } else {
-        for (key, version) in filtered {
-            kvs.push(values.key_value(key, &version, needs_value)?);
-        }
-        match req.sort_target {
-            SortTarget::Key => {}
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
-        if sort_order == SortOrder::Descend {
-            kvs.reverse();
-        }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
-            more = true;
-        }
+    if limit > 0 && kvs.len() > limit {
+        kvs.truncate(limit);
+        more = true;
     }
     if req.keys_only {
         kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
-    Ok(RangeResponse { kvs, more, count })
+    Ok(RangeResponse {
+        revision: current,
+        kvs,
+        more,
+        count,
+    })
 }
 
 /// One command's execution against the index: changes are applied to the index as they are
@@ -436,11 +456,13 @@ impl Execution<'_> {
         } else {
             req.value.clone()
         };
-        // Lease existence is checked once leases exist; until then the id is stored as given.
         let lease = match (&previous, req.ignore_lease) {
             (Some(v), true) => v.lease,
             _ => req.lease,
         };
+        if !req.ignore_lease {
+            check_lease(lease)?;
+        }
         let version = Version {
             rev: (self.main, self.sub),
             create_revision: previous.map_or(self.main, |v| v.create_revision),
@@ -450,6 +472,7 @@ impl Execution<'_> {
         };
         self.record(&req.key, version, value);
         Ok(PutResponse {
+            revision: self.main,
             prev_kv: if req.prev_kv { previous_kv } else { None },
         })
     }
@@ -476,6 +499,7 @@ impl Execution<'_> {
             self.record(key, tombstone, Vec::new());
         }
         Ok(DeleteRangeResponse {
+            revision: self.read_revision(),
             deleted: live.len() as i64,
             prev_kvs,
         })
@@ -513,20 +537,38 @@ impl Execution<'_> {
         Ok(true)
     }
 
-    fn op(&mut self, op: &RequestOp) -> Result<ResponseOp, MvccError> {
-        Ok(match op {
-            RequestOp::Range(req) => {
-                let current = self.read_revision();
-                let response = range_at(self.index, &self.values(), req, current)?;
-                ResponseOp::Range(response)
-            }
-            RequestOp::Put(req) => ResponseOp::Put(self.put(req)?),
-            RequestOp::DeleteRange(req) => ResponseOp::DeleteRange(self.delete(req)?),
-            RequestOp::Txn(req) => ResponseOp::Txn(self.txn(req)?),
-        })
+    /// A txn as etcd applies it (server/etcdserver/txn/txn.go): first every compare on the
+    /// path taken, nested txns' included, is evaluated against the state before the txn;
+    /// then the puts on that path are checked, then the ranges; only then do the operations
+    /// run. So a nested compare does not see its parent's writes, and which error a bad txn
+    /// gets follows that order.
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut path = Vec::new();
+        self.compare_path(req, &mut path)?;
+        self.check_path(
+            req,
+            &path,
+            &mut 0,
+            &mut |exec: &Self, op: &RequestOp| match op {
+                RequestOp::Put(put) => exec.check_put(put),
+                _ => Ok(()),
+            },
+        )?;
+        self.check_path(
+            req,
+            &path,
+            &mut 0,
+            &mut |exec: &Self, op: &RequestOp| match op {
+                RequestOp::Range(range) => exec.check_range(range),
+                _ => Ok(()),
+            },
+        )?;
+        self.run_path(req, &path, &mut 0)
     }
 
-    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+    /// Appends whether `req`'s compares hold, then the same for every nested txn of the
+    /// branch that runs, depth first (etcd's `compareToPath`).
+    fn compare_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), MvccError> {
         let mut succeeded = true;
         for compare in &req.compare {
             if !self.compare(compare)? {
@@ -534,19 +576,83 @@ impl Execution<'_> {
                 break;
             }
         }
-        let branch = if succeeded {
-            &req.success
-        } else {
-            &req.failure
-        };
-        let mut responses = Vec::with_capacity(branch.len());
-        for op in branch {
-            responses.push(self.op(op)?);
+        path.push(succeeded);
+        for op in branch(req, succeeded) {
+            if let RequestOp::Txn(nested) = op {
+                self.compare_path(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `check` on every non-txn operation of the path, in order (etcd's
+    /// `checkRequests`). `at` is the position of `req`'s entry in `path`.
+    fn check_path(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+        check: &mut dyn FnMut(&Self, &RequestOp) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        let succeeded = path[*at];
+        *at += 1;
+        for op in branch(req, succeeded) {
+            match op {
+                RequestOp::Txn(nested) => self.check_path(nested, path, at, check)?,
+                other => check(self, other)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn run_path(
+        &mut self,
+        req: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse, MvccError> {
+        let succeeded = path[*at];
+        *at += 1;
+        let ops = branch(req, succeeded);
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(req) => {
+                    let current = self.read_revision();
+                    ResponseOp::Range(range_at(self.index, &self.values(), req, current)?)
+                }
+                RequestOp::Put(req) => ResponseOp::Put(self.put(req)?),
+                RequestOp::DeleteRange(req) => ResponseOp::DeleteRange(self.delete(req)?),
+                RequestOp::Txn(nested) => ResponseOp::Txn(self.run_path(nested, path, at)?),
+            });
         }
         Ok(TxnResponse {
             succeeded,
             responses,
         })
+    }
+
+    /// etcd's `checkPut`: what a put in a txn needs of the state before the txn.
+    fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
+        if (req.ignore_value || req.ignore_lease) && self.live_version(&req.key).is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        check_lease(req.lease)
+    }
+
+    /// etcd's `checkRange`: a txn's range at a revision the store cannot serve fails the
+    /// whole txn. Compared with the compaction revision as etcd does, so a negative revision
+    /// is refused once anything was compacted.
+    fn check_range(&self, req: &RangeRequest) -> Result<(), MvccError> {
+        if req.revision == 0 {
+            Ok(())
+        } else if req.revision > self.index.current {
+            Err(MvccError::FutureRevision)
+        } else if req.revision < self.index.compacted {
+            Err(MvccError::Compacted)
+        } else {
+            Ok(())
+        }
     }
 
     fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
@@ -588,6 +694,26 @@ impl Execution<'_> {
     }
 }
 
+/// The operations of the branch of `req` that runs.
+fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+/// Whether a put may attach `lease`. No lease can be granted yet (there is no Lease service),
+/// so every id but 0 is unknown: etcd refuses such puts, and so do we. The lease store
+/// replaces this when leases land.
+fn check_lease(lease: i64) -> Result<(), MvccError> {
+    if lease == 0 {
+        Ok(())
+    } else {
+        Err(MvccError::LeaseNotFound)
+    }
+}
+
 /// The multi-version store of one shard.
 pub struct Store<S: KvStore> {
     kv: S,
@@ -597,7 +723,7 @@ pub struct Store<S: KvStore> {
 fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {
     let mut index = Index {
         current: meta_i64(snapshot, META_CURRENT_REVISION)?.max(1),
-        compacted: meta_i64(snapshot, META_COMPACT_REVISION)?,
+        compacted: meta_i64_or(snapshot, META_COMPACT_REVISION, NEVER_COMPACTED)?,
         ..Index::default()
     };
     index.applied = AppliedIndex {
@@ -671,7 +797,10 @@ impl<S: KvStore> Store<S> {
                 touched: Vec::new(),
             };
             let result = match command {
-                Command::Put(req) => execution.put(req).map(CommandResponse::Put),
+                // etcd checks a lone put's lease before the key (`ignore_*` on a missing key).
+                Command::Put(req) => check_lease(req.lease)
+                    .and_then(|()| execution.put(req))
+                    .map(CommandResponse::Put),
                 Command::DeleteRange(req) => {
                     execution.delete(req).map(CommandResponse::DeleteRange)
                 }
@@ -732,7 +861,7 @@ impl<S: KvStore> Store<S> {
         self.index.read().current
     }
 
-    /// The compacted revision (0 if never compacted).
+    /// The compacted revision (-1 if never compacted, as etcd reports it).
     pub fn compact_revision(&self) -> Revision {
         self.index.read().compacted
     }

@@ -84,7 +84,10 @@ fn revisions_and_versions_follow_etcd() {
     assert_eq!(nothing.revision, 3);
     assert_eq!(
         nothing.result,
-        Ok(CommandResponse::DeleteRange(DeleteRangeResponse::default()))
+        Ok(CommandResponse::DeleteRange(DeleteRangeResponse {
+            revision: 3,
+            ..DeleteRangeResponse::default()
+        }))
     );
     assert_eq!(h.delete("a", b"").revision, 4);
     assert_eq!(h.get("a", 0).unwrap(), None);
@@ -158,6 +161,19 @@ fn range_options() {
         })
         .unwrap();
     assert_eq!(keys(&by_value), ["d", "c", "a", "b"]);
+    // etcd's quirk: with no sort order, a non-key target sorts only the first `limit + 1`
+    // keys in key order (here a and b), then truncates.
+    let first_page_by_value = h
+        .range(RangeRequest {
+            sort_target: SortTarget::Value,
+            limit: 1,
+            ..all(&[0])
+        })
+        .unwrap();
+    assert_eq!(
+        (keys(&first_page_by_value), first_page_by_value.more),
+        (vec!["a".into()], true)
+    );
     let by_create_desc = h
         .range(RangeRequest {
             sort_target: SortTarget::Create,
@@ -272,6 +288,113 @@ fn txn_semantics() {
 
 // Proves compaction keeps the newest version at or below the compaction revision, drops
 // tombstones and older history, refuses reads below it, and allows reads exactly at it.
+// Proves the order in which etcd applies a txn: every compare on the path (nested ones too)
+// sees the state before the txn; puts are checked before ranges; each operation reports the
+// revision it saw or made; a failure leaves nothing applied.
+#[test]
+fn txn_phases_follow_etcd() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // revision 2
+    let put = |key: &str, ignore_value: bool| {
+        RequestOp::Put(PutRequest {
+            key: key.into(),
+            value: if ignore_value {
+                Vec::new()
+            } else {
+                b"v".to_vec()
+            },
+            ignore_value,
+            ..Default::default()
+        })
+    };
+    let range_at = |revision: i64| {
+        RequestOp::Range(RangeRequest {
+            key: b"a".to_vec(),
+            revision,
+            ..Default::default()
+        })
+    };
+    // The nested compare "b is absent" is evaluated before the parent's put of b runs.
+    let nested = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Version(0),
+            key: b"b".to_vec(),
+            range_end: Vec::new(),
+        }],
+        success: vec![range_at(0)],
+        failure: vec![],
+    };
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![range_at(0), put("b", false), RequestOp::Txn(nested)],
+        failure: vec![],
+    };
+    let applied = h.apply(Command::Txn(txn));
+    assert_eq!(applied.revision, 3);
+    let Ok(CommandResponse::Txn(response)) = applied.result else {
+        panic!("{applied:?}")
+    };
+    let ResponseOp::Txn(inner) = &response.responses[2] else {
+        panic!()
+    };
+    assert!(
+        inner.succeeded,
+        "the nested compare saw the state before the txn"
+    );
+    let revisions: Vec<i64> = response
+        .responses
+        .iter()
+        .map(|op| match op {
+            ResponseOp::Range(r) => r.revision,
+            ResponseOp::Put(r) => r.revision,
+            ResponseOp::DeleteRange(r) => r.revision,
+            ResponseOp::Txn(_) => 0,
+        })
+        .collect();
+    assert_eq!(revisions, [2, 3, 0], "a read before the write sees 2");
+
+    // Puts are checked before ranges: a future-revision range before an ignore_value put of
+    // a missing key fails with the put's error.
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![range_at(99), put("missing", true)],
+        failure: vec![],
+    };
+    assert_eq!(
+        h.apply(Command::Txn(txn)).result,
+        Err(MvccError::KeyNotFound)
+    );
+    // A lone put checks its lease before the key.
+    let applied = h.apply(Command::Put(PutRequest {
+        key: b"missing".to_vec(),
+        ignore_value: true,
+        lease: 5,
+        ..Default::default()
+    }));
+    assert_eq!(applied.result, Err(MvccError::LeaseNotFound));
+    assert_eq!(applied.revision, 3);
+
+    // A txn's range at a negative revision is valid until the first compaction, as in etcd
+    // (whose compaction revision starts at -1); a compaction to 0 is accepted.
+    let negative = TxnRequest {
+        compare: vec![],
+        success: vec![range_at(-1)],
+        failure: vec![],
+    };
+    assert!(h.apply(Command::Txn(negative.clone())).result.is_ok());
+    assert_eq!(h.store.compact_revision(), -1);
+    let compact = h.apply(Command::Compact(CompactRequest {
+        revision: 0,
+        physical: false,
+    }));
+    assert_eq!(compact.result, Ok(CommandResponse::Compact));
+    assert_eq!(
+        h.apply(Command::Txn(negative)).result,
+        Err(MvccError::Compacted)
+    );
+}
+
 #[test]
 fn compaction() {
     let mut h = Harness::new();
@@ -380,7 +503,7 @@ impl Model {
         // Revision 1 is the empty store; index 0 unused.
         Self {
             history: vec![BTreeMap::new(), BTreeMap::new()],
-            compacted: 0,
+            compacted: -1, // never compacted, as etcd
         }
     }
 
@@ -438,7 +561,7 @@ proptest! {
                     model.history.push(state);
                     let applied = h.apply(Command::Put(PutRequest { key, value: vec![v], prev_kv: true, ..Default::default() }));
                     prop_assert_eq!(applied.revision, rev);
-                    prop_assert_eq!(applied.result, Ok(CommandResponse::Put(PutResponse { prev_kv: previous })));
+                    prop_assert_eq!(applied.result, Ok(CommandResponse::Put(PutResponse { revision: rev, prev_kv: previous })));
                 }
                 Op::Delete(k, n) => {
                     let start = vec![b'a' + k];
@@ -455,7 +578,7 @@ proptest! {
                     }
                     let applied = h.apply(Command::DeleteRange(DeleteRangeRequest { key: start, range_end, prev_kv: true }));
                     prop_assert_eq!(applied.revision, model.current());
-                    prop_assert_eq!(applied.result, Ok(CommandResponse::DeleteRange(DeleteRangeResponse { deleted: deleted.len() as i64, prev_kvs: deleted })));
+                    prop_assert_eq!(applied.result, Ok(CommandResponse::DeleteRange(DeleteRangeResponse { revision: model.current(), deleted: deleted.len() as i64, prev_kvs: deleted })));
                 }
                 Op::Compact(r) => {
                     let rev = i64::from(r) % (model.current() + 2);
@@ -483,7 +606,7 @@ proptest! {
                         let all: Vec<KeyValue> = state.values().cloned().collect();
                         let count = all.len() as i64;
                         let take = if limit == 0 { all.len() } else { usize::from(limit).min(all.len()) };
-                        Ok(RangeResponse { more: take < all.len(), kvs: all[..take].to_vec(), count })
+                        Ok(RangeResponse { revision: model.current(), more: take < all.len(), kvs: all[..take].to_vec(), count })
                     };
                     prop_assert_eq!(h.range(req), expected);
                 }

@@ -87,9 +87,12 @@ pub struct RangeRequest {
     pub max_create_revision: Revision,
 }
 
-/// etcd's `RangeResponse` (the header revision is returned beside it).
+/// etcd's `RangeResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeResponse {
+    /// The revision etcd reports in this response's header: the store's revision as this
+    /// read saw it (inside a txn, the txn's own once it has written).
+    pub revision: Revision,
     /// The keys found (empty with `count_only`).
     pub kvs: Vec<KeyValue>,
     /// True if `limit` cut the result.
@@ -118,6 +121,8 @@ pub struct PutRequest {
 /// etcd's `PutResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutResponse {
+    /// The revision etcd reports in this response's header: the one the put created.
+    pub revision: Revision,
     /// The previous key-value, if asked for and it existed.
     pub prev_kv: Option<KeyValue>,
 }
@@ -136,6 +141,9 @@ pub struct DeleteRangeRequest {
 /// etcd's `DeleteRangeResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeleteRangeResponse {
+    /// The revision etcd reports in this response's header: the one the delete created, or
+    /// the store's revision as it saw it if nothing has been written.
+    pub revision: Revision,
     /// Number of keys deleted.
     pub deleted: i64,
     /// The deleted key-values, if asked for.

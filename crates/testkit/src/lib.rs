@@ -43,6 +43,9 @@ use proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use proto::etcdserverpb::{HashKvRequest, HashKvResponse, StatusRequest, StatusResponse};
 use tonic::transport::{Channel, Endpoint};
 
+mod etcd;
+pub use etcd::Etcd;
+
 /// How long one `Maintenance.Status` or `HashKV` call made by the fixture may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -64,7 +67,7 @@ const START_ATTEMPTS: usize = 5;
 /// The text a member prints when it cannot bind an address (see `server::run`).
 const BIND_FAILURE: &str = "cannot listen";
 
-/// Lines of each member's log printed when a test panics.
+/// Lines of each process's log printed when a test panics.
 const LOG_TAIL_LINES: usize = 40;
 
 /// `n` distinct ports that were free a moment ago.
@@ -510,13 +513,10 @@ impl Cluster {
     }
 
     fn describe_log(&self, i: usize) -> String {
-        let log = self.current_log(i);
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
         format!(
             "its log ({}) ends with:\n{}",
             self.members[i].log.display(),
-            tail.join("\n")
+            tail(&self.current_log(i))
         )
     }
 
@@ -708,6 +708,12 @@ impl Drop for Cluster {
             eprintln!("testkit: kept {}", dir.keep().display());
         }
     }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of `log`.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 /// `setpriv` if it can make a child die with its parent: members then die even if the test

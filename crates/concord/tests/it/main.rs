@@ -7,6 +7,7 @@
 //! (`cargo test -p concord -- --test-threads=1`) where cores are few.
 
 mod cli;
+mod diff;
 mod faults;
 mod kv;
 mod snapshot;
