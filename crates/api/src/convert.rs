@@ -281,6 +281,77 @@ pub fn txn_response(r: m::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnRe
     }
 }
 
+/// etcd's quota cost of a put (`server/etcdserver/quota.go`): its key and value plus a
+/// fixed overhead.
+#[must_use]
+pub fn put_cost(r: &pb::PutRequest) -> u64 {
+    const KV_OVERHEAD: u64 = 256;
+    KV_OVERHEAD + r.key.len() as u64 + r.value.len() as u64
+}
+
+/// etcd's quota cost of a txn: the costlier branch's puts. Only puts at the top level
+/// count, as in etcd.
+#[must_use]
+pub fn txn_cost(r: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(put)) => put_cost(put),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&r.success).max(branch(&r.failure))
+}
+
+/// What an alarm request asks, or `None` for a request that can match nothing (an alarm
+/// type or action this version does not know): etcd answers those with an empty list.
+#[must_use]
+pub fn alarm_request(r: &pb::AlarmRequest) -> Option<m::AlarmRequest> {
+    let action = match pb::alarm_request::AlarmAction::try_from(r.action).ok()? {
+        pb::alarm_request::AlarmAction::Get => m::AlarmAction::Get,
+        pb::alarm_request::AlarmAction::Activate => m::AlarmAction::Activate,
+        pb::alarm_request::AlarmAction::Deactivate => m::AlarmAction::Deactivate,
+    };
+    let alarm = match pb::AlarmType::try_from(r.alarm).ok()? {
+        pb::AlarmType::None => None,
+        pb::AlarmType::Nospace => Some(m::AlarmType::NoSpace),
+        pb::AlarmType::Corrupt => Some(m::AlarmType::Corrupt),
+    };
+    Some(m::AlarmRequest {
+        action,
+        member_id: r.member_id,
+        alarm,
+    })
+}
+
+/// An active alarm as etcd sends it.
+#[must_use]
+pub fn alarm_member(a: m::AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: a.member_id,
+        alarm: alarm_type(a.alarm) as i32,
+    }
+}
+
+fn alarm_type(alarm: m::AlarmType) -> pb::AlarmType {
+    match alarm {
+        m::AlarmType::NoSpace => pb::AlarmType::Nospace,
+        m::AlarmType::Corrupt => pb::AlarmType::Corrupt,
+    }
+}
+
+/// An active alarm as etcd lists it in `Status.errors`: the alarm message in protobuf's
+/// compact text form.
+#[must_use]
+pub fn alarm_error(a: m::AlarmMember) -> String {
+    format!(
+        "memberID:{} alarm:{} ",
+        a.member_id,
+        alarm_type(a.alarm).as_str_name()
+    )
+}
+
 fn nested_txn_response(r: m::TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response;
     let only = |revision| {

@@ -95,6 +95,13 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Node(NodeError::Mvcc(MvccError::LeaseNotFound)) => {
             (Code::NotFound, "etcdserver: requested lease not found")
         }
+        Node(NodeError::Mvcc(MvccError::NoSpace)) => (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+        Node(NodeError::Mvcc(MvccError::Corrupt)) => {
+            (Code::DataLoss, "etcdserver: corrupt cluster")
+        }
         Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
         Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
         Node(NodeError::Timeout) => (Code::Unavailable, "etcdserver: request timed out"),
@@ -186,6 +193,16 @@ mod tests {
                 MvccError::LeaseNotFound.into(),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                MvccError::NoSpace.into(),
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                MvccError::Corrupt.into(),
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
             ),
             (
                 NodeError::NoLeader.into(),

@@ -1,6 +1,8 @@
 //! The etcd KV service over a [`Node`].
 
-use mvcc::{Command, CommandResponse, CompactRequest};
+use mvcc::{
+    AlarmAction, AlarmRequest, AlarmType, Command, CommandResponse, CompactRequest, MvccError,
+};
 use node::Node;
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
@@ -27,6 +29,41 @@ impl KvService {
             return Err(to_status(RequestError::TooLarge));
         }
         Ok(())
+    }
+
+    /// etcd's quota check (`v3rpc/quota.go`), made before anything else about a write: a
+    /// write that adds `cost` bytes and would reach the quota raises this member's NOSPACE
+    /// alarm through the log, so every member refuses such writes from then on, and is
+    /// refused. Writes that add nothing pass.
+    ///
+    /// The quota counts the bytes the data occupies, not the file's size: the engine reuses
+    /// the space compaction frees and is never defragmented, so counting the file would keep
+    /// a cluster refusing writes after the operator freed space.
+    async fn check_quota(&self, cost: u64) -> Result<(), Status> {
+        let Some(quota) = self.config.quota_backend_bytes else {
+            return Ok(());
+        };
+        let status = self.node.status();
+        if cost == 0 || status.db_size_in_use.saturating_add(cost) < quota {
+            return Ok(());
+        }
+        let raised = self
+            .node
+            .alarms()
+            .iter()
+            .any(|a| a.member_id == status.member_id && a.alarm == AlarmType::NoSpace);
+        if !raised {
+            let alarm = Command::Alarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: status.member_id,
+                alarm: Some(AlarmType::NoSpace),
+            });
+            // As etcd, the write is refused whether or not raising the alarm succeeded.
+            if let Err(e) = self.node.propose(alarm).await {
+                tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+            }
+        }
+        Err(to_status(MvccError::NoSpace))
     }
 
     async fn propose(
@@ -65,6 +102,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
+        self.check_quota(convert::put_cost(&request)).await?;
         self.check_size(&request)?;
         let put = convert::put_request(&request).map_err(to_status)?;
         match self.propose(Command::Put(put)).await? {
@@ -101,6 +139,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
+        self.check_quota(convert::txn_cost(&request)).await?;
         self.check_size(&request)?;
         let txn = convert::txn_request(&request, self.config.max_txn_ops).map_err(to_status)?;
         // Every txn goes through the log, read-only ones included: correct (linearizable)

@@ -21,6 +21,9 @@ use proto::etcdserverpb as pb;
 pub use cluster::{Member, Membership};
 pub use peer::{GrpcTransport, PeerService};
 
+/// etcd's default backend quota: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Limits of the client API.
 #[derive(Clone, Copy, Debug)]
 pub struct ApiConfig {
@@ -28,6 +31,9 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     /// Most operations in one txn branch (etcd's `--max-txn-ops`, 128).
     pub max_txn_ops: usize,
+    /// The backend quota in bytes (etcd's `--quota-backend-bytes`, 2 GiB), `None` when
+    /// disabled. A write that would take the data past it raises the NOSPACE alarm.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 impl Default for ApiConfig {
@@ -35,6 +41,7 @@ impl Default for ApiConfig {
         Self {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            quota_backend_bytes: Some(DEFAULT_QUOTA_BACKEND_BYTES),
         }
     }
 }

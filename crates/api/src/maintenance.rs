@@ -1,10 +1,12 @@
-//! The etcd Maintenance service: status and hashes. Alarms, defragmentation, snapshots,
+//! The etcd Maintenance service: status, hashes, alarms and defragmentation. Snapshots,
 //! leader transfer and downgrade are not implemented yet and say so.
 
+use mvcc::{Command, CommandResponse};
 use node::Node;
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
+use crate::convert;
 use crate::errors::to_status;
 use crate::header;
 
@@ -35,15 +37,28 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        let request = request.into_inner();
-        if request.action != pb::alarm_request::AlarmAction::Get as i32 {
-            return Err(Status::unimplemented("alarms cannot be changed yet"));
+        // Listing goes through the log too, as in etcd: the answer is the cluster's
+        // alarms as of a point after the request arrived, whichever member answers.
+        let Some(alarm) = convert::alarm_request(&request.into_inner()) else {
+            return Ok(Response::new(pb::AlarmResponse {
+                header: Some(header(&self.node, self.node.status().revision)),
+                alarms: Vec::new(),
+            }));
+        };
+        let applied = self
+            .node
+            .propose(Command::Alarm(alarm))
+            .await
+            .map_err(to_status)?;
+        match applied.result.map_err(to_status)? {
+            CommandResponse::Alarm(alarms) => Ok(Response::new(pb::AlarmResponse {
+                header: Some(header(&self.node, applied.revision)),
+                alarms: alarms.into_iter().map(convert::alarm_member).collect(),
+            })),
+            other => Err(Status::internal(format!(
+                "etcdserver: unexpected apply result {other:?}"
+            ))),
         }
-        let status = self.node.status();
-        Ok(Response::new(pb::AlarmResponse {
-            header: Some(header(&self.node, status.revision)),
-            alarms: Vec::new(),
-        }))
     }
 
     async fn status(
@@ -52,6 +67,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status();
         let db_size = i64::try_from(status.db_size).unwrap_or(i64::MAX);
+        // The records' bytes leave out the engine's page overhead; never report more in use
+        // than the file holds.
+        let db_size_in_use =
+            i64::try_from(status.db_size_in_use.min(status.db_size)).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, status.revision)),
             version: CLAIMED_ETCD_VERSION.to_string(),
@@ -60,17 +79,29 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: status.raft_index,
             raft_term: status.term,
             raft_applied_index: status.applied_index,
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors: self
+                .node
+                .alarms()
+                .into_iter()
+                .map(convert::alarm_error)
+                .collect(),
+            db_size_in_use,
             is_learner: false,
         }))
     }
 
+    /// etcd rewrites its database file to return free pages to the file system, blocking the
+    /// member meanwhile. Concord's engine reuses the pages compaction frees for new data and
+    /// counts its quota by the data's size, so there is nothing a rewrite would win back that
+    /// it needs, and it never stops the world: defragmenting succeeds at once, changing
+    /// nothing. `db_size` minus `db_size_in_use` is the free space held for reuse.
     async fn defragment(
         &self,
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(Status::unimplemented("defragment is not implemented yet"))
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(header(&self.node, self.node.status().revision)),
+        }))
     }
 
     async fn hash(

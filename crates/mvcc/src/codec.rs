@@ -286,9 +286,20 @@ impl Command {
                 w.i64(c.revision);
                 w.u8(c.physical as u8)
             }
+            Command::Alarm(a) => {
+                w.u8(5);
+                w.u8(match a.action {
+                    AlarmAction::Get => 0,
+                    AlarmAction::Activate => 1,
+                    AlarmAction::Deactivate => 2,
+                });
+                w.i64(a.member_id as i64);
+                w.u8(alarm_code(a.alarm));
+            }
         }
         b
     }
+
     /// Decodes a command written by [`Command::encode`].
     ///
     /// # Errors
@@ -306,11 +317,40 @@ impl Command {
                 revision: r.i64()?,
                 physical: r.u8()? != 0,
             }),
+            5 => Command::Alarm(AlarmRequest {
+                action: match r.u8()? {
+                    0 => AlarmAction::Get,
+                    1 => AlarmAction::Activate,
+                    2 => AlarmAction::Deactivate,
+                    _ => return Err(bad()),
+                },
+                member_id: r.i64()? as u64,
+                alarm: alarm_from_code(r.u8()?)?,
+            }),
             _ => return Err(bad()),
         };
         if !r.b.is_empty() {
             return Err(MvccError::Storage("trailing bytes after a command".into()));
         }
         Ok(command)
+    }
+}
+
+/// etcd's number for an alarm type (`NONE` = 0), used in commands and in stored alarms.
+pub(crate) fn alarm_code(alarm: Option<AlarmType>) -> u8 {
+    match alarm {
+        None => 0,
+        Some(AlarmType::NoSpace) => 1,
+        Some(AlarmType::Corrupt) => 2,
+    }
+}
+
+/// The alarm type etcd numbers `code`.
+pub(crate) fn alarm_from_code(code: u8) -> Result<Option<AlarmType>, MvccError> {
+    match code {
+        0 => Ok(None),
+        1 => Ok(Some(AlarmType::NoSpace)),
+        2 => Ok(Some(AlarmType::Corrupt)),
+        _ => Err(bad()),
     }
 }

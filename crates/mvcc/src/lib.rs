@@ -45,6 +45,13 @@ pub enum MvccError {
     /// `etcdserver: requested lease not found`
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// `etcdserver: mvcc: database space exceeded`: the NOSPACE alarm is raised and the
+    /// command would add data.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// `etcdserver: corrupt cluster`: the CORRUPT alarm is raised and the command writes.
+    #[error("corrupt cluster")]
+    Corrupt,
     /// The storage engine failed or holds data that does not decode. Fail-stop for the
     /// applier.
     #[error("storage: {0}")]
@@ -87,12 +94,16 @@ struct Version {
     version: i64,
     lease: i64,
     tombstone: bool,
+    /// Bytes its record occupies in storage (key and value of the `Revisions` entry).
+    bytes: u32,
 }
 
 const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_APPLIED_TERM: &[u8] = b"applied_term";
 const META_CURRENT_REVISION: &[u8] = b"current_revision";
 const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+/// Prefix of the active alarms in `Meta`: `alarm/` + member id (u64 BE) + alarm type code.
+const META_ALARM_PREFIX: &[u8] = b"alarm/";
 const RECORD_FORMAT_V1: u8 = 1;
 /// The compaction revision of a store never compacted, as etcd's `compactMainRev`: it shows
 /// in HashKV, lets a first compaction to revision 0 succeed, and makes a txn's range at
@@ -132,6 +143,11 @@ fn encode_record(key: &[u8], version: &Version, value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What a record of `encoded` bytes occupies in storage, its revision key included.
+fn record_bytes(encoded: usize) -> u32 {
+    u32::try_from(encoded + 16).unwrap_or(u32::MAX)
+}
+
 fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), MvccError> {
     let mut r = codec::R { b: bytes };
     if r.u8()? != RECORD_FORMAT_V1 {
@@ -147,6 +163,7 @@ fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), 
         version: r.i64()?,
         lease: r.i64()?,
         tombstone,
+        bytes: record_bytes(bytes.len()),
     };
     let value = r.bytes()?;
     Ok((key, version, value))
@@ -170,6 +187,36 @@ fn meta_i64_or(snapshot: &dyn KvSnapshot, name: &[u8], absent: i64) -> Result<i6
                 ))
             }),
     }
+}
+
+/// The first key after every key starting with `prefix` (`prefix` must not end in 0xff).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+fn alarm_key(alarm: &AlarmMember) -> Vec<u8> {
+    let mut key = META_ALARM_PREFIX.to_vec();
+    key.extend_from_slice(&alarm.member_id.to_be_bytes());
+    key.push(codec::alarm_code(Some(alarm.alarm)));
+    key
+}
+
+fn decode_alarm_key(key: &[u8]) -> Result<AlarmMember, MvccError> {
+    let malformed = || MvccError::Storage(format!("alarm key {key:?} is malformed"));
+    let rest = key
+        .strip_prefix(META_ALARM_PREFIX)
+        .filter(|rest| rest.len() == 9)
+        .ok_or_else(malformed)?;
+    let member_id = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+    let alarm = codec::alarm_from_code(rest[8])
+        .ok()
+        .flatten()
+        .ok_or_else(malformed)?;
+    Ok(AlarmMember { member_id, alarm })
 }
 
 fn put_meta(ops: &mut Vec<WriteOp>, name: &[u8], value: i64) {
@@ -204,6 +251,11 @@ struct Index {
     compacted: i64,
     applied: AppliedIndex,
     durable: AppliedIndex,
+    /// Bytes of every stored record: the data's share of the database, which the backend
+    /// quota is measured against.
+    bytes: u64,
+    /// The active alarms.
+    alarms: std::collections::BTreeSet<AlarmMember>,
 }
 
 impl Index {
@@ -392,14 +444,17 @@ impl Execution<'_> {
         }
     }
 
-    fn record(&mut self, key: &[u8], version: Version, value: Vec<u8>) {
+    fn record(&mut self, key: &[u8], mut version: Version, value: Vec<u8>) {
+        let record = encode_record(key, &version, &value);
+        version.bytes = record_bytes(record.len());
+        self.index.bytes += u64::from(version.bytes);
         let versions = self.index.keys.entry(key.to_vec()).or_default();
         self.touched.push((key.to_vec(), versions.len()));
         versions.push(version);
         self.ops.push(WriteOp::Put {
             table: Table::Revisions,
             key: rev_key(version.rev),
-            value: encode_record(key, &version, &value),
+            value: record,
         });
         self.pending.insert(version.rev, value);
         self.sub += 1;
@@ -407,10 +462,13 @@ impl Execution<'_> {
 
     fn undo(&mut self) {
         for (key, len) in self.touched.drain(..).rev() {
-            if len == 0 {
-                self.index.keys.remove(&key);
-            } else if let Some(versions) = self.index.keys.get_mut(&key) {
-                versions.truncate(len);
+            if let Some(versions) = self.index.keys.get_mut(&key) {
+                for undone in versions.drain(len..) {
+                    self.index.bytes -= u64::from(undone.bytes);
+                }
+                if versions.is_empty() {
+                    self.index.keys.remove(&key);
+                }
             }
         }
         for op in &self.ops {
@@ -427,6 +485,65 @@ impl Execution<'_> {
         }
         self.ops.clear();
         self.sub = 0;
+    }
+
+    fn run(&mut self, command: &Command) -> Result<CommandResponse, MvccError> {
+        match command {
+            // etcd checks a lone put's lease before the key (`ignore_*` on a missing key).
+            Command::Put(req) => check_lease(req.lease)
+                .and_then(|()| self.put(req))
+                .map(CommandResponse::Put),
+            Command::DeleteRange(req) => self.delete(req).map(CommandResponse::DeleteRange),
+            Command::Txn(req) => self.txn(req).map(CommandResponse::Txn),
+            Command::Compact(req) => self
+                .compact(req.revision)
+                .map(|()| CommandResponse::Compact),
+            Command::Alarm(req) => Ok(CommandResponse::Alarm(self.alarm(req))),
+        }
+    }
+
+    /// etcd's alarm apply: `Get` lists the alarms of a type (all for `None`); `Activate`
+    /// returns the alarm, new or already active; `Deactivate` returns it only if it was
+    /// active. Both do nothing for `None`.
+    fn alarm(&mut self, req: &AlarmRequest) -> Vec<AlarmMember> {
+        let alarms = &mut self.index.alarms;
+        let Some(alarm) = req.alarm else {
+            return match req.action {
+                AlarmAction::Get => alarms.iter().copied().collect(),
+                AlarmAction::Activate | AlarmAction::Deactivate => Vec::new(),
+            };
+        };
+        let member = AlarmMember {
+            member_id: req.member_id,
+            alarm,
+        };
+        match req.action {
+            AlarmAction::Get => alarms
+                .iter()
+                .filter(|a| a.alarm == alarm)
+                .copied()
+                .collect(),
+            AlarmAction::Activate => {
+                if alarms.insert(member) {
+                    self.ops.push(WriteOp::Put {
+                        table: Table::Meta,
+                        key: alarm_key(&member),
+                        value: Vec::new(),
+                    });
+                }
+                vec![member]
+            }
+            AlarmAction::Deactivate => {
+                if !alarms.remove(&member) {
+                    return Vec::new();
+                }
+                self.ops.push(WriteOp::Delete {
+                    table: Table::Meta,
+                    key: alarm_key(&member),
+                });
+                vec![member]
+            }
+        }
     }
 
     fn live_version(&self, key: &[u8]) -> Option<Version> {
@@ -469,6 +586,7 @@ impl Execution<'_> {
             version: previous.map_or(1, |v| v.version + 1),
             lease,
             tombstone: false,
+            bytes: 0,
         };
         self.record(&req.key, version, value);
         Ok(PutResponse {
@@ -495,6 +613,7 @@ impl Execution<'_> {
                 version: 0,
                 lease: 0,
                 tombstone: true,
+                bytes: 0,
             };
             self.record(key, tombstone, Vec::new());
         }
@@ -676,6 +795,7 @@ impl Execution<'_> {
                 position - 1
             };
             for dead in versions.drain(..keep_from) {
+                self.index.bytes -= u64::from(dead.bytes);
                 self.ops.push(WriteOp::Delete {
                     table: Table::Revisions,
                     key: rev_key(dead.rev),
@@ -692,6 +812,38 @@ impl Execution<'_> {
         put_meta(&mut self.ops, META_COMPACT_REVISION, revision);
         Ok(())
     }
+}
+
+/// The error the active alarms answer `command` with, as etcd's corrupt and capped
+/// appliers: CORRUPT refuses every write; NOSPACE refuses what adds data, a put or a txn
+/// with a put at its top level (what etcd's quota counts, so a nested put passes there too).
+/// Read-only txns are reads and pass, as they bypass etcd's applier.
+fn refused_by_alarms(
+    alarms: &std::collections::BTreeSet<AlarmMember>,
+    command: &Command,
+) -> Option<MvccError> {
+    let active = |alarm: AlarmType| alarms.iter().any(|a| a.alarm == alarm);
+    if active(AlarmType::Corrupt) {
+        let writes = match command {
+            Command::Put(_) | Command::DeleteRange(_) | Command::Compact(_) => true,
+            Command::Txn(txn) => !txn.is_read_only(),
+            Command::Alarm(_) => false,
+        };
+        return writes.then_some(MvccError::Corrupt);
+    }
+    if active(AlarmType::NoSpace) {
+        let adds = match command {
+            Command::Put(_) => true,
+            Command::Txn(txn) => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .any(|op| matches!(op, RequestOp::Put(_))),
+            _ => false,
+        };
+        return adds.then_some(MvccError::NoSpace);
+    }
+    None
 }
 
 /// The operations of the branch of `req` that runs.
@@ -732,10 +884,30 @@ fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {
     };
     index.durable = index.applied;
     let mut failure = None;
+    let end = prefix_end(META_ALARM_PREFIX);
+    snapshot.scan(
+        Table::Meta,
+        META_ALARM_PREFIX,
+        Some(&end),
+        &mut |key, _| match decode_alarm_key(key) {
+            Ok(alarm) => {
+                index.alarms.insert(alarm);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        },
+    )?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
     snapshot.scan(Table::Revisions, &[], None, &mut |key, value| {
         let decoded = decode_rev_key(key).and_then(|rev| decode_record(rev, value));
         match decoded {
             Ok((key, version, _)) => {
+                index.bytes += u64::from(version.bytes);
                 index.keys.entry(key).or_default().push(version);
                 true
             }
@@ -796,18 +968,9 @@ impl<S: KvStore> Store<S> {
                 sub: 0,
                 touched: Vec::new(),
             };
-            let result = match command {
-                // etcd checks a lone put's lease before the key (`ignore_*` on a missing key).
-                Command::Put(req) => check_lease(req.lease)
-                    .and_then(|()| execution.put(req))
-                    .map(CommandResponse::Put),
-                Command::DeleteRange(req) => {
-                    execution.delete(req).map(CommandResponse::DeleteRange)
-                }
-                Command::Txn(req) => execution.txn(req).map(CommandResponse::Txn),
-                Command::Compact(req) => execution
-                    .compact(req.revision)
-                    .map(|()| CommandResponse::Compact),
+            let result = match refused_by_alarms(&execution.index.alarms, command) {
+                Some(refused) => Err(refused),
+                None => execution.run(command),
             };
             if result.is_err() {
                 execution.undo();
@@ -859,6 +1022,17 @@ impl<S: KvStore> Store<S> {
     /// The current revision.
     pub fn current_revision(&self) -> Revision {
         self.index.read().current
+    }
+
+    /// Bytes the stored records occupy (see [`Index`]'s `bytes`): what the backend quota
+    /// counts, and what `Status` reports as the database size in use.
+    pub fn bytes_in_use(&self) -> u64 {
+        self.index.read().bytes
+    }
+
+    /// The active alarms, in (member, type) order.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.index.read().alarms.iter().copied().collect()
     }
 
     /// The compacted revision (-1 if never compacted, as etcd reports it).

@@ -460,6 +460,128 @@ fn restore_and_hash() {
     assert_eq!(b.get("other", 0).unwrap(), None);
 }
 
+fn alarm(action: AlarmAction, member_id: u64, alarm: Option<AlarmType>) -> Command {
+    Command::Alarm(AlarmRequest {
+        action,
+        member_id,
+        alarm,
+    })
+}
+
+// Proves alarms as etcd applies them: deactivate reports only a change, GET
+// filters by type, NOSPACE refuses puts and txns with a top-level put but not deletes,
+// compactions, read-only or nested-put txns, CORRUPT refuses every write, alarm commands
+// leave the revision alone, and alarms survive reopening and travel in snapshots.
+#[test]
+fn alarms_gate_writes_as_etcd() {
+    use AlarmAction::{Activate, Deactivate, Get};
+    let mut h = Harness::new();
+    h.put("a", "1");
+    let nospace = |m| AlarmMember {
+        member_id: m,
+        alarm: AlarmType::NoSpace,
+    };
+    let result = |applied: Applied| applied.result;
+    assert_eq!(
+        result(h.apply(alarm(Activate, 7, Some(AlarmType::NoSpace)))),
+        Ok(CommandResponse::Alarm(vec![nospace(7)]))
+    );
+    assert_eq!(
+        result(h.apply(alarm(Activate, 7, Some(AlarmType::NoSpace)))),
+        Ok(CommandResponse::Alarm(vec![nospace(7)])),
+        "already active: etcd answers with the alarm all the same"
+    );
+    assert_eq!(
+        result(h.apply(alarm(Activate, 7, None))),
+        Ok(CommandResponse::Alarm(vec![]))
+    );
+    assert_eq!(h.store.current_revision(), 2, "alarms are not revisions");
+    assert_eq!(h.put("a", "2").result, Err(MvccError::NoSpace));
+    let put = |key: &str| {
+        RequestOp::Put(PutRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+    };
+    let delete = RequestOp::DeleteRange(DeleteRangeRequest {
+        key: b"a".to_vec(),
+        ..Default::default()
+    });
+    let txn = |success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+        Command::Txn(TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        })
+    };
+    assert_eq!(
+        h.apply(txn(vec![], vec![put("x")])).result,
+        Err(MvccError::NoSpace),
+        "a put on either branch counts"
+    );
+    let nested = RequestOp::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![put("n")],
+        failure: vec![],
+    });
+    assert!(h.apply(txn(vec![nested], vec![])).result.is_ok());
+    assert_eq!(h.store.current_revision(), 3, "a nested put is not counted");
+    assert!(h.apply(txn(vec![delete.clone()], vec![])).result.is_ok());
+    assert!(h
+        .apply(Command::Compact(CompactRequest {
+            revision: 2,
+            physical: false
+        }))
+        .result
+        .is_ok());
+    h.apply(alarm(Activate, 9, Some(AlarmType::Corrupt)));
+    assert_eq!(
+        h.apply(alarm(Get, 0, None)).result,
+        Ok(CommandResponse::Alarm(vec![
+            nospace(7),
+            AlarmMember {
+                member_id: 9,
+                alarm: AlarmType::Corrupt
+            }
+        ]))
+    );
+    assert_eq!(
+        h.apply(alarm(Get, 0, Some(AlarmType::NoSpace))).result,
+        Ok(CommandResponse::Alarm(vec![nospace(7)]))
+    );
+    assert_eq!(h.delete("n", b"").result, Err(MvccError::Corrupt));
+    assert_eq!(
+        h.apply(txn(vec![delete], vec![])).result,
+        Err(MvccError::Corrupt)
+    );
+    let read = RequestOp::Range(RangeRequest {
+        key: b"a".to_vec(),
+        ..Default::default()
+    });
+    assert!(h.apply(txn(vec![read], vec![])).result.is_ok());
+    // Reopened and restored stores keep the alarms.
+    let reopened = Store::open(h.kv.clone()).unwrap();
+    assert_eq!(reopened.alarms(), h.store.alarms());
+    assert_eq!(reopened.alarms().len(), 2);
+    assert_eq!(
+        h.apply(alarm(Deactivate, 9, Some(AlarmType::Corrupt)))
+            .result,
+        Ok(CommandResponse::Alarm(vec![AlarmMember {
+            member_id: 9,
+            alarm: AlarmType::Corrupt
+        }]))
+    );
+    assert_eq!(
+        h.apply(alarm(Deactivate, 9, Some(AlarmType::Corrupt)))
+            .result,
+        Ok(CommandResponse::Alarm(vec![]))
+    );
+    assert_eq!(h.put("a", "3").result, Err(MvccError::NoSpace));
+    h.apply(alarm(Deactivate, 7, Some(AlarmType::NoSpace)));
+    assert!(h.put("a", "3").result.is_ok());
+    assert!(Store::open(h.kv.clone()).unwrap().alarms().is_empty());
+}
+
 // Proves the command codec round-trips and never panics on malformed input.
 #[test]
 fn command_codec() {
@@ -484,10 +606,16 @@ fn command_codec() {
             prev_kv: true,
         })],
     });
-    let bytes = command.encode();
-    assert_eq!(Command::decode(&bytes).unwrap(), command);
-    for cut in 0..bytes.len() {
-        assert!(Command::decode(&bytes[..cut]).is_err());
+    for command in [
+        command,
+        alarm(AlarmAction::Deactivate, u64::MAX, Some(AlarmType::Corrupt)),
+        alarm(AlarmAction::Get, 0, None),
+    ] {
+        let bytes = command.encode();
+        assert_eq!(Command::decode(&bytes).unwrap(), command);
+        for cut in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..cut]).is_err());
+        }
     }
 }
 
@@ -618,5 +746,14 @@ proptest! {
         prop_assert_eq!(reopened.hash_kv(0).unwrap(), h.store.hash_kv(0).unwrap());
         let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
         prop_assert_eq!(reopened.range(&all).unwrap(), h.store.range(&all).unwrap());
+        // The bytes in use are exactly what the stored records occupy, kept through
+        // overwrites, deletes and compactions, and rebuilt the same at open.
+        let mut stored = 0u64;
+        h.kv.snapshot().unwrap().scan(Table::Revisions, &[], None, &mut |k, v| {
+            stored += (k.len() + v.len()) as u64;
+            true
+        }).unwrap();
+        prop_assert_eq!(h.store.bytes_in_use(), stored);
+        prop_assert_eq!(reopened.bytes_in_use(), stored);
     }
 }

@@ -228,6 +228,19 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnRequest {
+    /// Whether no operation on either branch, nested txns' included, writes (etcd's
+    /// `isTxnReadonly`).
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match op {
+            RequestOp::Range(_) => true,
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => false,
+            RequestOp::Txn(nested) => nested.is_read_only(),
+        })
+    }
+}
+
 /// etcd's `TxnResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TxnResponse {
@@ -246,6 +259,50 @@ pub struct CompactRequest {
     pub physical: bool,
 }
 
+/// A cluster alarm, as etcd's `AlarmType` less its `NONE` (which names no alarm and is
+/// handled where requests are decoded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmType {
+    /// The backend quota was exceeded: writes that add data are refused until an operator
+    /// frees space and disarms.
+    NoSpace,
+    /// A member's data was found inconsistent: every write is refused.
+    Corrupt,
+}
+
+/// An active alarm: the member that raised it and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlarmMember {
+    /// The member the alarm is about.
+    pub member_id: u64,
+    /// The alarm.
+    pub alarm: AlarmType,
+}
+
+/// What an alarm request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmAction {
+    /// List the active alarms (of one type, or all).
+    Get,
+    /// Raise an alarm for a member.
+    Activate,
+    /// Clear a member's alarm.
+    Deactivate,
+}
+
+/// etcd's `AlarmRequest`. Alarms are cluster state: they change through the log, so every
+/// member refuses the same writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlarmRequest {
+    /// What to do.
+    pub action: AlarmAction,
+    /// The member concerned (ignored by `Get`).
+    pub member_id: u64,
+    /// The alarm; `None` (etcd's `NONE`) lists every alarm with `Get` and changes nothing
+    /// otherwise.
+    pub alarm: Option<AlarmType>,
+}
+
 /// A state-machine command: what one Raft log entry asks the state machine to do.
 /// Encoded with [`Command::encode`]; the encoding is a persisted format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +315,8 @@ pub enum Command {
     Txn(TxnRequest),
     /// A compaction.
     Compact(CompactRequest),
+    /// An alarm change or listing.
+    Alarm(AlarmRequest),
 }
 
 /// The result of applying a [`Command`].
@@ -271,6 +330,8 @@ pub enum CommandResponse {
     Txn(TxnResponse),
     /// A compaction's result.
     Compact,
+    /// The alarms listed, raised or cleared (etcd returns only those that changed).
+    Alarm(Vec<AlarmMember>),
 }
 
 /// A command's result together with the store revision after it was applied (the header

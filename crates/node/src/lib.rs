@@ -45,7 +45,8 @@ use crate::state::StateReader;
 use crate::store::{StoreLoop, StoreMsg};
 
 pub use mvcc::{
-    Applied, Command, CommandResponse, MvccError, RangeRequest, RangeResponse, Revision,
+    AlarmMember, AlarmType, Applied, Command, CommandResponse, MvccError, RangeRequest,
+    RangeResponse, Revision,
 };
 pub use storage::{NodeId, ShardId};
 
@@ -156,6 +157,8 @@ pub struct NodeStatus {
     pub revision: Revision,
     /// State machine size on disk.
     pub db_size: u64,
+    /// Bytes of it the data occupies (what the backend quota counts).
+    pub db_size_in_use: u64,
 }
 
 /// The shard every key lives in until the key space is split.
@@ -535,7 +538,13 @@ impl Node {
             applied_index: shared.applied_index(),
             revision: shared.state.current_revision(),
             db_size: shared.state.size_bytes(),
+            db_size_in_use: shared.state.bytes_in_use(),
         }
+    }
+
+    /// The alarms active in this member's applied state.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.shared.state.alarms()
     }
 
     /// Delivers messages received from `from` to the store loop. Drops them if its inbox is

@@ -1,7 +1,7 @@
 //! The node's view of the state machine, with the storage engine's type erased so that
 //! `Node` is not generic.
 
-use mvcc::{AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store};
+use mvcc::{AlarmMember, AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store};
 use storage::{KvSnapshot, KvStore};
 
 /// What the node reads from the state machine outside the apply task.
@@ -12,6 +12,8 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn durable_applied(&self) -> AppliedIndex;
     fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError>;
     fn size_bytes(&self) -> u64;
+    fn bytes_in_use(&self) -> u64;
+    fn alarms(&self) -> Vec<AlarmMember>;
 }
 
 impl<S: KvStore> StateReader for Store<S> {
@@ -38,5 +40,13 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn size_bytes(&self) -> u64 {
         self.kv().size_bytes()
+    }
+
+    fn bytes_in_use(&self) -> u64 {
+        Store::bytes_in_use(self)
+    }
+
+    fn alarms(&self) -> Vec<AlarmMember> {
+        Store::alarms(self)
     }
 }

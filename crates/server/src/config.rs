@@ -94,6 +94,15 @@ pub struct ServeArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "CONCORD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota. 0 means use the default
+    /// quota (2 GiB); a negative value disables the quota.
+    #[arg(
+        long,
+        env = "CONCORD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
     /// Log level: debug, info, warn, error, panic or fatal (RUST_LOG, if set, wins).
     #[arg(long, env = "CONCORD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -154,6 +163,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Most operations in one txn.
     pub max_txn_ops: usize,
+    /// The backend quota in bytes, `None` when disabled.
+    pub quota_backend_bytes: Option<u64>,
     /// The `tracing` level of `--log-level`: `debug`, `info`, `warn` or `error`.
     pub log_level: &'static str,
 }
@@ -662,6 +673,10 @@ impl ServeArgs {
             snapshot_count: self.snapshot_count,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: match self.quota_backend_bytes {
+                0 => Some(api::DEFAULT_QUOTA_BACKEND_BYTES),
+                quota => u64::try_from(quota).ok(),
+            },
             log_level,
         })
     }

@@ -127,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let api_config = api::ApiConfig {
         max_request_bytes: config.max_request_bytes,
         max_txn_ops: config.max_txn_ops,
+        quota_backend_bytes: config.quota_backend_bytes,
     };
 
     // Shutdown: `stop_tx` tells every server to stop accepting; each server task ends when
@@ -232,6 +233,7 @@ fn log_config(config: &Config, clients: &[TcpListener], peers: &[TcpListener]) {
         snapshot_count = config.snapshot_count,
         max_request_bytes = config.max_request_bytes,
         max_txn_ops = config.max_txn_ops,
+        quota_backend_bytes = ?config.quota_backend_bytes,
         "starting"
     );
 }

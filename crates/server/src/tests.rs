@@ -67,6 +67,16 @@ fn defaults_are_valid() {
     assert_eq!(config.max_request_bytes, 1_572_864);
     assert_eq!(config.max_txn_ops, 128);
     assert_eq!(config.log_level, "info");
+    assert_eq!(config.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
+    // etcd's quota rules: a positive value is the quota, a negative one disables it.
+    let quota = |value: &str| {
+        parse(&["--quota-backend-bytes", value])
+            .unwrap()
+            .quota_backend_bytes
+    };
+    assert_eq!(quota("1048576"), Some(1_048_576));
+    assert_eq!(quota("-1"), None);
+    assert_eq!(quota("0"), Some(2 * 1024 * 1024 * 1024));
     let named = parse(&[
         "--name",
         "x",

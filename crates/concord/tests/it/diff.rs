@@ -23,7 +23,7 @@ use crate::{binary, prefix_end, slow_tests_enabled, ELECTION_DEADLINE};
 
 /// One KV request.
 #[derive(Clone, Debug)]
-enum Req {
+pub(crate) enum Req {
     Range(pb::RangeRequest),
     Put(pb::PutRequest),
     Delete(pb::DeleteRangeRequest),
@@ -33,7 +33,7 @@ enum Req {
 
 /// What a server answered, normalised.
 #[derive(Clone, Debug, PartialEq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Range(pb::RangeResponse),
     Put(pb::PutResponse),
     Delete(pb::DeleteRangeResponse),
@@ -56,7 +56,7 @@ impl Outcome {
         header.map(|h| h.revision)
     }
 
-    fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         matches!(self, Outcome::Error(..))
     }
 }
@@ -113,11 +113,11 @@ async fn send(client: &mut KvClient<Channel>, req: &Req) -> Outcome {
 }
 
 /// A reference etcd and a Concord cluster, fed the same requests.
-struct Pair {
-    etcd: KvClient<Channel>,
-    concord: Vec<KvClient<Channel>>,
-    etcd_maintenance: MaintenanceClient<Channel>,
-    concord_maintenance: Vec<MaintenanceClient<Channel>>,
+pub(crate) struct Pair {
+    pub(crate) etcd: KvClient<Channel>,
+    pub(crate) concord: Vec<KvClient<Channel>>,
+    pub(crate) etcd_maintenance: MaintenanceClient<Channel>,
+    pub(crate) concord_maintenance: Vec<MaintenanceClient<Channel>>,
     /// Every request and etcd's answer so far in the current case, for failure reports.
     transcript: String,
     /// The newest revision either store reported.
@@ -130,7 +130,7 @@ struct Pair {
 }
 
 impl Pair {
-    async fn start() -> Pair {
+    pub(crate) async fn start() -> Pair {
         let etcd = Etcd::start().expect("start the reference etcd");
         let mut cluster = Cluster::start(binary(), 3, &[]).expect("start a Concord cluster");
         cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
@@ -149,7 +149,7 @@ impl Pair {
 
     /// Sends `req` to both (to Concord through `member`), asserts the outcomes are equal, and
     /// returns etcd's.
-    async fn check(&mut self, member: usize, req: Req) -> Outcome {
+    pub(crate) async fn check(&mut self, member: usize, req: Req) -> Outcome {
         let expected = send(&mut self.etcd, &req).await;
         let got = send(&mut self.concord[member], &req).await;
         if expected != got {
@@ -195,7 +195,7 @@ impl Pair {
     }
 }
 
-fn range(key: &[u8], range_end: &[u8]) -> pb::RangeRequest {
+pub(crate) fn range(key: &[u8], range_end: &[u8]) -> pb::RangeRequest {
     pb::RangeRequest {
         key: key.to_vec(),
         range_end: range_end.to_vec(),
@@ -203,7 +203,7 @@ fn range(key: &[u8], range_end: &[u8]) -> pb::RangeRequest {
     }
 }
 
-fn put(key: &[u8], value: &[u8]) -> pb::PutRequest {
+pub(crate) fn put(key: &[u8], value: &[u8]) -> pb::PutRequest {
     pb::PutRequest {
         key: key.to_vec(),
         value: value.to_vec(),
@@ -211,7 +211,7 @@ fn put(key: &[u8], value: &[u8]) -> pb::PutRequest {
     }
 }
 
-fn delete(key: &[u8], range_end: &[u8]) -> pb::DeleteRangeRequest {
+pub(crate) fn delete(key: &[u8], range_end: &[u8]) -> pb::DeleteRangeRequest {
     pb::DeleteRangeRequest {
         key: key.to_vec(),
         range_end: range_end.to_vec(),
@@ -219,7 +219,7 @@ fn delete(key: &[u8], range_end: &[u8]) -> pb::DeleteRangeRequest {
     }
 }
 
-fn compare(key: &[u8], result: CompareResult, target: TargetUnion) -> pb::Compare {
+pub(crate) fn compare(key: &[u8], result: CompareResult, target: TargetUnion) -> pb::Compare {
     let kind = match target {
         TargetUnion::Version(_) => CompareTarget::Version,
         TargetUnion::CreateRevision(_) => CompareTarget::Create,
@@ -236,7 +236,7 @@ fn compare(key: &[u8], result: CompareResult, target: TargetUnion) -> pb::Compar
     }
 }
 
-fn op(req: Req) -> pb::RequestOp {
+pub(crate) fn op(req: Req) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(match req {
             Req::Range(r) => Op::RequestRange(r),
@@ -248,7 +248,7 @@ fn op(req: Req) -> pb::RequestOp {
     }
 }
 
-fn error(outcome: &Outcome) -> Option<(Code, &str)> {
+pub(crate) fn error(outcome: &Outcome) -> Option<(Code, &str)> {
     match outcome {
         Outcome::Error(code, message) => Some((*code, message.as_str())),
         _ => None,

@@ -10,6 +10,7 @@ mod cli;
 mod diff;
 mod faults;
 mod kv;
+mod maintenance;
 mod snapshot;
 
 use std::collections::BTreeMap;
