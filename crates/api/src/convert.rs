@@ -281,6 +281,15 @@ pub fn txn_response(r: m::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnRe
     }
 }
 
+/// Whether every operation of both branches is a serializable range (etcd's
+/// `isTxnSerializable`): such a read-only txn is served without a ReadIndex round.
+#[must_use]
+pub fn txn_is_serializable(r: &pb::TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).all(|op| {
+        matches!(&op.request, Some(pb::request_op::Request::RequestRange(range)) if range.serializable)
+    })
+}
+
 /// etcd's quota cost of a put (`server/etcdserver/quota.go`): its key and value plus a
 /// fixed overhead.
 #[must_use]

@@ -142,9 +142,16 @@ impl pb::kv_server::Kv for KvService {
         self.check_quota(convert::txn_cost(&request)).await?;
         self.check_size(&request)?;
         let txn = convert::txn_request(&request, self.config.max_txn_ops).map_err(to_status)?;
-        // Every txn goes through the log, read-only ones included: correct (linearizable)
-        // though slower than a ReadIndex read; serving read-only txns locally comes with
-        // the full KV API.
+        // As etcd: a txn that writes nothing is a read, served from local state after a
+        // ReadIndex round unless every operation is a serializable range.
+        if txn.is_read_only() {
+            if !convert::txn_is_serializable(&request) {
+                self.node.read_index().await.map_err(to_status)?;
+            }
+            let (result, revision) = self.node.read_txn(&txn).map_err(to_status)?;
+            let header = header(&self.node, revision);
+            return Ok(Response::new(convert::txn_response(result, &header)));
+        }
         match self.propose(Command::Txn(txn)).await? {
             (CommandResponse::Txn(result), header) => {
                 Ok(Response::new(convert::txn_response(result, &header)))

@@ -414,6 +414,155 @@ fn range_at(
     })
 }
 
+/// A read-only view of the state at one revision: what a txn's compares and checks see, and
+/// all a read-only txn needs.
+struct View<'a> {
+    index: &'a Index,
+    values: ValueSource<'a>,
+    at: i64,
+}
+
+impl View<'_> {
+    /// The path `req` takes (see [`View::compare_path`]), after checking its puts, then its
+    /// ranges, as etcd does before running anything.
+    fn checked_path(&self, req: &TxnRequest) -> Result<Vec<bool>, MvccError> {
+        let mut path = Vec::new();
+        self.compare_path(req, &mut path)?;
+        self.check_path(req, &path, &mut 0, &mut |op| match op {
+            RequestOp::Put(put) => self.check_put(put),
+            _ => Ok(()),
+        })?;
+        self.check_path(req, &path, &mut 0, &mut |op| match op {
+            RequestOp::Range(range) => self.check_range(range),
+            _ => Ok(()),
+        })?;
+        Ok(path)
+    }
+
+    /// Runs a read-only txn along `path`.
+    fn read_path(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse, MvccError> {
+        let succeeded = path[*at];
+        *at += 1;
+        let ops = branch(req, succeeded);
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(req) => {
+                    ResponseOp::Range(range_at(self.index, &self.values, req, self.at)?)
+                }
+                RequestOp::Txn(nested) => ResponseOp::Txn(self.read_path(nested, path, at)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                    return Err(MvccError::Storage("a write in a read-only txn".into()))
+                }
+            });
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+
+    fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
+        let matches = |kv: &KeyValue| -> bool {
+            let ordering = match &compare.target {
+                CompareTarget::Version(v) => kv.version.cmp(v),
+                CompareTarget::Create(v) => kv.create_revision.cmp(v),
+                CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+                CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+                CompareTarget::Lease(v) => kv.lease.cmp(v),
+            };
+            match compare.result {
+                CompareResult::Equal => ordering.is_eq(),
+                CompareResult::Greater => ordering.is_gt(),
+                CompareResult::Less => ordering.is_lt(),
+                CompareResult::NotEqual => ordering.is_ne(),
+            }
+        };
+        let with_value = matches!(compare.target, CompareTarget::Value(_));
+        let live = self.index.live(&compare.key, &compare.range_end, self.at);
+        if live.is_empty() {
+            // As etcd's applyCompare: an absent key compares as an all-zero KeyValue,
+            // except that a value comparison on it is false.
+            return Ok(!with_value && matches(&KeyValue::default()));
+        }
+        for (key, version) in &live {
+            if !matches(&self.values.key_value(key, version, with_value)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends whether `req`'s compares hold, then the same for every nested txn of the
+    /// branch that runs, depth first (etcd's `compareToPath`).
+    fn compare_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), MvccError> {
+        let mut succeeded = true;
+        for compare in &req.compare {
+            if !self.compare(compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        path.push(succeeded);
+        for op in branch(req, succeeded) {
+            if let RequestOp::Txn(nested) = op {
+                self.compare_path(nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `check` on every non-txn operation of the path, in order (etcd's
+    /// `checkRequests`). `at` is the position of `req`'s entry in `path`.
+    fn check_path(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+        check: &mut dyn FnMut(&RequestOp) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        let succeeded = path[*at];
+        *at += 1;
+        for op in branch(req, succeeded) {
+            match op {
+                RequestOp::Txn(nested) => self.check_path(nested, path, at, check)?,
+                other => check(other)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's `checkPut`: what a put in a txn needs of the state before the txn.
+    fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
+        if (req.ignore_value || req.ignore_lease)
+            && self.index.live(&req.key, b"", self.at).is_empty()
+        {
+            return Err(MvccError::KeyNotFound);
+        }
+        check_lease(req.lease)
+    }
+
+    /// etcd's `checkRange`: a txn's range at a revision the store cannot serve fails the
+    /// whole txn. Compared with the compaction revision as etcd does, so a negative revision
+    /// is refused once anything was compacted.
+    fn check_range(&self, req: &RangeRequest) -> Result<(), MvccError> {
+        if req.revision == 0 {
+            Ok(())
+        } else if req.revision > self.index.current {
+            Err(MvccError::FutureRevision)
+        } else if req.revision < self.index.compacted {
+            Err(MvccError::Compacted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// One command's execution against the index: changes are applied to the index as they are
 /// made (so later ops of a txn see them) and undone if the command fails.
 struct Execution<'a> {
@@ -432,6 +581,14 @@ impl Execution<'_> {
         ValueSource {
             pending: self.pending,
             snapshot: self.snapshot,
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            index: self.index,
+            values: self.values(),
+            at: self.read_revision(),
         }
     }
 
@@ -624,104 +781,15 @@ impl Execution<'_> {
         })
     }
 
-    fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
-        let matches = |kv: &KeyValue| -> bool {
-            let ordering = match &compare.target {
-                CompareTarget::Version(v) => kv.version.cmp(v),
-                CompareTarget::Create(v) => kv.create_revision.cmp(v),
-                CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
-                CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
-                CompareTarget::Lease(v) => kv.lease.cmp(v),
-            };
-            match compare.result {
-                CompareResult::Equal => ordering.is_eq(),
-                CompareResult::Greater => ordering.is_gt(),
-                CompareResult::Less => ordering.is_lt(),
-                CompareResult::NotEqual => ordering.is_ne(),
-            }
-        };
-        let with_value = matches!(compare.target, CompareTarget::Value(_));
-        let at = self.read_revision();
-        let live = self.index.live(&compare.key, &compare.range_end, at);
-        if live.is_empty() {
-            // As etcd's applyCompare: an absent key compares as an all-zero KeyValue,
-            // except that a value comparison on it is false.
-            return Ok(!with_value && matches(&KeyValue::default()));
-        }
-        for (key, version) in &live {
-            if !matches(&self.values().key_value(key, version, with_value)?) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     /// A txn as etcd applies it (server/etcdserver/txn/txn.go): first every compare on the
     /// path taken, nested txns' included, is evaluated against the state before the txn;
     /// then the puts on that path are checked, then the ranges; only then do the operations
     /// run. So a nested compare does not see its parent's writes, and which error a bad txn
     /// gets follows that order.
     fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let mut path = Vec::new();
-        self.compare_path(req, &mut path)?;
-        self.check_path(
-            req,
-            &path,
-            &mut 0,
-            &mut |exec: &Self, op: &RequestOp| match op {
-                RequestOp::Put(put) => exec.check_put(put),
-                _ => Ok(()),
-            },
-        )?;
-        self.check_path(
-            req,
-            &path,
-            &mut 0,
-            &mut |exec: &Self, op: &RequestOp| match op {
-                RequestOp::Range(range) => exec.check_range(range),
-                _ => Ok(()),
-            },
-        )?;
+        let view = self.view();
+        let path = view.checked_path(req)?;
         self.run_path(req, &path, &mut 0)
-    }
-
-    /// Appends whether `req`'s compares hold, then the same for every nested txn of the
-    /// branch that runs, depth first (etcd's `compareToPath`).
-    fn compare_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), MvccError> {
-        let mut succeeded = true;
-        for compare in &req.compare {
-            if !self.compare(compare)? {
-                succeeded = false;
-                break;
-            }
-        }
-        path.push(succeeded);
-        for op in branch(req, succeeded) {
-            if let RequestOp::Txn(nested) = op {
-                self.compare_path(nested, path)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Calls `check` on every non-txn operation of the path, in order (etcd's
-    /// `checkRequests`). `at` is the position of `req`'s entry in `path`.
-    fn check_path(
-        &self,
-        req: &TxnRequest,
-        path: &[bool],
-        at: &mut usize,
-        check: &mut dyn FnMut(&Self, &RequestOp) -> Result<(), MvccError>,
-    ) -> Result<(), MvccError> {
-        let succeeded = path[*at];
-        *at += 1;
-        for op in branch(req, succeeded) {
-            match op {
-                RequestOp::Txn(nested) => self.check_path(nested, path, at, check)?,
-                other => check(self, other)?,
-            }
-        }
-        Ok(())
     }
 
     fn run_path(
@@ -749,29 +817,6 @@ impl Execution<'_> {
             succeeded,
             responses,
         })
-    }
-
-    /// etcd's `checkPut`: what a put in a txn needs of the state before the txn.
-    fn check_put(&self, req: &PutRequest) -> Result<(), MvccError> {
-        if (req.ignore_value || req.ignore_lease) && self.live_version(&req.key).is_none() {
-            return Err(MvccError::KeyNotFound);
-        }
-        check_lease(req.lease)
-    }
-
-    /// etcd's `checkRange`: a txn's range at a revision the store cannot serve fails the
-    /// whole txn. Compared with the compaction revision as etcd does, so a negative revision
-    /// is refused once anything was compacted.
-    fn check_range(&self, req: &RangeRequest) -> Result<(), MvccError> {
-        if req.revision == 0 {
-            Ok(())
-        } else if req.revision > self.index.current {
-            Err(MvccError::FutureRevision)
-        } else if req.revision < self.index.compacted {
-            Err(MvccError::Compacted)
-        } else {
-            Ok(())
-        }
     }
 
     fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
@@ -1016,6 +1061,28 @@ impl<S: KvStore> Store<S> {
             snapshot: &snapshot,
         };
         let response = range_at(&index, &values, req, index.current)?;
+        Ok((response, index.current))
+    }
+
+    /// Serves a read-only txn ([`TxnRequest::is_read_only`]) from the current state, as
+    /// etcd serves those without the log. Returns the response and the header revision.
+    ///
+    /// # Errors
+    /// As the same txn applied: `Compacted`, `FutureRevision`; storage errors.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), MvccError> {
+        let index = self.index.read();
+        let snapshot = self.kv.snapshot()?;
+        let pending = HashMap::new();
+        let view = View {
+            index: &index,
+            values: ValueSource {
+                pending: &pending,
+                snapshot: &snapshot,
+            },
+            at: index.current,
+        };
+        let path = view.checked_path(req)?;
+        let response = view.read_path(req, &path, &mut 0)?;
         Ok((response, index.current))
     }
 

@@ -736,7 +736,18 @@ proptest! {
                         let take = if limit == 0 { all.len() } else { usize::from(limit).min(all.len()) };
                         Ok(RangeResponse { revision: model.current(), more: take < all.len(), kvs: all[..take].to_vec(), count })
                     };
-                    prop_assert_eq!(h.range(req), expected);
+                    prop_assert_eq!(h.range(req.clone()), expected);
+                    // The same read inside a read-only txn, nested on one branch, served
+                    // without the log, answers exactly as the txn applied through the log.
+                    let txn = TxnRequest {
+                        compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(1), key: b"a".to_vec(), range_end: vec![] }],
+                        success: vec![RequestOp::Range(req.clone())],
+                        failure: vec![RequestOp::Txn(TxnRequest { compare: vec![], success: vec![RequestOp::Range(req)], failure: vec![] })],
+                    };
+                    let read = h.store.read_txn(&txn);
+                    let applied = h.apply(Command::Txn(txn));
+                    prop_assert_eq!(read.as_ref().map(|(_, rev)| *rev).unwrap_or(applied.revision), applied.revision);
+                    prop_assert_eq!(read.map(|(r, _)| CommandResponse::Txn(r)), applied.result);
                 }
             }
         }

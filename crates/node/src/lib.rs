@@ -46,7 +46,7 @@ use crate::store::{StoreLoop, StoreMsg};
 
 pub use mvcc::{
     AlarmMember, AlarmType, Applied, Command, CommandResponse, MvccError, RangeRequest,
-    RangeResponse, Revision,
+    RangeResponse, Revision, TxnRequest, TxnResponse,
 };
 pub use storage::{NodeId, ShardId};
 
@@ -515,6 +515,15 @@ impl Node {
     /// `Compacted`, `FutureRevision`, storage errors.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), NodeError> {
         Ok(self.shared.state.range(req)?)
+    }
+
+    /// Serves a read-only txn from local state (serializable). Call after
+    /// [`Node::read_index`] for linearizable.
+    ///
+    /// # Errors
+    /// As [`mvcc::Store::read_txn`].
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), NodeError> {
+        Ok(self.shared.state.read_txn(req)?)
     }
 
     /// etcd's HashKV on local state.

@@ -1,12 +1,16 @@
 //! The node's view of the state machine, with the storage engine's type erased so that
 //! `Node` is not generic.
 
-use mvcc::{AlarmMember, AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store};
+use mvcc::{
+    AlarmMember, AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store, TxnRequest,
+    TxnResponse,
+};
 use storage::{KvSnapshot, KvStore};
 
 /// What the node reads from the state machine outside the apply task.
 pub(crate) trait StateReader: Send + Sync + 'static {
     fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError>;
+    fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), MvccError>;
     fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError>;
     fn current_revision(&self) -> Revision;
     fn durable_applied(&self) -> AppliedIndex;
@@ -19,6 +23,10 @@ pub(crate) trait StateReader: Send + Sync + 'static {
 impl<S: KvStore> StateReader for Store<S> {
     fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, Revision), MvccError> {
         Store::range(self, req)
+    }
+
+    fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), MvccError> {
+        Store::read_txn(self, req)
     }
 
     fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError> {

@@ -326,6 +326,9 @@ async fn quota_raises_nospace_and_operator_recovers() {
         ids
     };
     assert!(status.db_size_in_use > 0 && status.db_size_in_use <= status.db_size);
+    // The version rule: claim only a release whose features are all served. Kubernetes
+    // switches features on by this string (watch progress requests from 3.5.13).
+    assert_eq!(status.version, "3.4.0");
     let raised_by = ids[written % 3];
     let expected = format!("memberID:{raised_by} alarm:NOSPACE \n");
     for i in 0..3 {
