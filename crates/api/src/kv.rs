@@ -43,19 +43,19 @@ impl KvService {
         let Some(quota) = self.config.quota_backend_bytes else {
             return Ok(());
         };
-        let status = self.node.status();
-        if cost == 0 || status.db_size_in_use.saturating_add(cost) < quota {
+        if cost == 0 || self.node.bytes_in_use().saturating_add(cost) < quota {
             return Ok(());
         }
+        let (_, member_id, _) = self.node.header_fields();
         let raised = self
             .node
             .alarms()
             .iter()
-            .any(|a| a.member_id == status.member_id && a.alarm == AlarmType::NoSpace);
+            .any(|a| a.member_id == member_id && a.alarm == AlarmType::NoSpace);
         if !raised {
             let alarm = Command::Alarm(AlarmRequest {
                 action: AlarmAction::Activate,
-                member_id: status.member_id,
+                member_id,
                 alarm: Some(AlarmType::NoSpace),
             });
             // As etcd, the write is refused whether or not raising the alarm succeeded.

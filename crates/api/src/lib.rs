@@ -61,12 +61,12 @@ impl ApiConfig {
 
 /// The response header for a reply at `revision`.
 pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
-    let status = node.status();
+    let (cluster_id, member_id, raft_term) = node.header_fields();
     pb::ResponseHeader {
-        cluster_id: status.cluster_id,
-        member_id: status.member_id,
+        cluster_id,
+        member_id,
         revision,
-        raft_term: status.term,
+        raft_term,
     }
 }
 

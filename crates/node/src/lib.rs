@@ -551,6 +551,22 @@ impl Node {
         }
     }
 
+    /// What a response header names: `(cluster id, member id, current term)`. Cheaper than
+    /// [`Node::status`], which also asks storage for its size.
+    pub fn header_fields(&self) -> (u64, u64, u64) {
+        let shared = &self.shared;
+        (
+            shared.config.cluster_id,
+            shared.config.node_id.0,
+            shared.term.load(Ordering::Acquire),
+        )
+    }
+
+    /// Bytes the data occupies in the state machine (what the backend quota counts).
+    pub fn bytes_in_use(&self) -> u64 {
+        self.shared.state.bytes_in_use()
+    }
+
     /// The alarms active in this member's applied state.
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.shared.state.alarms()
