@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit tests and the real-process cluster tests.
-# Installs what the tests need first (etcdctl and etcd from Debian, a C compiler).
+# Installs what the tests need first (etcdctl and etcd from Debian, a C compiler, protoc,
+# iproute2 and nftables). The chaos scenarios need root.
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 # Environment:
@@ -15,6 +16,11 @@ command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v cc >/dev/null 2>&1 || need_packages+=(gcc)
 command -v timeout >/dev/null 2>&1 || need_packages+=(coreutils)
 command -v setpriv >/dev/null 2>&1 || need_packages+=(util-linux)
+# etcd-client builds its protobuf code with protoc.
+command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
+# The chaos scenarios put members in network namespaces and cut links with nftables.
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_packages+=(nftables)
 if [ ${#need_packages[@]} -gt 0 ]; then
   echo "== installing: ${need_packages[*]}"
   as_root=()

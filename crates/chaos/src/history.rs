@@ -155,7 +155,17 @@ impl History {
     /// in milliseconds, client, key, call and outcome.
     #[must_use]
     pub fn timeline(&self) -> String {
-        let mut ops: Vec<&Op> = self.ops.iter().collect();
+        self.timeline_of(|_| true)
+    }
+
+    /// The timeline of the operations on `key` only.
+    #[must_use]
+    pub fn key_timeline(&self, key: &str) -> String {
+        self.timeline_of(|op| op.key == key)
+    }
+
+    fn timeline_of(&self, keep: impl Fn(&Op) -> bool) -> String {
+        let mut ops: Vec<&Op> = self.ops.iter().filter(|op| keep(op)).collect();
         ops.sort_by_key(|op| (op.invoked_ns, op.id));
         let mut out = String::new();
         for op in ops {

@@ -246,6 +246,55 @@ fn out_of_budget_is_unknown_not_a_pass() {
     assert!(matches!(check(&h, 100_000_000), Verdict::Violation(_)));
 }
 
+// Proves many unknown writes no one observed do not blow up the search, while one that was
+// observed, or a refused compare-and-set after them, keeps them in play.
+#[test]
+fn unobserved_unknown_writes_are_cheap() {
+    let mut ops = vec![(Call::Write(1), 0, 1, Outcome::Written)];
+    for i in 0..60 {
+        ops.push((Call::Write(100 + i), 2, 3, unknown()));
+    }
+    ops.push((Call::Read, 10, 11, read(Some(1))));
+    assert_eq!(check(&history(&ops), 10_000), Verdict::Linearizable);
+    // Observed: the read of 130 needs write 130 to have happened.
+    let mut observed = ops.clone();
+    observed.push((Call::Read, 12, 13, read(Some(130))));
+    assert_eq!(check(&history(&observed), 10_000), Verdict::Linearizable);
+    // A refused compare-and-set that only an unknown write explains: the register held 1,
+    // "did not hold 1" needs a write in between, and one of the unknown writes provides it.
+    let refused = vec![
+        (Call::Write(1), 0, 1, Outcome::Written),
+        (Call::Write(7), 2, 3, unknown()),
+        (
+            Call::Cas {
+                expected: Some(1),
+                new: 8,
+            },
+            4,
+            5,
+            Outcome::Cas(false),
+        ),
+    ];
+    assert_eq!(check(&history(&refused), BUDGET), Verdict::Linearizable);
+    let unexplained = vec![
+        (Call::Write(1), 0, 1, Outcome::Written),
+        (
+            Call::Cas {
+                expected: Some(1),
+                new: 8,
+            },
+            4,
+            5,
+            Outcome::Cas(false),
+        ),
+        (Call::Write(7), 6, 7, unknown()),
+    ];
+    assert!(matches!(
+        check(&history(&unexplained), BUDGET),
+        Verdict::Violation(_)
+    ));
+}
+
 /// A register run by concurrent clients, each operation taking effect at a point inside its
 /// interval: a history that is linearizable by construction.
 fn simulated(ops: &[(u8, u8, u8, u8)]) -> History {

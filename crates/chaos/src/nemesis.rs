@@ -1,0 +1,223 @@
+//! Faults, and the seeded schedule that decides when and where they strike.
+//!
+//! The schedule is pure: the same seed, kind, member count and duration always give the same
+//! steps. Whom a step hits may depend on the cluster at that moment ("the leader"), which is
+//! resolved when the step runs and recorded in the run's log.
+
+use std::time::Duration;
+
+/// A deterministic pseudo-random sequence (splitmix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A sequence from `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A duration between `low` and `high` milliseconds.
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high - low + 1))
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Which kind of fault a run injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NemesisKind {
+    /// No faults: the control run.
+    None,
+    /// kill -9 a member, then restart it.
+    Kill,
+    /// SIGSTOP a member, then SIGCONT.
+    Pause,
+    /// Cut the leader off from every other member.
+    PartitionLeader,
+    /// Split the members into a majority and a minority.
+    PartitionHalves,
+    /// Cut links in one direction only.
+    OneWay,
+    /// Each step one of the above, drawn at random.
+    Mixed,
+}
+
+impl NemesisKind {
+    /// Every kind, for listing and parsing.
+    pub const ALL: [NemesisKind; 7] = [
+        NemesisKind::None,
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+        NemesisKind::PartitionLeader,
+        NemesisKind::PartitionHalves,
+        NemesisKind::OneWay,
+        NemesisKind::Mixed,
+    ];
+
+    /// The name used on the command line and in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::None => "none",
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::PartitionLeader => "partition-leader",
+            NemesisKind::PartitionHalves => "partition-halves",
+            NemesisKind::OneWay => "one-way",
+            NemesisKind::Mixed => "mixed",
+        }
+    }
+
+    /// The kind named `name`.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<NemesisKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A member, named directly or by its role when the step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Whoever leads when the step runs (any member if none does).
+    Leader,
+    /// Member `i`.
+    Member(usize),
+}
+
+/// One fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9, restarted at the heal.
+    Kill(Target),
+    /// SIGSTOP, continued at the heal.
+    Pause(Target),
+    /// The target alone on one side, everyone else on the other.
+    Isolate(Target),
+    /// These members on one side, the rest on the other.
+    Split(Vec<usize>),
+    /// `(from, to)`: `to` stops hearing `from`.
+    Cut(Vec<(Target, usize)>),
+}
+
+/// A fault, when it starts and how long it lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Quiet time before the fault.
+    pub wait: Duration,
+    /// The fault.
+    pub fault: Fault,
+    /// How long it lasts before everything is healed.
+    pub hold: Duration,
+}
+
+/// The steps a run of `duration` injects into `members` members.
+#[must_use]
+pub fn schedule(kind: NemesisKind, seed: u64, members: usize, duration: Duration) -> Vec<Step> {
+    let mut rng = Rng::new(seed ^ 0x6e65_6d65_7369_7300);
+    let mut steps = Vec::new();
+    let mut elapsed = Duration::ZERO;
+    if kind == NemesisKind::None {
+        return steps;
+    }
+    loop {
+        let wait = rng.millis(800, 2000);
+        let hold = rng.millis(1000, 4000);
+        if elapsed + wait + hold > duration {
+            return steps;
+        }
+        elapsed += wait + hold;
+        let kind = if kind == NemesisKind::Mixed {
+            NemesisKind::ALL[1 + rng.below(5) as usize]
+        } else {
+            kind
+        };
+        let target = |rng: &mut Rng| {
+            if rng.chance(50) {
+                Target::Leader
+            } else {
+                Target::Member(rng.below(members as u64) as usize)
+            }
+        };
+        let fault = match kind {
+            NemesisKind::Kill => Fault::Kill(target(&mut rng)),
+            NemesisKind::Pause => Fault::Pause(target(&mut rng)),
+            NemesisKind::PartitionLeader => Fault::Isolate(Target::Leader),
+            NemesisKind::PartitionHalves => {
+                let mut order: Vec<usize> = (0..members).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                order.truncate((members - 1) / 2);
+                order.sort_unstable();
+                Fault::Split(order)
+            }
+            NemesisKind::OneWay => {
+                let cuts = 1 + rng.below(2) as usize;
+                let mut links = Vec::new();
+                for _ in 0..cuts {
+                    let from = target(&mut rng);
+                    let to = rng.below(members as u64) as usize;
+                    links.push((from, to));
+                }
+                Fault::Cut(links)
+            }
+            NemesisKind::None | NemesisKind::Mixed => unreachable!("resolved above"),
+        };
+        steps.push(Step { wait, fault, hold });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the schedule is a function of its inputs, fits in the run, and that each kind
+    // yields its own faults (a minority for splits).
+    #[test]
+    fn schedules_are_seeded_and_fit() {
+        let run = Duration::from_secs(30);
+        for kind in NemesisKind::ALL {
+            let a = schedule(kind, 7, 5, run);
+            assert_eq!(a, schedule(kind, 7, 5, run), "{kind:?}");
+            let total: Duration = a.iter().map(|s| s.wait + s.hold).sum();
+            assert!(total <= run);
+            assert_eq!(a.is_empty(), kind == NemesisKind::None);
+            assert_eq!(NemesisKind::parse(kind.name()), Some(kind));
+            for step in &a {
+                match (&step.fault, kind) {
+                    (Fault::Split(minority), NemesisKind::PartitionHalves | NemesisKind::Mixed) => {
+                        assert_eq!(minority.len(), 2);
+                    }
+                    (Fault::Kill(_), NemesisKind::Kill | NemesisKind::Mixed)
+                    | (Fault::Pause(_), NemesisKind::Pause | NemesisKind::Mixed)
+                    | (Fault::Isolate(_), NemesisKind::PartitionLeader | NemesisKind::Mixed)
+                    | (Fault::Cut(_), NemesisKind::OneWay | NemesisKind::Mixed) => {}
+                    (fault, kind) => panic!("{kind:?} scheduled {fault:?}"),
+                }
+            }
+        }
+        assert_ne!(
+            schedule(NemesisKind::Mixed, 1, 3, run),
+            schedule(NemesisKind::Mixed, 2, 3, run)
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! One chaos run: a cluster on its own network, a workload, a nemesis on a seeded schedule,
+//! then heal, a liveness check and the checker's verdict. Everything the run saw is written to
+//! its directory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::checker::{self, Verdict};
+use crate::cluster::{Members, CLIENT_PORT};
+use crate::history::{History, Outcome};
+use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
+use crate::net::Network;
+use crate::workload::{self, RegisterConfig};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// The fault kind.
+    pub nemesis: NemesisKind,
+    /// Members (3 or 5).
+    pub members: usize,
+    /// How long the workload runs under faults.
+    pub duration: Duration,
+    /// The register workload's settings.
+    pub register: RegisterConfig,
+    /// Search steps the checker may spend per key.
+    pub checker_budget: u64,
+    /// The `concord` binary.
+    pub binary: PathBuf,
+    /// Where the run writes its history, timeline, verdict and member logs.
+    pub out: PathBuf,
+}
+
+impl Scenario {
+    /// The command that runs this scenario again.
+    #[must_use]
+    pub fn repro_command(&self) -> String {
+        let mut command = format!(
+            "cargo run --release -p chaos -- --seed {} --nemesis {} --members {} --duration {}",
+            self.seed,
+            self.nemesis.name(),
+            self.members,
+            self.duration.as_secs()
+        );
+        if self.register.serializable_reads {
+            command.push_str(" --serializable-reads");
+        }
+        command
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    /// The checker's verdict on the history.
+    pub verdict: Verdict,
+    /// Whether every member served a linearizable read after the heal.
+    pub live: bool,
+    /// Operations recorded, and how many were acknowledged, failed, unknown.
+    pub counts: (usize, usize, usize, usize),
+    /// Members that exited without being killed.
+    pub crashed: Vec<(usize, String)>,
+    /// The run's directory.
+    pub out: PathBuf,
+}
+
+impl Report {
+    /// A pass: linearizable, live, nothing crashed. An unknown verdict is not a pass.
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Linearizable && self.live && self.crashed.is_empty()
+    }
+
+    /// One paragraph for a person.
+    #[must_use]
+    pub fn summary(&self, scenario: &Scenario) -> String {
+        let (ops, ok, failed, unknown) = self.counts;
+        let mut text = format!(
+            "seed {} nemesis {} members {}: {} ({ops} ops: {ok} ok, {failed} failed, {unknown} unknown); live: {}; crashed: {:?}\n",
+            scenario.seed,
+            scenario.nemesis.name(),
+            scenario.members,
+            match &self.verdict {
+                Verdict::Linearizable => "linearizable".to_string(),
+                Verdict::Violation(v) => format!("NOT LINEARIZABLE on {}", v.key),
+                Verdict::Unknown { key, steps } => format!("UNKNOWN (checker gave up on {key} after {steps} steps)"),
+            },
+            self.live,
+            self.crashed,
+        );
+        let _ = writeln!(
+            text,
+            "history, timeline and member logs: {}",
+            self.out.display()
+        );
+        let _ = writeln!(text, "reproduce: {}", scenario.repro_command());
+        text
+    }
+}
+
+/// A line in the run's nemesis log, with the time since the start.
+fn note(log: &mut String, clock: Instant, text: &str) {
+    let _ = writeln!(log, "{:>9.3}s {text}", clock.elapsed().as_secs_f64());
+}
+
+/// A member's status, or `None` if it does not answer within half a second.
+async fn status(endpoint: &str) -> Option<etcd_client::StatusResponse> {
+    let ask = async {
+        let mut client = etcd_client::Client::connect([endpoint], None).await?;
+        client.status().await
+    };
+    tokio::time::timeout(Duration::from_millis(500), ask)
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The index of the member that leads now, as the members that answer say.
+async fn leader(endpoints: &[String]) -> Option<usize> {
+    let mut ids = Vec::new();
+    let mut leaders = Vec::new();
+    for endpoint in endpoints {
+        let status = status(endpoint).await;
+        ids.push(
+            status
+                .as_ref()
+                .and_then(|s| s.header())
+                .map(|h| h.member_id()),
+        );
+        leaders.extend(status.map(|s| s.leader()).filter(|&l| l != 0));
+    }
+    leaders
+        .iter()
+        .find_map(|&l| ids.iter().position(|&id| id == Some(l)))
+}
+
+async fn resolve(target: Target, endpoints: &[String], rng: &mut Rng) -> usize {
+    match target {
+        Target::Member(i) => i,
+        Target::Leader => match leader(endpoints).await {
+            Some(i) => i,
+            None => rng.below(endpoints.len() as u64) as usize,
+        },
+    }
+}
+
+/// Injects `fault`; returns what was done, for the log.
+async fn inject(
+    fault: &Fault,
+    network: &Network,
+    members: &mut Members,
+    endpoints: &[String],
+    rng: &mut Rng,
+) -> anyhow::Result<String> {
+    let n = members.len();
+    Ok(match fault {
+        Fault::Kill(target) => {
+            let i = resolve(*target, endpoints, rng).await;
+            members.kill(i);
+            format!("kill -9 m{i}")
+        }
+        Fault::Pause(target) => {
+            let i = resolve(*target, endpoints, rng).await;
+            members.pause(i);
+            format!("SIGSTOP m{i}")
+        }
+        Fault::Isolate(target) => {
+            let i = resolve(*target, endpoints, rng).await;
+            let rest: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            network.partition(&[i], &rest)?;
+            format!("isolate m{i}")
+        }
+        Fault::Split(minority) => {
+            let rest: Vec<usize> = (0..n).filter(|j| !minority.contains(j)).collect();
+            network.partition(minority, &rest)?;
+            format!("partition {minority:?} | {rest:?}")
+        }
+        Fault::Cut(links) => {
+            let mut done = Vec::new();
+            for (from, to) in links {
+                let from = resolve(*from, endpoints, rng).await;
+                if from != *to {
+                    network.cut(from, *to)?;
+                    done.push(format!("m{from}->m{to}"));
+                }
+            }
+            format!("cut {}", done.join(" "))
+        }
+    })
+}
+
+/// Whether every member answers a linearizable read within `timeout`.
+async fn every_member_serves(endpoints: &[String], timeout: Duration) -> Vec<usize> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<usize> = (0..endpoints.len()).collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for &i in &pending {
+            let served = async {
+                let mut client =
+                    etcd_client::Client::connect([endpoints[i].as_str()], None).await?;
+                client.get("liveness", None).await?;
+                anyhow::Ok(())
+            };
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), served).await,
+                Ok(Ok(()))
+            ) {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    pending
+}
+
+fn write(out: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    std::fs::write(out.join(name), text).with_context(|| format!("write {name}"))
+}
+
+/// Runs `scenario`. The network and the members are removed when it returns, also on error.
+///
+/// # Errors
+/// If the network or the members cannot be set up, or the workload's clients cannot start.
+pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        !scenario.out.exists(),
+        "{} already exists; a run writes into a directory of its own",
+        scenario.out.display()
+    );
+    std::fs::create_dir_all(&scenario.out)?;
+    let network = Network::create(scenario.members)?;
+    let mut members = Members::start(&scenario.binary, &network, &scenario.out)?;
+    let endpoints: Vec<String> = network
+        .hosts()
+        .iter()
+        .map(|h| format!("http://{}:{CLIENT_PORT}", h.ip))
+        .collect();
+    let mut log = String::new();
+    let clock = Instant::now();
+    note(&mut log, clock, &format!("members at {endpoints:?}"));
+    let settled = every_member_serves(&endpoints, Duration::from_secs(30)).await;
+    anyhow::ensure!(
+        settled.is_empty(),
+        "members {settled:?} did not serve within 30 s of starting; logs in {}",
+        scenario.out.display()
+    );
+    note(&mut log, clock, "every member serves");
+
+    let until = Instant::now() + scenario.duration;
+    let workload = tokio::spawn(workload::run_register(
+        endpoints.clone(),
+        scenario.register.clone(),
+        scenario.seed,
+        clock,
+        until,
+    ));
+    let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
+    for step in schedule(
+        scenario.nemesis,
+        scenario.seed,
+        scenario.members,
+        scenario.duration,
+    ) {
+        tokio::time::sleep(step.wait).await;
+        let done = inject(&step.fault, &network, &mut members, &endpoints, &mut rng).await?;
+        note(&mut log, clock, &done);
+        tokio::time::sleep(step.hold).await;
+        network.heal()?;
+        members.heal()?;
+        note(&mut log, clock, "heal");
+    }
+    let history = workload.await??;
+    network.heal()?;
+    members.heal()?;
+    note(&mut log, clock, "workload done; healed");
+    let not_serving = every_member_serves(&endpoints, Duration::from_secs(30)).await;
+    note(
+        &mut log,
+        clock,
+        &format!("not serving 30 s after the heal: {not_serving:?}"),
+    );
+    let crashed = members.crashed();
+    for (i, status) in &crashed {
+        note(
+            &mut log,
+            clock,
+            &format!(
+                "m{i} exited on its own: {status}\n{}",
+                members.log_tail(*i, 20)
+            ),
+        );
+    }
+    drop(members);
+    drop(network);
+    // The members' data is not needed to understand the run; their logs are kept.
+    for i in 0..scenario.members {
+        let _ = std::fs::remove_dir_all(scenario.out.join(format!("m{i}")));
+    }
+
+    let verdict = checker::check(&history, scenario.checker_budget);
+    let counts = count(&history);
+    write(&scenario.out, "history.json", &history.to_json())?;
+    write(&scenario.out, "timeline.txt", &history.timeline())?;
+    write(&scenario.out, "nemesis.log", &log)?;
+    let report = Report {
+        verdict,
+        live: not_serving.is_empty(),
+        counts,
+        crashed,
+        out: scenario.out.clone(),
+    };
+    write(
+        &scenario.out,
+        "verdict.txt",
+        &format!("{}\n{:#?}\n", report.summary(scenario), report.verdict),
+    )?;
+    if let Verdict::Violation(v) = &report.verdict {
+        write(
+            &scenario.out,
+            "violation.txt",
+            &format!(
+                "{v:#?}\n\nevery operation on {}:\n{}",
+                v.key,
+                history.key_timeline(&v.key)
+            ),
+        )?;
+    }
+    Ok(report)
+}
+
+fn count(history: &History) -> (usize, usize, usize, usize) {
+    let ops = history.ops();
+    let failed = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Failed(_)))
+        .count();
+    let unknown = ops.iter().filter(|op| op.outcome.is_unknown()).count();
+    (ops.len(), ops.len() - failed - unknown, failed, unknown)
+}
