@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chaos::nemesis::{NemesisKind, Rng};
-use chaos::run::{run, Scenario};
-use chaos::workload::RegisterConfig;
+use chaos::run::{run, Scenario, Workload};
+use chaos::workload::{BankConfig, RegisterConfig};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -20,6 +20,10 @@ struct Args {
     /// Seed of the run (random if not given; always printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Workload: register (linearizability of reads, writes, compare-and-sets) or bank
+    /// (transfers as txns; every read must show the same total).
+    #[arg(long, default_value = "register")]
+    workload: String,
     /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
     #[arg(long, default_value = "mixed")]
     nemesis: String,
@@ -92,13 +96,17 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
             nemesis: kind,
             members: args.members,
             duration: Duration::from_secs(args.duration),
-            register: RegisterConfig {
-                serializable_reads: args.serializable_reads,
-                ..RegisterConfig::default()
+            workload: match args.workload.as_str() {
+                "register" => Workload::Register(RegisterConfig {
+                    serializable_reads: args.serializable_reads,
+                    ..RegisterConfig::default()
+                }),
+                "bank" => Workload::Bank(BankConfig::default()),
+                other => anyhow::bail!("unknown workload {other:?}; one of: register, bank"),
             },
             checker_budget: 20_000_000,
             binary: args.concord.clone().unwrap_or_else(default_binary),
-            out: base.join(format!("seed-{seed}-{}", kind.name())),
+            out: base.join(format!("{}-seed-{seed}-{}", args.workload, kind.name())),
         };
         println!("running: {}", scenario.repro_command());
         let report = run(&scenario).await?;

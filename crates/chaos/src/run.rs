@@ -13,7 +13,27 @@ use crate::cluster::{Members, CLIENT_PORT};
 use crate::history::{History, Outcome};
 use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
 use crate::net::Network;
-use crate::workload::{self, RegisterConfig};
+use crate::workload::{self, BankConfig, RegisterConfig};
+
+/// What the clients do.
+#[derive(Clone, Debug)]
+pub enum Workload {
+    /// Reads, writes and compare-and-sets on registers, checked for linearizability.
+    Register(RegisterConfig),
+    /// Transfers between accounts as txns, every read of all accounts checked for the total.
+    Bank(BankConfig),
+}
+
+impl Workload {
+    /// The name used on the command line.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Workload::Register(_) => "register",
+            Workload::Bank(_) => "bank",
+        }
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -26,8 +46,8 @@ pub struct Scenario {
     pub members: usize,
     /// How long the workload runs under faults.
     pub duration: Duration,
-    /// The register workload's settings.
-    pub register: RegisterConfig,
+    /// The workload.
+    pub workload: Workload,
     /// Search steps the checker may spend per key.
     pub checker_budget: u64,
     /// The `concord` binary.
@@ -41,13 +61,14 @@ impl Scenario {
     #[must_use]
     pub fn repro_command(&self) -> String {
         let mut command = format!(
-            "cargo run --release -p chaos -- --seed {} --nemesis {} --members {} --duration {}",
+            "cargo run --release -p chaos -- --workload {} --seed {} --nemesis {} --members {} --duration {}",
+            self.workload.name(),
             self.seed,
             self.nemesis.name(),
             self.members,
             self.duration.as_secs()
         );
-        if self.register.serializable_reads {
+        if matches!(&self.workload, Workload::Register(c) if c.serializable_reads) {
             command.push_str(" --serializable-reads");
         }
         command
@@ -57,8 +78,10 @@ impl Scenario {
 /// What a run found.
 #[derive(Debug)]
 pub struct Report {
-    /// The checker's verdict on the history.
-    pub verdict: Verdict,
+    /// The linearizability checker's verdict (register workload).
+    pub verdict: Option<Verdict>,
+    /// Everything the checks found wrong with the history; empty for a pass.
+    pub problems: Vec<String>,
     /// Whether every member served a linearizable read after the heal.
     pub live: bool,
     /// Operations recorded, and how many were acknowledged, failed, unknown.
@@ -73,7 +96,7 @@ impl Report {
     /// A pass: linearizable, live, nothing crashed. An unknown verdict is not a pass.
     #[must_use]
     pub fn passed(&self) -> bool {
-        self.verdict == Verdict::Linearizable && self.live && self.crashed.is_empty()
+        self.problems.is_empty() && self.live && self.crashed.is_empty()
     }
 
     /// One paragraph for a person.
@@ -81,14 +104,14 @@ impl Report {
     pub fn summary(&self, scenario: &Scenario) -> String {
         let (ops, ok, failed, unknown) = self.counts;
         let mut text = format!(
-            "seed {} nemesis {} members {}: {} ({ops} ops: {ok} ok, {failed} failed, {unknown} unknown); live: {}; crashed: {:?}\n",
+            "{} seed {} nemesis {} members {}: {} ({ops} ops: {ok} ok, {failed} failed, {unknown} unknown); live: {}; crashed: {:?}\n",
+            scenario.workload.name(),
             scenario.seed,
             scenario.nemesis.name(),
             scenario.members,
-            match &self.verdict {
-                Verdict::Linearizable => "linearizable".to_string(),
-                Verdict::Violation(v) => format!("NOT LINEARIZABLE on {}", v.key),
-                Verdict::Unknown { key, steps } => format!("UNKNOWN (checker gave up on {key} after {steps} steps)"),
+            match self.problems.first() {
+                None => "ok".to_string(),
+                Some(first) => format!("{} PROBLEM(S), first: {first}", self.problems.len()),
             },
             self.live,
             self.crashed,
@@ -256,13 +279,23 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     note(&mut log, clock, "every member serves");
 
     let until = Instant::now() + scenario.duration;
-    let workload = tokio::spawn(workload::run_register(
-        endpoints.clone(),
-        scenario.register.clone(),
-        scenario.seed,
-        clock,
-        until,
-    ));
+    let task = match &scenario.workload {
+        Workload::Register(config) => {
+            let run = workload::run_register(
+                endpoints.clone(),
+                config.clone(),
+                scenario.seed,
+                clock,
+                until,
+            );
+            tokio::spawn(async move { run.await.map(Recorded::Register) })
+        }
+        Workload::Bank(config) => {
+            workload::open_bank(&endpoints[0], config).await?;
+            let run = workload::run_bank(endpoints.clone(), config.clone(), scenario.seed, until);
+            tokio::spawn(async move { run.await.map(Recorded::Bank) })
+        }
+    };
     let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
     for step in schedule(
         scenario.nemesis,
@@ -278,7 +311,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         members.heal()?;
         note(&mut log, clock, "heal");
     }
-    let history = workload.await??;
+    let recorded = task.await??;
     network.heal()?;
     members.heal()?;
     note(&mut log, clock, "workload done; healed");
@@ -306,13 +339,55 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         let _ = std::fs::remove_dir_all(scenario.out.join(format!("m{i}")));
     }
 
-    let verdict = checker::check(&history, scenario.checker_budget);
-    let counts = count(&history);
-    write(&scenario.out, "history.json", &history.to_json())?;
-    write(&scenario.out, "timeline.txt", &history.timeline())?;
     write(&scenario.out, "nemesis.log", &log)?;
+    let (verdict, problems, counts) = match (&recorded, &scenario.workload) {
+        (Recorded::Register(history), _) => {
+            let verdict = checker::check(history, scenario.checker_budget);
+            write(&scenario.out, "history.json", &history.to_json())?;
+            write(&scenario.out, "timeline.txt", &history.timeline())?;
+            let problems = match &verdict {
+                Verdict::Linearizable => Vec::new(),
+                Verdict::Violation(v) => {
+                    write(
+                        &scenario.out,
+                        "violation.txt",
+                        &format!(
+                            "{v:#?}\n\nevery operation on {}:\n{}",
+                            v.key,
+                            history.key_timeline(&v.key)
+                        ),
+                    )?;
+                    vec![format!("not linearizable on {} (see violation.txt)", v.key)]
+                }
+                Verdict::Unknown { key, steps } => {
+                    vec![format!("the checker gave up on {key} after {steps} steps")]
+                }
+            };
+            (Some(verdict), problems, count(history))
+        }
+        (Recorded::Bank(bank), Workload::Bank(config)) => {
+            let mut reads = String::new();
+            for (client, revision, balances) in &bank.reads {
+                let _ = writeln!(
+                    reads,
+                    "client {client} revision {revision} balances {balances:?}"
+                );
+            }
+            write(&scenario.out, "reads.txt", &reads)?;
+            let ok = bank.reads.len() + bank.transfers + bank.conflicts;
+            (
+                None,
+                bank.anomalies(config),
+                (ok + bank.unknown, ok, 0, bank.unknown),
+            )
+        }
+        (Recorded::Bank(_), Workload::Register(_)) => {
+            unreachable!("the bank workload records a bank")
+        }
+    };
     let report = Report {
         verdict,
+        problems,
         live: not_serving.is_empty(),
         counts,
         crashed,
@@ -321,20 +396,15 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     write(
         &scenario.out,
         "verdict.txt",
-        &format!("{}\n{:#?}\n", report.summary(scenario), report.verdict),
+        &format!("{}\n{:#?}\n", report.summary(scenario), report.problems),
     )?;
-    if let Verdict::Violation(v) = &report.verdict {
-        write(
-            &scenario.out,
-            "violation.txt",
-            &format!(
-                "{v:#?}\n\nevery operation on {}:\n{}",
-                v.key,
-                history.key_timeline(&v.key)
-            ),
-        )?;
-    }
     Ok(report)
+}
+
+/// What a workload recorded.
+enum Recorded {
+    Register(History),
+    Bank(workload::BankHistory),
 }
 
 fn count(history: &History) -> (usize, usize, usize, usize) {
