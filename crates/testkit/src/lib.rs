@@ -70,6 +70,37 @@ const BIND_FAILURE: &str = "cannot listen";
 /// Lines of each process's log printed when a test panics.
 const LOG_TAIL_LINES: usize = 40;
 
+/// Runs `etcdctl` (API v3) against `endpoints` (comma-separated) with `args`, feeding it
+/// `stdin` if given (as `etcdctl txn` reads its requests), killed after [`ETCDCTL_TIMEOUT`]
+/// (then the exit code is 124 or 137).
+///
+/// # Errors
+/// etcdctl cannot be run.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+    let mut child = Command::new("timeout")
+        .arg("--kill-after=5")
+        .arg(ETCDCTL_TIMEOUT.as_secs().to_string())
+        .arg("etcdctl")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run etcdctl (is the etcd-client package installed?)")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        pipe.write_all(text.as_bytes())
+            .context("write etcdctl's input")?;
+    }
+    child.wait_with_output().context("wait for etcdctl")
+}
+
 /// `n` distinct ports that were free a moment ago.
 ///
 /// All `n` are bound at once (so they differ from each other), then released. Another process
@@ -660,16 +691,7 @@ impl Cluster {
     }
 
     fn etcdctl_with_endpoints(&self, endpoints: &str, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new("timeout")
-            .arg("--kill-after=5")
-            .arg(ETCDCTL_TIMEOUT.as_secs().to_string())
-            .arg("etcdctl")
-            .arg(format!("--endpoints={endpoints}"))
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .output()
-            .context("run etcdctl (is the etcd-client package installed?)")
+        etcdctl(endpoints, args, None)
     }
 
     /// A report of every member: running or not, and the end of its log.

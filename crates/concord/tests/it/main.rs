@@ -9,9 +9,11 @@
 mod chaos;
 mod cli;
 mod diff;
+mod etcdctl;
 mod faults;
 mod kv;
 mod maintenance;
+mod rust_client;
 mod snapshot;
 
 use std::collections::BTreeMap;
