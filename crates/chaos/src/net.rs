@@ -16,7 +16,10 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 
 /// Prefix of every name this module creates (namespaces, links).
-const PREFIX: &str = "cch";
+const PREFIX: &str = "ch";
+/// Networks created by this process so far: each gets names of its own, so that one never
+/// trips over what the kernel is still tearing down of the one before.
+static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Runs a command, failing with its output if it fails.
 pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -48,6 +51,8 @@ pub struct Host {
 pub struct Network {
     bridge: String,
     hosts: Vec<Host>,
+    /// The host-side ends of the hosts' links.
+    links: Vec<String>,
     /// Whether a forwarding rule was added for the bridge (see [`Network::create`]).
     forward_rule: bool,
 }
@@ -60,11 +65,16 @@ impl Network {
     pub fn create(n: usize) -> anyhow::Result<Network> {
         sweep_stale();
         let pid = std::process::id();
-        // A /24 per harness process, so that concurrent runs never share addresses.
-        let subnet = (pid % 250) as u8;
+        let seq = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+        // Names stay within the 15 bytes of an interface name: "ch", the pid (at most 7
+        // digits), "s", the sequence (at most 2), a letter and the member index.
+        let name = format!("{PREFIX}{pid}s{seq}");
+        // A /24 per network, so that concurrent runs never share addresses.
+        let subnet = ((pid.wrapping_mul(7) + seq) % 250) as u8;
         let mut network = Network {
-            bridge: format!("{PREFIX}{pid}b"),
+            bridge: format!("{name}b"),
             hosts: Vec::new(),
+            links: Vec::new(),
             forward_rule: false,
         };
         let gateway = format!("10.213.{subnet}.254/24");
@@ -81,10 +91,10 @@ impl Network {
         }
         for i in 0..n {
             let host = Host {
-                namespace: format!("{PREFIX}{pid}n{i}"),
+                namespace: format!("{name}n{i}"),
                 ip: Ipv4Addr::new(10, 213, subnet, i as u8 + 1),
             };
-            let outside = format!("{PREFIX}{pid}v{i}");
+            let outside = format!("{name}v{i}");
             let ns = host.namespace.as_str();
             run("ip", &["netns", "add", ns])?;
             network.hosts.push(host.clone());
@@ -94,6 +104,7 @@ impl Network {
                     "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", ns,
                 ],
             )?;
+            network.links.push(outside.clone());
             run(
                 "ip",
                 &["link", "set", &outside, "master", &network.bridge, "up"],
@@ -184,6 +195,11 @@ fn in_namespace(namespace: &str, command: &[&str]) -> anyhow::Result<()> {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        // Links first, synchronously: a deleted namespace's devices go away only when the
+        // kernel gets round to it.
+        for link in &self.links {
+            let _ = run("ip", &["link", "delete", link]);
+        }
         for host in &self.hosts {
             let _ = run("ip", &["netns", "delete", &host.namespace]);
         }
