@@ -37,62 +37,98 @@ pub(crate) enum ApplyTask {
 }
 
 pub(crate) struct ApplyLoop<S: KvStore> {
-    pub store: Arc<Store<S>>,
-    pub shared: Arc<Shared>,
-    pub tasks: Receiver<ApplyTask>,
+    store: Arc<Store<S>>,
+    shared: Arc<Shared>,
+    tasks: Receiver<ApplyTask>,
+    /// Entries applied since the last durable commit.
+    since_durable: u64,
+    last_durable: Instant,
 }
 
 impl<S: KvStore> ApplyLoop<S> {
-    pub(crate) fn run(self) {
-        let mut since_durable = 0u64;
-        let mut last_durable = Instant::now();
+    pub(crate) fn new(
+        store: Arc<Store<S>>,
+        shared: Arc<Shared>,
+        tasks: Receiver<ApplyTask>,
+    ) -> Self {
+        let last_durable = shared.config.clock.now();
+        Self {
+            store,
+            shared,
+            tasks,
+            since_durable: 0,
+            last_durable,
+        }
+    }
+
+    /// Applies tasks as they arrive until the store loop goes away or applying fails.
+    pub(crate) fn run(mut self) {
         while let Ok(task) = self.tasks.recv() {
-            let mut entries = match task {
-                ApplyTask::Entries(entries) => entries,
-                ApplyTask::Restore { path, reply } => {
-                    let restored = self.restore(&path);
-                    let failed = restored.is_err();
-                    let _ = reply.send(restored);
-                    if failed {
-                        return;
-                    }
-                    since_durable = 0;
-                    last_durable = Instant::now();
-                    continue;
-                }
-            };
-            // Merge what else is queued, up to a bound, but never past a restore.
-            let mut pending_restore = None;
-            while entries.len() < APPLY_BATCH_ENTRIES {
-                match self.tasks.try_recv() {
-                    Ok(ApplyTask::Entries(more)) => entries.extend(more),
-                    Ok(restore) => {
-                        pending_restore = Some(restore);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            since_durable += entries.len() as u64;
-            let durable =
-                since_durable >= DURABLE_EVERY_ENTRIES || last_durable.elapsed() >= DURABLE_EVERY;
-            if let Err(e) = self.apply(&entries, durable) {
-                self.shared.fail(format!("apply failed: {e}"));
+            if !self.handle(task) {
                 return;
             }
-            if durable {
-                since_durable = 0;
-                last_durable = Instant::now();
-            }
-            if let Some(ApplyTask::Restore { path, reply }) = pending_restore {
-                let restored = self.restore(&path);
-                let failed = restored.is_err();
-                let _ = reply.send(restored);
-                if failed {
-                    return;
-                }
+        }
+    }
+
+    /// Applies every task already queued, without waiting. Returns false if applying failed
+    /// (the member has then failed).
+    pub(crate) fn drain(&mut self) -> bool {
+        while let Ok(task) = self.tasks.try_recv() {
+            if !self.handle(task) {
+                return false;
             }
         }
+        true
+    }
+
+    /// Handles `task` and whatever entries are queued behind it; false if applying failed.
+    fn handle(&mut self, task: ApplyTask) -> bool {
+        let mut entries = match task {
+            ApplyTask::Entries(entries) => entries,
+            ApplyTask::Restore { path, reply } => return self.restore_and_reply(&path, &reply),
+        };
+        // Merge what else is queued, up to a bound, but never past a restore.
+        let mut pending_restore = None;
+        while entries.len() < APPLY_BATCH_ENTRIES {
+            match self.tasks.try_recv() {
+                Ok(ApplyTask::Entries(more)) => entries.extend(more),
+                Ok(restore) => {
+                    pending_restore = Some(restore);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.since_durable += entries.len() as u64;
+        let now = self.shared.config.clock.now();
+        let durable = self.since_durable >= DURABLE_EVERY_ENTRIES
+            || now.duration_since(self.last_durable) >= DURABLE_EVERY;
+        if let Err(e) = self.apply(&entries, durable) {
+            self.shared.fail(format!("apply failed: {e}"));
+            return false;
+        }
+        if durable {
+            self.since_durable = 0;
+            self.last_durable = now;
+        }
+        match pending_restore {
+            Some(ApplyTask::Restore { path, reply }) => self.restore_and_reply(&path, &reply),
+            _ => true,
+        }
+    }
+
+    fn restore_and_reply(
+        &mut self,
+        path: &Path,
+        reply: &SyncSender<Result<AppliedIndex, NodeError>>,
+    ) -> bool {
+        let restored = self.restore(path);
+        let failed = restored.is_err();
+        let _ = reply.send(restored);
+        // A restore is durable: the count starts again.
+        self.since_durable = 0;
+        self.last_durable = self.shared.config.clock.now();
+        !failed
     }
 
     fn apply(&self, entries: &[Entry], durable: bool) -> Result<(), NodeError> {

@@ -22,6 +22,7 @@
 //! raft crate's own messages, which it encodes for the transport as opaque bytes.
 
 mod apply;
+mod clock;
 mod proposal;
 mod snapshot;
 mod state;
@@ -44,6 +45,7 @@ use crate::snapshot::{IncomingFiles, OutgoingViews, Spool, StateSnapshots};
 use crate::state::StateReader;
 use crate::store::{StoreLoop, StoreMsg};
 
+pub use clock::Clock;
 pub use mvcc::{
     AlarmMember, AlarmType, Applied, Command, CommandResponse, MvccError, RangeRequest,
     RangeResponse, Revision, TxnRequest, TxnResponse,
@@ -79,6 +81,8 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Where incoming snapshots are spooled before they are installed.
     pub snapshot_dir: std::path::PathBuf,
+    /// Where time comes from: the system clock, or a manual one in a simulation.
+    pub clock: Clock,
 }
 
 /// Errors returned to clients by the node. `api` maps each to etcd's code and message.
@@ -159,6 +163,20 @@ pub struct NodeStatus {
     pub db_size: u64,
     /// Bytes of it the data occupies (what the backend quota counts).
     pub db_size_in_use: u64,
+}
+
+/// Runs a node started with [`Node::start_driven`], one loop iteration at a time.
+pub struct Driver {
+    step: Box<dyn FnMut() -> bool + Send>,
+}
+
+impl Driver {
+    /// One iteration of the store loop (inbox, a tick if due on the node's clock, reads,
+    /// readies and the log write), then applies everything committed. Returns false once the
+    /// node has stopped or failed.
+    pub fn step(&mut self) -> bool {
+        (self.step)()
+    }
 }
 
 /// The shard every key lives in until the key space is split.
@@ -316,6 +334,58 @@ impl Node {
         kv: S,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, NodeError> {
+        let (node, store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
+        let shared = node.shared.clone();
+        // A panic in either thread is a broken invariant: the member must stop serving, not
+        // limp on without its loop. Record it as a failure the server acts on.
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            let failed = shared.clone();
+            let thread_name = name.to_string();
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        failed.fail(format!("{thread_name} thread panicked"));
+                    }
+                })
+                .map_err(|e| NodeError::Storage(format!("spawn {name}: {e}")))
+        };
+        let store_thread = spawn("store-loop", Box::new(move || store_loop.run()))?;
+        let apply_thread = spawn("apply", Box::new(move || apply_loop.run()))?;
+        shared.threads.lock().extend([store_thread, apply_thread]);
+        Ok(node)
+    }
+
+    /// Opens the node as [`Node::start`] does but runs no thread of its own: the caller
+    /// drives it with [`Driver::step`], on a manual clock (`config.clock`), so that a whole
+    /// cluster can run in one thread, the same way every time. Snapshot installation needs
+    /// the threads and is not available here.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub fn start_driven<L: LogStore, S: storage::KvStore>(
+        config: NodeConfig,
+        log: Arc<L>,
+        kv: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(Node, Driver), NodeError> {
+        let (node, mut store_loop, mut apply_loop) = Self::build(config, log, kv, transport)?;
+        let step = move || store_loop.iterate() && apply_loop.drain();
+        Ok((
+            node,
+            Driver {
+                step: Box::new(step),
+            },
+        ))
+    }
+
+    /// The node and its two loops, not yet running.
+    fn build<L: LogStore, S: storage::KvStore>(
+        config: NodeConfig,
+        log: Arc<L>,
+        kv: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(Node, StoreLoop<L>, ApplyLoop<S>), NodeError> {
         let store = Arc::new(
             mvcc::Store::open(kv).map_err(|e| NodeError::Storage(format!("state machine: {e}")))?,
         );
@@ -330,10 +400,15 @@ impl Node {
         let state: Arc<dyn StateReader> = store.clone();
         let outgoing_snapshots = Arc::new(OutgoingViews::default());
         // Request ids must not repeat across restarts while old entries may still be
-        // applied: start from the wall clock, in nanoseconds.
-        let first_request_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        // applied: start from the wall clock, in nanoseconds; on a manual clock, from the
+        // seed and the manual time, so that a simulation repeats itself.
+        let first_request_id = if config.clock.is_manual() {
+            config.seed.rotate_left(32) ^ (config.clock.elapsed().as_nanos() as u64) ^ 1
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             inbox: inbox_tx,
@@ -385,29 +460,8 @@ impl Node {
             inbox_rx,
             apply_tx,
         );
-        let apply_loop = ApplyLoop {
-            store,
-            shared: shared.clone(),
-            tasks: apply_rx,
-        };
-        // A panic in either thread is a broken invariant: the member must stop serving, not
-        // limp on without its loop. Record it as a failure the server acts on.
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            let failed = shared.clone();
-            let thread_name = name.to_string();
-            std::thread::Builder::new()
-                .name(name.to_string())
-                .spawn(move || {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-                        failed.fail(format!("{thread_name} thread panicked"));
-                    }
-                })
-                .map_err(|e| NodeError::Storage(format!("spawn {name}: {e}")))
-        };
-        let store_thread = spawn("store-loop", Box::new(move || store_loop.run()))?;
-        let apply_thread = spawn("apply", Box::new(move || apply_loop.run()))?;
-        shared.threads.lock().extend([store_thread, apply_thread]);
-        Ok(Node { shared })
+        let apply_loop = ApplyLoop::new(store, shared.clone(), apply_rx);
+        Ok((Node { shared }, store_loop, apply_loop))
     }
 
     /// Stops the loops and answers waiting requests with `Stopped`. Idempotent. Entries
@@ -443,6 +497,28 @@ impl Node {
     /// `TooManyRequests`, `Timeout` (outcome unknown), `Stopped`.
     pub async fn propose(&self, command: Command) -> Result<Applied, NodeError> {
         let shared = &self.shared;
+        let (request_id, rx) = self.submit(&command)?;
+        match tokio::time::timeout(shared.config.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                shared.proposals.lock().remove(&request_id);
+                Err(NodeError::Timeout)
+            }
+        }
+    }
+
+    /// Hands a write to the store loop without waiting for it: the receiver gets its result
+    /// once it is applied here (or `Stopped`). For callers that drive the node themselves;
+    /// [`Node::propose`] is this with a deadline.
+    ///
+    /// # Errors
+    /// `TooManyRequests`, `Stopped`.
+    pub fn submit(
+        &self,
+        command: &Command,
+    ) -> Result<(u64, oneshot::Receiver<Result<Applied, NodeError>>), NodeError> {
+        let shared = &self.shared;
         if shared.is_stopped() {
             return Err(NodeError::Stopped);
         }
@@ -455,7 +531,7 @@ impl Node {
             }
             proposals.insert(request_id, tx);
         }
-        let data = proposal::encode(shared.config.node_id.0, request_id, &command);
+        let data = proposal::encode(shared.config.node_id.0, request_id, command);
         let msg = StoreMsg::Propose {
             shard: FIRST_SHARD,
             request_id,
@@ -468,14 +544,7 @@ impl Node {
                 TrySendError::Disconnected(_) => NodeError::Stopped,
             });
         }
-        match tokio::time::timeout(shared.config.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NodeError::Stopped),
-            Err(_) => {
-                shared.proposals.lock().remove(&request_id);
-                Err(NodeError::Timeout)
-            }
-        }
+        Ok((request_id, rx))
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex).

@@ -85,7 +85,8 @@ pub(crate) struct StoreLoop<L: LogStore> {
     read_rounds: HashMap<Vec<u8>, ReadRound>,
     read_seq: u64,
     stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
-    outbox: HashMap<u64, Vec<Envelope>>,
+    /// Ordered, so that messages go out in the same order run after run.
+    outbox: BTreeMap<u64, Vec<Envelope>>,
     next_tick: Instant,
     /// Resend an unanswered ReadIndex round (with a new context) after this long.
     read_retry: Duration,
@@ -115,6 +116,7 @@ impl<L: LogStore> StoreLoop<L> {
             .collect();
         Self {
             jitter: ElectionJitter::new(shared.config.seed),
+            next_tick: shared.config.clock.now() + tick,
             shared,
             log,
             replicas,
@@ -123,40 +125,50 @@ impl<L: LogStore> StoreLoop<L> {
             read_rounds: HashMap::new(),
             read_seq: 0,
             stalled: VecDeque::new(),
-            outbox: HashMap::new(),
-            next_tick: Instant::now() + tick,
+            outbox: BTreeMap::new(),
             read_retry: election / 2,
         }
     }
 
     pub(crate) fn run(mut self) {
         loop {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            let wait = self
+                .next_tick
+                .saturating_duration_since(self.shared.config.clock.now());
             match self.inbox.recv_timeout(wait) {
                 Ok(msg) => self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            for _ in 0..INBOX_BATCH {
-                match self.inbox.try_recv() {
-                    Ok(msg) => self.handle(msg),
-                    Err(_) => break,
-                }
-            }
-            if self.shared.is_stopped() {
+            if !self.iterate() {
                 break;
             }
-            if Instant::now() >= self.next_tick {
-                self.tick();
-            }
-            self.start_read_round();
-            if let Err(e) = self.handle_readies() {
-                self.shared.fail(e);
-                break;
-            }
-            self.publish_status();
         }
         // Dropping the loop drops every waiter it holds: their callers see `Stopped`.
+    }
+
+    /// One iteration without waiting: what is in the inbox, a tick if one is due, a read
+    /// round, the readies. Returns false once the loop must stop (stopped or failed).
+    pub(crate) fn iterate(&mut self) -> bool {
+        for _ in 0..INBOX_BATCH {
+            match self.inbox.try_recv() {
+                Ok(msg) => self.handle(msg),
+                Err(_) => break,
+            }
+        }
+        if self.shared.is_stopped() {
+            return false;
+        }
+        if self.shared.config.clock.now() >= self.next_tick {
+            self.tick();
+        }
+        self.start_read_round();
+        if let Err(e) = self.handle_readies() {
+            self.shared.fail(e);
+            return false;
+        }
+        self.publish_status();
+        true
     }
 
     fn handle(&mut self, msg: StoreMsg) {
@@ -263,7 +275,7 @@ impl<L: LogStore> StoreLoop<L> {
     }
 
     fn tick(&mut self) {
-        let now = Instant::now();
+        let now = self.shared.config.clock.now();
         let tick = self.shared.config.tick_interval;
         self.next_tick += tick;
         if self.next_tick < now {
@@ -310,18 +322,20 @@ impl<L: LogStore> StoreLoop<L> {
             context,
             ReadRound {
                 waiters,
-                started: Instant::now(),
+                started: self.shared.config.clock.now(),
             },
         );
     }
 
     fn retry_read_rounds(&mut self, now: Instant) {
-        let expired: Vec<Vec<u8>> = self
+        let mut expired: Vec<Vec<u8>> = self
             .read_rounds
             .iter()
             .filter(|(_, round)| now.duration_since(round.started) >= self.read_retry)
             .map(|(context, _)| context.clone())
             .collect();
+        // In context order, not the map's: the same run re-issues them the same way.
+        expired.sort_unstable();
         for context in expired {
             let round = self.read_rounds.remove(&context).expect("listed above");
             self.issue_read_round(round.waiters);
@@ -394,7 +408,7 @@ impl<L: LogStore> StoreLoop<L> {
     }
 
     fn flush_outbox(&mut self) {
-        for (to, envelopes) in self.outbox.drain() {
+        for (to, envelopes) in std::mem::take(&mut self.outbox) {
             self.shared.transport.send(NodeId(to), envelopes);
         }
     }

@@ -143,6 +143,7 @@ impl TestCluster {
             max_pending_proposals: 10_000,
             seed: id * 7919,
             snapshot_dir: self.dir.join(id.to_string()),
+            clock: Clock::system(),
         }
     }
 

@@ -199,6 +199,7 @@ fn node_config(config: &Config) -> NodeConfig {
         max_pending_proposals: MAX_PENDING_PROPOSALS,
         seed: seed(),
         snapshot_dir: config.data_dir.join("member").join("snap"),
+        clock: node::Clock::system(),
     }
 }
 
