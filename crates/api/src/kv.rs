@@ -177,6 +177,8 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-fn mismatch(response: &CommandResponse) -> Status {
+/// The error for an apply result of the wrong kind: a broken invariant, reported rather than
+/// panicking in a request handler.
+pub(crate) fn mismatch(response: &CommandResponse) -> Status {
     Status::internal(format!("etcdserver: unexpected apply result {response:?}"))
 }

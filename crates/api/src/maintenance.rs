@@ -55,9 +55,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 header: Some(header(&self.node, applied.revision)),
                 alarms: alarms.into_iter().map(convert::alarm_member).collect(),
             })),
-            other => Err(Status::internal(format!(
-                "etcdserver: unexpected apply result {other:?}"
-            ))),
+            other => Err(crate::kv::mismatch(&other)),
         }
     }
 

@@ -76,10 +76,11 @@ fn parse_value(bytes: &[u8]) -> Option<Value> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-async fn connect(endpoint: &str, config: &RegisterConfig) -> anyhow::Result<Client> {
+/// A client of one member whose connects and requests give up after `op_timeout`.
+async fn connect(endpoint: &str, op_timeout: Duration) -> anyhow::Result<Client> {
     let options = ConnectOptions::new()
-        .with_connect_timeout(config.op_timeout)
-        .with_timeout(config.op_timeout);
+        .with_connect_timeout(op_timeout)
+        .with_timeout(op_timeout);
     Ok(Client::connect([endpoint], Some(options)).await?)
 }
 
@@ -94,7 +95,7 @@ async fn register_client(
     until: Instant,
 ) -> anyhow::Result<Vec<Op>> {
     let mut rng = Rng::new(seed ^ (process as u64).wrapping_mul(0x9e37_79b9));
-    let mut client = connect(&endpoint, &config).await?;
+    let mut client = connect(&endpoint, config.op_timeout).await?;
     let mut ops = Vec::new();
     let mut written = 0u64;
     // The last value this client saw per key: what its compare-and-sets expect.
@@ -343,10 +344,7 @@ async fn bank_client(
     until: Instant,
 ) -> anyhow::Result<BankHistory> {
     let mut rng = Rng::new(seed ^ 0x62616e6b ^ (process as u64).wrapping_mul(0x9e37_79b9));
-    let options = ConnectOptions::new()
-        .with_connect_timeout(config.op_timeout)
-        .with_timeout(config.op_timeout);
-    let mut client = Client::connect([endpoint.as_str()], Some(options)).await?;
+    let mut client = connect(&endpoint, config.op_timeout).await?;
     let mut history = BankHistory::default();
     while Instant::now() < until {
         let read = tokio::time::timeout(
