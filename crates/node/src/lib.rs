@@ -358,8 +358,7 @@ impl Node {
 
     /// Opens the node as [`Node::start`] does but runs no thread of its own: the caller
     /// drives it with [`Driver::step`], on a manual clock (`config.clock`), so that a whole
-    /// cluster can run in one thread, the same way every time. Snapshot installation needs
-    /// the threads and is not available here.
+    /// cluster can run in one thread, the same way every time.
     ///
     /// # Errors
     /// As [`Node::start`].
@@ -369,8 +368,13 @@ impl Node {
         kv: S,
         transport: Arc<dyn Transport>,
     ) -> Result<(Node, Driver), NodeError> {
-        let (node, mut store_loop, mut apply_loop) = Self::build(config, log, kv, transport)?;
-        let step = move || store_loop.iterate() && apply_loop.drain();
+        let (node, mut store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
+        // The store loop runs the apply queue itself while it installs a snapshot, so the
+        // two share the apply loop.
+        let apply_loop = Arc::new(Mutex::new(apply_loop));
+        let inline = apply_loop.clone();
+        store_loop.set_inline_apply(Box::new(move || inline.lock().drain()));
+        let step = move || store_loop.iterate() && apply_loop.lock().drain();
         Ok((
             node,
             Driver {

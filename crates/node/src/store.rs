@@ -90,6 +90,9 @@ pub(crate) struct StoreLoop<L: LogStore> {
     next_tick: Instant,
     /// Resend an unanswered ReadIndex round (with a new context) after this long.
     read_retry: Duration,
+    /// When the node is driven (no apply thread): runs the apply task's queued work on this
+    /// thread, so that a snapshot install can wait for its restore.
+    inline_apply: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
 impl<L: LogStore> StoreLoop<L> {
@@ -127,7 +130,14 @@ impl<L: LogStore> StoreLoop<L> {
             stalled: VecDeque::new(),
             outbox: BTreeMap::new(),
             read_retry: election / 2,
+            inline_apply: None,
         }
+    }
+
+    /// Makes snapshot installs run the apply task's queue with `drain` instead of waiting for
+    /// the apply thread: for a node driven on one thread.
+    pub(crate) fn set_inline_apply(&mut self, drain: Box<dyn FnMut() -> bool + Send>) {
+        self.inline_apply = Some(drain);
     }
 
     pub(crate) fn run(mut self) {
@@ -434,7 +444,7 @@ impl<L: LogStore> StoreLoop<L> {
 
     /// Installs a snapshot Raft accepted: the state machine first, durably; the caller then
     /// records it in the log.
-    fn install_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), String> {
+    fn install_snapshot(&mut self, shard: ShardId, snapshot: &Snapshot) -> Result<(), String> {
         let metadata = snapshot.get_metadata();
         let key = (shard, metadata.index, metadata.term);
         let path = self
@@ -450,6 +460,11 @@ impl<L: LogStore> StoreLoop<L> {
                 reply,
             })
             .map_err(|_| "apply task stopped".to_string())?;
+        if let Some(drain) = &mut self.inline_apply {
+            if !drain() {
+                return Err("apply failed before the snapshot install".into());
+            }
+        }
         let applied = result
             .recv()
             .map_err(|_| "apply task stopped during snapshot install".to_string())?

@@ -1,31 +1,37 @@
 //! Deterministic simulation: a whole cluster of real members — store loop, the `raft` crate,
-//! apply and MVCC, over in-memory storage — run in one thread from one `u64` seed, with time
-//! from a manual clock and every message through a simulated network that delays, drops,
-//! duplicates, reorders and partitions. The same seed gives the same run, step for step, so a
-//! failure replays exactly: `SIM_SEED=<n> cargo test -p sim`.
+//! apply and MVCC, over in-memory storage with a disk's failure modes — run in one thread from
+//! one `u64` seed, with time from a manual clock and every message through a simulated network
+//! that delays, drops, duplicates, reorders and partitions. Members crash (losing whatever
+//! their disks had not synced), disk writes fail, and members restart from what their disks
+//! kept. The same seed gives the same run, step for step, so a failure replays exactly:
+//! `SIM_SEED=<n> cargo test -p sim`.
 //!
-//! After every step the run checks election safety (one leader per term); at the end, after
-//! healing, liveness (a new write commits), state machine safety (every member's history
-//! hashes the same at a common revision) and durability (every acknowledged write is there,
-//! on every member, at its revision).
+//! After every step the run checks election safety, state machine safety (every member's log
+//! holds the same entries up to its commit index) and leader completeness (a new leader holds
+//! every committed entry); at the end, after healing, liveness (a new write commits),
+//! agreement (every member's history hashes the same) and durability (every acknowledged
+//! write is there, on every member, at its revision).
 //!
-//! Not simulated yet: crashes and restarts with lost unsynced writes, snapshots, membership
-//! changes.
+//! Logs are compacted often, so members that were down or cut off catch up through snapshots.
+//! Not simulated yet: membership changes.
 
+mod checks;
 mod net;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mvcc::{Command, CommandResponse, PutRequest, RangeRequest};
-use node::{Applied, Clock, Driver, Node, NodeConfig, NodeError, NodeId};
-use storage::{MemKvStore, MemLogStore};
+use node::{Applied, Clock, Driver, Node, NodeConfig, NodeError, NodeId, ShardId};
+use storage::faulty::{Faulty, FaultyKvStore, FaultyLogStore};
 use tokio::sync::oneshot;
 
-pub use net::{Net, Rng};
+pub use checks::{ElectionSafety, LogChecks};
+pub use net::{Delivery, Net, Rng};
 
 /// What a simulation runs.
 #[derive(Clone, Debug)]
@@ -44,6 +50,18 @@ pub struct SimConfig {
     pub max_delay_ms: u64,
     /// Whether members are cut off from the others now and then.
     pub partitions: bool,
+    /// Whether members crash now and then (sometimes all at once), losing what their disks
+    /// had not synced, and restart.
+    pub crashes: bool,
+    /// Whether disk writes fail now and then: the member stops and restarts from its disk.
+    pub disk_faults: bool,
+    /// Applied entries between two log compactions (`--snapshot-count`); entries kept behind
+    /// the compaction point are a quarter of it.
+    pub snapshot_count: u64,
+    /// The Raft log's disk acknowledges syncs without making anything durable, so members
+    /// acknowledge appends and votes before persisting them. A broken configuration: a run
+    /// with it and crashes must fail its checks.
+    pub log_ignores_sync: bool,
 }
 
 impl Default for SimConfig {
@@ -56,6 +74,10 @@ impl Default for SimConfig {
             duplicate_per_mille: 10,
             max_delay_ms: 15,
             partitions: true,
+            crashes: true,
+            disk_faults: true,
+            snapshot_count: 400,
+            log_ignores_sync: false,
         }
     }
 }
@@ -71,6 +93,14 @@ pub struct Report {
     pub leaders: BTreeMap<u64, u64>,
     /// Messages delivered.
     pub delivered: u64,
+    /// Member crashes (each followed by a restart).
+    pub crashes: u64,
+    /// Members stopped by a failed disk write.
+    pub disk_failures: u64,
+    /// Log entries known committed.
+    pub committed: u64,
+    /// Snapshots delivered to and installed by members.
+    pub snapshots: u64,
 }
 
 /// A write a client is waiting on.
@@ -80,126 +110,416 @@ struct Pending {
     answer: oneshot::Receiver<Result<Applied, NodeError>>,
 }
 
-/// Records who led in which term and fails if two members did in one.
-#[derive(Default)]
-pub struct ElectionSafety {
-    leaders: BTreeMap<u64, u64>,
+/// One member: its disks, which outlive its crashes, and the running node if it is up.
+struct Member {
+    id: u64,
+    log: Arc<FaultyLogStore>,
+    kv: Arc<FaultyKvStore>,
+    running: Option<(Node, Driver)>,
+    restart_at: Option<Duration>,
 }
 
-impl ElectionSafety {
-    /// Notes that `member` considers itself leader in `term`.
-    ///
-    /// # Errors
-    /// If another member led in that term.
-    pub fn observe(&mut self, term: u64, member: u64) -> Result<(), String> {
-        match self.leaders.insert(term, member) {
-            Some(other) if other != member => Err(format!(
-                "election safety: members {other} and {member} both led term {term}"
-            )),
-            _ => Ok(()),
+/// A cluster being simulated.
+struct Sim {
+    seed: u64,
+    config: SimConfig,
+    clock: Clock,
+    net: Net,
+    dir: PathBuf,
+    members: Vec<Member>,
+    rng: Rng,
+    trace: DefaultHasher,
+    safety: ElectionSafety,
+    logs: LogChecks,
+    newest_term: u64,
+    crashes: u64,
+    disk_failures: u64,
+    snapshots: u64,
+}
+
+impl Sim {
+    fn new(seed: u64, config: &SimConfig) -> Result<Self, String> {
+        let mut sim = Sim {
+            seed,
+            config: config.clone(),
+            clock: Clock::manual(),
+            net: Net::new(seed, config),
+            dir: std::env::temp_dir().join(format!("concord-sim-{}-{seed}", std::process::id())),
+            members: Vec::new(),
+            rng: Rng::new(seed ^ 0x0000_636c_6965_6e74),
+            trace: DefaultHasher::new(),
+            safety: ElectionSafety::default(),
+            logs: LogChecks::default(),
+            newest_term: 0,
+            crashes: 0,
+            disk_failures: 0,
+            snapshots: 0,
+        };
+        for id in 1..=config.members as u64 {
+            let log = Arc::new(FaultyLogStore::new());
+            let kv = Arc::new(FaultyKvStore::new());
+            log.set_ignore_sync(config.log_ignores_sync);
+            sim.members.push(Member {
+                id,
+                log,
+                kv,
+                running: None,
+                restart_at: None,
+            });
+        }
+        for i in 0..sim.members.len() {
+            sim.start(i)?;
+        }
+        Ok(sim)
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.elapsed()
+    }
+
+    /// Starts member `i` on what its disks hold.
+    fn start(&mut self, i: usize) -> Result<(), String> {
+        let id = self.members[i].id;
+        let config = NodeConfig {
+            node_id: NodeId(id),
+            cluster_id: 1,
+            initial_voters: (1..=self.members.len() as u64).map(NodeId).collect(),
+            tick_interval: Duration::from_millis(10),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            // Small, so that logs are compacted and members that were down or cut off for a
+            // while catch up through a snapshot.
+            snapshot_count: self.config.snapshot_count,
+            snapshot_catchup_entries: self.config.snapshot_count / 4,
+            request_timeout: Duration::from_secs(5),
+            max_pending_proposals: 10_000,
+            seed: self.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            snapshot_dir: self.dir.join(id.to_string()),
+            clock: self.clock.clone(),
+        };
+        let member = &mut self.members[i];
+        let started = Node::start_driven(
+            config,
+            member.log.clone(),
+            member.kv.clone(),
+            self.net.transport(id),
+        )
+        .map_err(|e| format!("at {:?}: start member {id}: {e}", self.clock.elapsed()))?;
+        member.running = Some(started);
+        member.restart_at = None;
+        self.logs.restarted(id);
+        Ok(())
+    }
+
+    /// Power cut on member `i`: its disks keep what they synced and some prefix of what
+    /// followed. It restarts after `down`.
+    fn crash(&mut self, i: usize, down: Duration) {
+        let now = self.now();
+        let member = &mut self.members[i];
+        if let Some((node, _)) = member.running.take() {
+            node.shutdown();
+        }
+        let keep_log = self.rng.below(member.log.unsynced_writes() as u64 + 1) as usize;
+        let keep_kv = self.rng.below(member.kv.unsynced_writes() as u64 + 1) as usize;
+        member.log.crash(keep_log);
+        member.kv.crash(keep_kv);
+        member.restart_at = Some(now + down);
+        (member.id, now, keep_log, keep_kv).hash(&mut self.trace);
+        self.crashes += 1;
+    }
+
+    /// The faults of one step, before the settle period.
+    fn inject_faults(&mut self, partition_heal_at: &mut Option<Duration>) {
+        let now = self.now();
+        let n = self.members.len() as u64;
+        if self.config.partitions {
+            match *partition_heal_at {
+                None if self.rng.below(1000) < 2 => {
+                    let isolated = 1 + self.rng.below(n);
+                    self.net.isolate(isolated);
+                    *partition_heal_at =
+                        Some(now + Duration::from_millis(200 + self.rng.below(1500)));
+                    isolated.hash(&mut self.trace);
+                }
+                Some(t) if now >= t => {
+                    self.net.heal();
+                    *partition_heal_at = None;
+                }
+                _ => {}
+            }
+        }
+        if self.config.crashes && self.rng.below(1000) < 1 {
+            let down = Duration::from_millis(10 + self.rng.below(1500));
+            if self.rng.below(8) == 0 {
+                // The whole cluster loses power at once.
+                for i in 0..self.members.len() {
+                    if self.members[i].running.is_some() {
+                        self.crash(i, down);
+                    }
+                }
+            } else {
+                let i = self.rng.below(n) as usize;
+                if self.members[i].running.is_some() {
+                    self.crash(i, down);
+                }
+            }
+        }
+        if self.config.disk_faults && self.rng.below(2000) < 1 {
+            let member = &self.members[self.rng.below(n) as usize];
+            let after = 1 + self.rng.below(100);
+            if self.rng.below(2) == 0 {
+                member.log.fail_write_after(after);
+            } else {
+                member.kv.fail_write_after(after);
+            }
         }
     }
+
+    /// Ends the faults: heals the network, cancels planned disk failures, restarts everyone.
+    fn heal(&mut self) -> Result<(), String> {
+        self.net.heal();
+        for member in &self.members {
+            member.log.cancel_failure();
+            member.kv.cancel_failure();
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].running.is_none() {
+                self.start(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers due messages, steps every running member, restarts those due.
+    fn step_members(&mut self) -> Result<(), String> {
+        let now = self.now();
+        for i in 0..self.members.len() {
+            if self.members[i].running.is_none()
+                && self.members[i].restart_at.is_some_and(|t| now >= t)
+            {
+                self.start(i)?;
+            }
+        }
+        for (to, from, what) in self.net.due(now) {
+            let receiver = self.members[(to - 1) as usize].running.as_ref();
+            let receiver = receiver.map(|(node, _)| node.clone());
+            let sender = self.members[(from - 1) as usize].running.as_ref();
+            let sender = sender.map(|(node, _)| node.clone());
+            match what {
+                Delivery::Messages(envelopes) => {
+                    if let Some(node) = receiver {
+                        node.step(NodeId(from), envelopes);
+                    }
+                }
+                Delivery::Snapshot {
+                    shard,
+                    message,
+                    chunks,
+                } => {
+                    let delivered = receiver.is_some_and(|node| {
+                        receive_snapshot(&node, from, shard, &message, chunks).is_ok()
+                    });
+                    if delivered {
+                        self.snapshots += 1;
+                        (to, from, "snapshot").hash(&mut self.trace);
+                    }
+                    if let Some(node) = sender {
+                        node.report_snapshot(NodeId(to), shard, delivered);
+                    }
+                }
+                // Here `to` sent the snapshot and `from` did not get it.
+                Delivery::SnapshotFailed { shard } => {
+                    if let Some(node) = receiver {
+                        node.report_snapshot(NodeId(from), shard, false);
+                    }
+                }
+            }
+        }
+        for i in 0..self.members.len() {
+            let member = &mut self.members[i];
+            let Some((_, driver)) = &mut member.running else {
+                continue;
+            };
+            // A panic is a member stopping on a broken invariant: report it as a failure of
+            // the run, with the member and the time, rather than unwind through the sim.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.step()));
+            match stepped {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "at {now:?}: member {} panicked: {message}",
+                        member.id
+                    ));
+                }
+            }
+            if member.log.has_failed() || member.kv.has_failed() {
+                // The injected disk failure stopped it, as it must: restart from the disk.
+                self.disk_failures += 1;
+                let down = Duration::from_millis(10 + self.rng.below(500));
+                self.crash(i, down);
+            } else {
+                return Err(format!("at {now:?}: member {} stopped", member.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks after every step.
+    fn check_step(&mut self) -> Result<(), String> {
+        let now = self.now();
+        let at = |what: String| format!("at {now:?}: {what}");
+        for member in &self.members {
+            let Some((node, _)) = &member.running else {
+                continue;
+            };
+            let status = node.status();
+            self.newest_term = self.newest_term.max(status.term);
+            if status.leader == member.id {
+                let first_time = self.safety.leaders().get(&status.term) != Some(&member.id);
+                self.safety.observe(status.term, member.id).map_err(at)?;
+                if first_time {
+                    (status.term, member.id).hash(&mut self.trace);
+                    self.logs
+                        .new_leader(
+                            member.id,
+                            status.term,
+                            self.newest_term,
+                            member.log.as_ref(),
+                        )
+                        .map_err(at)?;
+                }
+            }
+            self.logs
+                .member_committed(member.id, member.log.as_ref(), status.commit_index)
+                .map_err(at)?;
+        }
+        Ok(())
+    }
+
+    /// A running member, chosen at random.
+    fn any_running(&mut self) -> Option<Node> {
+        let running: Vec<&Node> = self
+            .members
+            .iter()
+            .filter_map(|m| m.running.as_ref().map(|(node, _)| node))
+            .collect();
+        if running.is_empty() {
+            return None;
+        }
+        let i = self.rng.below(running.len() as u64) as usize;
+        Some(running[i].clone())
+    }
+
+    /// Each member's Raft position, for failure messages.
+    fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for member in &self.members {
+            match &member.running {
+                Some((node, _)) => {
+                    let s = node.status();
+                    out.push(format!(
+                        "{}: term {} leader {} last {} commit {} applied {}",
+                        member.id, s.term, s.leader, s.raft_index, s.commit_index, s.applied_index
+                    ));
+                }
+                None => out.push(format!("{}: down", member.id)),
+            }
+        }
+        out.join("; ")
+    }
+
+    fn nodes(&self) -> Vec<Node> {
+        self.members
+            .iter()
+            .filter_map(|m| m.running.as_ref().map(|(node, _)| node.clone()))
+            .collect()
+    }
+
+    fn shutdown(&mut self) {
+        for member in &mut self.members {
+            if let Some((node, _)) = member.running.take() {
+                node.shutdown();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Hands a whole snapshot to `node`, as the peer service does chunk by chunk.
+fn receive_snapshot(
+    node: &Node,
+    from: u64,
+    shard: ShardId,
+    message: &[u8],
+    chunks: Result<Vec<Vec<u8>>, String>,
+) -> Result<(), String> {
+    let chunks = chunks?;
+    let mut sink = node
+        .receive_snapshot(NodeId(from), shard, message)
+        .map_err(|e| e.to_string())?;
+    for chunk in &chunks {
+        sink.write_chunk(chunk).map_err(|e| e.to_string())?;
+    }
+    sink.finish().map_err(|e| e.to_string())
+}
+
+fn put(key: &[u8], value: &[u8]) -> Command {
+    Command::Put(PutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// How long the liveness probe waits before it asks again.
+const PROBE_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the simulation of `seed`.
 ///
 /// # Errors
 /// The first property that failed, with the virtual time it failed at.
 pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
-    let clock = Clock::manual();
-    let net = Net::new(seed, config);
-    let ids: Vec<u64> = (1..=config.members as u64).collect();
-    let dir = std::env::temp_dir().join(format!("concord-sim-{}-{seed}", std::process::id()));
-    let mut nodes = Vec::new();
-    let mut drivers: Vec<Driver> = Vec::new();
-    for &id in &ids {
-        let node_config = NodeConfig {
-            node_id: NodeId(id),
-            cluster_id: 1,
-            initial_voters: ids.iter().map(|&i| NodeId(i)).collect(),
-            tick_interval: Duration::from_millis(10),
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            // No snapshots: they need threads (see the crate doc).
-            snapshot_count: u64::MAX / 4,
-            snapshot_catchup_entries: 1000,
-            request_timeout: Duration::from_secs(5),
-            max_pending_proposals: 10_000,
-            seed: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            snapshot_dir: dir.join(id.to_string()),
-            clock: clock.clone(),
-        };
-        let (node, driver) = Node::start_driven(
-            node_config,
-            Arc::new(MemLogStore::new()),
-            MemKvStore::new(),
-            net.transport(id),
-        )
-        .map_err(|e| format!("start member {id}: {e}"))?;
-        nodes.push(node);
-        drivers.push(driver);
-    }
-    let mut rng = Rng::new(seed ^ 0x0000_636c_6965_6e74);
-    let mut trace = DefaultHasher::new();
-    let mut safety = ElectionSafety::default();
+    let mut sim = Sim::new(seed, config)?;
     let mut pending: Vec<Pending> = Vec::new();
     let mut acknowledged: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
     let mut writes = 0u64;
     let step = Duration::from_millis(1);
     let end = config.duration + config.settle;
-    let mut heal_at = None;
-    let mut liveness_probe: Option<Pending> = None;
-    while clock.elapsed() < end {
-        clock.advance(step);
-        let now = clock.elapsed();
-        let at = |what: String| format!("at {:?}: {what}", now);
-        // Faults, only before the settle period.
-        if config.partitions && now < config.duration {
-            match heal_at {
-                None if rng.below(1000) < 2 => {
-                    let isolated = ids[rng.below(ids.len() as u64) as usize];
-                    net.isolate(isolated);
-                    heal_at = Some(now + Duration::from_millis(200 + rng.below(1500)));
-                    isolated.hash(&mut trace);
-                }
-                Some(t) if now >= t => {
-                    net.heal();
-                    heal_at = None;
-                }
-                _ => {}
-            }
+    let mut partition_heal_at = None;
+    let mut healed = false;
+    let mut probes: Vec<(Duration, oneshot::Receiver<Result<Applied, NodeError>>)> = Vec::new();
+    while sim.now() < end {
+        sim.clock.advance(step);
+        let now = sim.now();
+        if now < config.duration {
+            sim.inject_faults(&mut partition_heal_at);
+        } else if !healed {
+            sim.heal()?;
+            healed = true;
         }
-        if now >= config.duration && heal_at.is_some() {
-            net.heal();
-            heal_at = None;
-        }
-        for (to, from, envelopes) in net.due(now) {
-            nodes[(to - 1) as usize].step(NodeId(from), envelopes);
-        }
-        for (i, driver) in drivers.iter_mut().enumerate() {
-            if !driver.step() {
-                return Err(at(format!("member {} stopped", ids[i])));
-            }
-        }
-        for node in &nodes {
-            let status = node.status();
-            if status.leader == status.member_id && status.leader != 0 {
-                safety.observe(status.term, status.member_id).map_err(at)?;
-            }
-        }
+        sim.step_members()?;
+        sim.check_step()?;
         // Clients: a write every few milliseconds, to a random member, while faults last.
-        if now < config.duration && rng.below(5) == 0 {
+        if now < config.duration && sim.rng.below(5) == 0 {
             writes += 1;
-            let key = format!("k{}", rng.below(8)).into_bytes();
+            let key = format!("k{}", sim.rng.below(8)).into_bytes();
             let value = format!("{seed}-{writes}").into_bytes();
-            let member = rng.below(nodes.len() as u64) as usize;
-            let command = Command::Put(PutRequest {
-                key: key.clone(),
-                value: value.clone(),
-                ..Default::default()
-            });
-            if let Ok((_, answer)) = nodes[member].submit(&command) {
-                pending.push(Pending { key, value, answer });
+            if let Some(node) = sim.any_running() {
+                if let Ok((_, answer)) = node.submit(&put(&key, &value)) {
+                    pending.push(Pending { key, value, answer });
+                }
             }
         }
         let mut still = Vec::new();
@@ -207,7 +527,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
             match write.answer.try_recv() {
                 Ok(Ok(applied)) => {
                     if let Ok(CommandResponse::Put(put)) = applied.result {
-                        (&write.key, &write.value, put.revision).hash(&mut trace);
+                        (&write.key, &write.value, put.revision).hash(&mut sim.trace);
                         acknowledged.push((write.key, write.value, put.revision));
                     }
                 }
@@ -216,60 +536,74 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
             }
         }
         pending = still;
-        // Liveness: once healed, one more write must commit within the settle period.
-        if now >= config.duration && liveness_probe.is_none() {
-            let command = Command::Put(PutRequest {
-                key: b"liveness".to_vec(),
-                value: b"probe".to_vec(),
-                ..Default::default()
-            });
-            let (_, answer) = nodes[0].submit(&command).map_err(|e| at(e.to_string()))?;
-            liveness_probe = Some(Pending {
-                key: b"liveness".to_vec(),
-                value: b"probe".to_vec(),
-                answer,
-            });
+        // Liveness: once healed, one more write must commit within the settle period. Like a
+        // client whose request timed out, the probe asks again every second: a proposal
+        // forwarded to a member that no longer leads is dropped, as in etcd.
+        if healed && probes.last().is_none_or(|(at, _)| now >= *at + PROBE_RETRY) {
+            let node = sim.members[0].running.as_ref().expect("healed").0.clone();
+            let (_, answer) = node
+                .submit(&put(b"liveness", b"probe"))
+                .map_err(|e| format!("at {now:?}: liveness probe refused: {e}"))?;
+            probes.push((now, answer));
         }
-        if let Some(probe) = &mut liveness_probe {
-            match probe.answer.try_recv() {
-                Ok(Ok(applied)) if applied.result.is_ok() => break,
-                Ok(other) => return Err(at(format!("liveness probe failed: {other:?}"))),
+        let mut live = false;
+        for (_, answer) in &mut probes {
+            match answer.try_recv() {
+                Ok(Ok(applied)) if applied.result.is_ok() => live = true,
+                Ok(other) => return Err(format!("at {now:?}: liveness probe failed: {other:?}")),
                 Err(oneshot::error::TryRecvError::Empty) => {}
-                Err(e) => return Err(at(format!("liveness probe lost: {e}"))),
+                Err(e) => return Err(format!("at {now:?}: liveness probe lost: {e}")),
             }
         }
+        if live {
+            break;
+        }
     }
-    if clock.elapsed() >= end {
+    if sim.now() >= end {
         return Err(format!(
-            "liveness: no write committed within {:?} after the heal",
-            config.settle
+            "liveness: no write committed within {:?} after the heal; members: {}",
+            config.settle,
+            sim.describe()
         ));
     }
-    // Let followers apply what the leader has: a few quiet heartbeats.
-    for _ in 0..200 {
-        clock.advance(step);
-        for (to, from, envelopes) in net.due(clock.elapsed()) {
-            nodes[(to - 1) as usize].step(NodeId(from), envelopes);
+    // Let every member apply what is committed: quiet steps until they agree, within a bound.
+    let converge_by = sim.now() + config.settle;
+    loop {
+        sim.clock.advance(step);
+        sim.step_members()?;
+        sim.check_step()?;
+        let statuses: Vec<_> = sim.nodes().iter().map(Node::status).collect();
+        let commit = statuses.iter().map(|s| s.commit_index).max().unwrap_or(0);
+        if statuses.iter().all(|s| s.applied_index == commit) {
+            break;
         }
-        for driver in &mut drivers {
-            driver.step();
+        if sim.now() >= converge_by {
+            return Err(format!(
+                "liveness: members did not all apply the commit index {commit} within {:?}: {:?}",
+                config.settle,
+                statuses
+                    .iter()
+                    .map(|s| (s.member_id, s.applied_index))
+                    .collect::<Vec<_>>()
+            ));
         }
     }
+    let nodes = sim.nodes();
     check_agreement(&nodes, &acknowledged)?;
-    let delivered = net.delivered();
-    delivered.hash(&mut trace);
+    let delivered = sim.net.delivered();
+    delivered.hash(&mut sim.trace);
     for node in &nodes {
-        node.status().revision.hash(&mut trace);
+        node.status().revision.hash(&mut sim.trace);
     }
-    for node in &nodes {
-        node.shutdown();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(Report {
-        trace: trace.finish(),
+        trace: sim.trace.finish(),
         acknowledged: acknowledged.len(),
-        leaders: safety.leaders,
+        leaders: sim.safety.leaders().clone(),
         delivered,
+        crashes: sim.crashes,
+        disk_failures: sim.disk_failures,
+        committed: sim.logs.committed_len(),
+        snapshots: sim.snapshots,
     })
 }
 

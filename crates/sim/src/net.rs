@@ -1,10 +1,12 @@
 //! The simulated network: every message waits in one ordered queue until its delivery time.
+//! Snapshots travel the same way, whole: read from the sender's view when sent, delivered
+//! (or lost to a cut link) like any message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use node::{Envelope, NodeId, OutgoingSnapshot, Transport};
+use node::{Envelope, NodeId, OutgoingSnapshot, ShardId, Transport};
 use parking_lot::Mutex;
 
 use crate::SimConfig;
@@ -35,10 +37,31 @@ impl Rng {
     }
 }
 
+/// What the network delivers.
+pub enum Delivery {
+    /// Raft messages.
+    Messages(Vec<Envelope>),
+    /// A whole snapshot: the encoded `MsgSnapshot` and the data chunks. `chunks` is an error
+    /// if the sender could not read its view.
+    Snapshot {
+        /// The shard.
+        shard: ShardId,
+        /// The encoded `MsgSnapshot`.
+        message: Vec<u8>,
+        /// The state machine content.
+        chunks: Result<Vec<Vec<u8>>, String>,
+    },
+    /// To a snapshot's sender: the stream to `from` broke, the snapshot was not delivered.
+    SnapshotFailed {
+        /// The shard.
+        shard: ShardId,
+    },
+}
+
 struct State {
     rng: Rng,
-    /// `(delivery time in ns, sequence) -> (to, from, envelopes)`.
-    queue: BTreeMap<(u64, u64), (u64, u64, Vec<Envelope>)>,
+    /// `(delivery time in ns, sequence) -> (to, from, what)`.
+    queue: BTreeMap<(u64, u64), (u64, u64, Delivery)>,
     seq: u64,
     /// Links that drop everything: `(from, to)`.
     cut: BTreeSet<(u64, u64)>,
@@ -108,21 +131,73 @@ impl Net {
     }
 
     /// Takes the messages due at `now` (virtual time since the start), in delivery order:
-    /// `(to, from, envelopes)`. Messages on a link cut meanwhile are lost.
-    pub fn due(&self, now: Duration) -> Vec<(u64, u64, Vec<Envelope>)> {
+    /// `(to, from, what)`. Messages on a link cut meanwhile are lost.
+    pub fn due(&self, now: Duration) -> Vec<(u64, u64, Delivery)> {
         let mut state = self.0.lock();
         state.now_ns = now.as_nanos() as u64;
         let first_later = (state.now_ns + 1, 0);
         let later = state.queue.split_off(&first_later);
         let due = std::mem::replace(&mut state.queue, later);
         let mut out = Vec::new();
-        for (_, (to, from, envelopes)) in due {
-            if !state.cut.contains(&(from, to)) {
+        for (_, (to, from, what)) in due {
+            let report = matches!(what, Delivery::SnapshotFailed { .. });
+            if report || !state.cut.contains(&(from, to)) {
                 state.delivered += 1;
-                out.push((to, from, envelopes));
+                out.push((to, from, what));
             }
         }
         out
+    }
+}
+
+impl State {
+    /// Queues `what` from `from` to `to` after a random delay; it may be dropped or doubled.
+    fn send(&mut self, from: u64, to: u64, what: Delivery) {
+        if self.cut.contains(&(from, to)) || self.rng.below(1000) < self.drop_per_mille {
+            if let Delivery::Snapshot { shard, .. } = what {
+                // A snapshot goes on a stream of its own, whose failure its sender learns.
+                let at = self.now_ns + self.max_delay_ms * 1_000_000;
+                self.seq += 1;
+                let report = Delivery::SnapshotFailed { shard };
+                self.queue.insert((at, self.seq), (from, to, report));
+            }
+            return;
+        }
+        let copies = if self.rng.below(1000) < self.duplicate_per_mille {
+            2
+        } else {
+            1
+        };
+        let mut what = Some(what);
+        for copy in 0..copies {
+            let delay_ms = 1 + self.rng.below(self.max_delay_ms);
+            let at = self.now_ns + delay_ms * 1_000_000;
+            self.seq += 1;
+            let item = if copy + 1 == copies {
+                what.take().expect("taken once")
+            } else {
+                what.as_ref().expect("not taken yet").duplicate()
+            };
+            self.queue.insert((at, self.seq), (to, from, item));
+        }
+    }
+}
+
+impl Delivery {
+    fn duplicate(&self) -> Delivery {
+        match self {
+            Delivery::Messages(envelopes) => Delivery::Messages(envelopes.clone()),
+            Delivery::Snapshot {
+                shard,
+                message,
+                chunks,
+            } => Delivery::Snapshot {
+                shard: *shard,
+                message: message.clone(),
+                chunks: chunks.clone(),
+            },
+            Delivery::SnapshotFailed { shard } => Delivery::SnapshotFailed { shard: *shard },
+        }
     }
 }
 
@@ -133,31 +208,22 @@ struct SimTransport {
 
 impl Transport for SimTransport {
     fn send(&self, to: NodeId, envelopes: Vec<Envelope>) {
-        let mut state = self.net.0.lock();
-        let drop_per_mille = state.drop_per_mille;
-        if state.cut.contains(&(self.from, to.0)) || state.rng.below(1000) < drop_per_mille {
-            return;
-        }
-        let duplicate_per_mille = state.duplicate_per_mille;
-        let copies = if state.rng.below(1000) < duplicate_per_mille {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let max_delay_ms = state.max_delay_ms;
-            let delay_ms = 1 + state.rng.below(max_delay_ms);
-            let at = state.now_ns + delay_ms * 1_000_000;
-            state.seq += 1;
-            let seq = state.seq;
-            state
-                .queue
-                .insert((at, seq), (to.0, self.from, envelopes.clone()));
-        }
+        self.net
+            .0
+            .lock()
+            .send(self.from, to.0, Delivery::Messages(envelopes));
     }
 
-    fn send_snapshot(&self, _to: NodeId, _snapshot: OutgoingSnapshot) {
-        // Snapshots are not simulated yet (the crate doc says so); runs are configured so
-        // that no member ever needs one.
+    fn send_snapshot(&self, to: NodeId, snapshot: OutgoingSnapshot) {
+        let chunks = snapshot
+            .chunks
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string());
+        let what = Delivery::Snapshot {
+            shard: snapshot.shard,
+            message: snapshot.message,
+            chunks,
+        };
+        self.net.0.lock().send(self.from, to.0, what);
     }
 }

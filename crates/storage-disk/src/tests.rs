@@ -32,6 +32,21 @@ fn memory_stores_conform() {
     kv_store_conformance(MemKvStore::new(), |store| store);
 }
 
+// Proves the simulation's faulty stores keep them too, across a crash that loses nothing
+// unsynced (the suite syncs what it expects to survive a reopen).
+#[test]
+fn faulty_stores_conform() {
+    use storage::faulty::{Faulty, FaultyKvStore, FaultyLogStore};
+    log_store_conformance(FaultyLogStore::new(), |store| {
+        store.crash(usize::MAX);
+        store
+    });
+    kv_store_conformance(FaultyKvStore::new(), |store| {
+        store.crash(usize::MAX);
+        store
+    });
+}
+
 // Proves a file that is not a redb database is refused with an error, not a panic.
 #[test]
 fn foreign_state_file_is_refused() {

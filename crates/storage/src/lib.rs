@@ -9,12 +9,15 @@
 //!   reads go through a consistent point-in-time [`KvSnapshot`].
 //!
 //! This crate owns no file format and does no IO: `storage-disk` implements the traits on disk,
-//! [`MemLogStore`] and [`MemKvStore`] implement them in memory for tests and simulation.
+//! [`MemLogStore`] and [`MemKvStore`] implement them in memory for tests and simulation, and
+//! [`faulty`] wraps them with a disk's failure modes (failed writes, unsynced data lost in a
+//! crash) for the simulation.
 //! The `testing` feature adds a conformance suite that every implementation runs.
 //!
 //! Log entries and hard state are the `raft-proto` types: the on-disk log engine stores them
 //! as they are, and converting every entry on the hot path would buy nothing.
 
+pub mod faulty;
 mod mem;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -13,11 +13,45 @@ use crate::{
     StorageError, Table, WriteOp,
 };
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct MemShardLog {
     state: ShardLogState,
     /// `entries[i]` has index `state.truncated_index + 1 + i`.
     entries: Vec<Entry>,
+}
+
+/// Checks `write` against a shard log whose bounds are `(truncated, last)` and moves the
+/// bounds to where the write would leave them: the whole batch is checked this way before
+/// anything changes, so that a rejected batch changes nothing (atomicity).
+fn check_bounds(bounds: &mut (u64, u64), write: &ShardLogWrite) -> Result<()> {
+    let (truncated, last) = bounds;
+    if let Some((index, _)) = write.install_snapshot {
+        *truncated = index;
+        *last = index;
+    }
+    if let Some((index, _)) = write.compact_to {
+        if index > *last {
+            return Err(StorageError::Contract(format!(
+                "compact to {index} past last index {last}"
+            )));
+        }
+        *truncated = (*truncated).max(index);
+    }
+    if let Some(first) = write.entries.first() {
+        let first_index = first.index;
+        if first_index > *last + 1 {
+            return Err(StorageError::Contract(format!(
+                "append at {first_index} leaves a gap after {last}"
+            )));
+        }
+        if first_index <= *truncated {
+            return Err(StorageError::Contract(format!(
+                "append at {first_index} overwrites compacted index {truncated}"
+            )));
+        }
+        *last = first_index + write.entries.len() as u64 - 1;
+    }
+    Ok(())
 }
 
 impl MemShardLog {
@@ -25,19 +59,14 @@ impl MemShardLog {
         self.state.truncated_index + self.entries.len() as u64
     }
 
-    fn apply(&mut self, write: ShardLogWrite) -> Result<()> {
+    /// Applies a write that passed [`check_bounds`].
+    fn apply(&mut self, write: ShardLogWrite) {
         if let Some((index, term)) = write.install_snapshot {
             self.entries.clear();
             self.state.truncated_index = index;
             self.state.truncated_term = term;
         }
         if let Some((index, term)) = write.compact_to {
-            if index > self.last_index() {
-                return Err(StorageError::Contract(format!(
-                    "compact to {index} past last index {}",
-                    self.last_index()
-                )));
-            }
             if index > self.state.truncated_index {
                 let drop = (index - self.state.truncated_index) as usize;
                 self.entries.drain(..drop);
@@ -46,20 +75,7 @@ impl MemShardLog {
             }
         }
         if let Some(first) = write.entries.first() {
-            let first_index = first.index;
-            if first_index > self.last_index() + 1 {
-                return Err(StorageError::Contract(format!(
-                    "append at {first_index} leaves a gap after {}",
-                    self.last_index()
-                )));
-            }
-            if first_index <= self.state.truncated_index {
-                return Err(StorageError::Contract(format!(
-                    "append at {first_index} overwrites compacted index {}",
-                    self.state.truncated_index
-                )));
-            }
-            let keep = (first_index - self.state.truncated_index - 1) as usize;
+            let keep = (first.index - self.state.truncated_index - 1) as usize;
             self.entries.truncate(keep);
             self.entries.extend(write.entries);
         }
@@ -69,7 +85,6 @@ impl MemShardLog {
         if let Some(conf_state) = write.conf_state {
             self.state.conf_state = conf_state;
         }
-        Ok(())
     }
 }
 
@@ -85,27 +100,30 @@ impl MemLogStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// An independent copy of everything stored now.
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        Self {
+            shards: RwLock::new(self.shards.read().clone()),
+        }
+    }
 }
 
 impl LogStore for MemLogStore {
     fn write(&self, batch: Vec<ShardLogWrite>, _sync: bool) -> Result<()> {
         let mut shards = self.shards.write();
-        // Validate on copies first so that a rejected batch changes nothing (atomicity).
-        let mut staged = Vec::with_capacity(batch.len());
-        for write in batch {
-            let shard = write.shard;
-            let mut copy = match shards.get(&shard) {
-                Some(log) => MemShardLog {
-                    state: log.state.clone(),
-                    entries: log.entries.clone(),
-                },
-                None => MemShardLog::default(),
-            };
-            copy.apply(write)?;
-            staged.push((shard, copy));
+        let mut bounds: BTreeMap<ShardId, (u64, u64)> = BTreeMap::new();
+        for write in &batch {
+            let shard_bounds = bounds.entry(write.shard).or_insert_with(|| {
+                shards
+                    .get(&write.shard)
+                    .map_or((0, 0), |log| (log.state.truncated_index, log.last_index()))
+            });
+            check_bounds(shard_bounds, write)?;
         }
-        for (shard, log) in staged {
-            shards.insert(shard, log);
+        for write in batch {
+            shards.entry(write.shard).or_default().apply(write);
         }
         Ok(())
     }
@@ -203,6 +221,14 @@ impl MemKvStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An independent copy of everything stored now (cheap: tables are copied on write).
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        Self {
+            tables: RwLock::new(self.tables.read().clone()),
+        }
     }
 }
 

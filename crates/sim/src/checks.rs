@@ -1,0 +1,174 @@
+//! Raft's safety properties, checked against what the members hold while the simulation runs.
+//!
+//! - Election safety: at most one leader per term.
+//! - Log matching and state machine safety: every member's log, up to its commit index, holds
+//!   the same entries at the same indices. One record of committed entries is kept for the
+//!   whole cluster; each member's newly committed entries are compared with it (and extend it)
+//!   after every step, so the cost follows the new entries, not the log's length.
+//! - Leader completeness: a new leader's log holds every entry committed before it was seen
+//!   leading.
+
+use std::collections::BTreeMap;
+
+use storage::{Entry, LogStore, ShardId};
+
+/// The shard the simulation checks (there is one).
+const SHARD: ShardId = ShardId(1);
+
+/// Records who led in which term and fails if two members did in one.
+#[derive(Default)]
+pub struct ElectionSafety {
+    leaders: BTreeMap<u64, u64>,
+}
+
+impl ElectionSafety {
+    /// Notes that `member` considers itself leader in `term`.
+    ///
+    /// # Errors
+    /// If another member led in that term.
+    pub fn observe(&mut self, term: u64, member: u64) -> Result<(), String> {
+        match self.leaders.insert(term, member) {
+            Some(other) if other != member => Err(format!(
+                "election safety: members {other} and {member} both led term {term}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Leaders seen, by term.
+    pub fn leaders(&self) -> &BTreeMap<u64, u64> {
+        &self.leaders
+    }
+}
+
+/// What identifies a log entry for these checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Committed {
+    term: u64,
+    entry_type: i32,
+    data: Vec<u8>,
+}
+
+impl Committed {
+    fn of(entry: &Entry) -> Self {
+        Self {
+            term: entry.term,
+            entry_type: entry.get_entry_type() as i32,
+            data: entry.data.to_vec(),
+        }
+    }
+}
+
+/// The cluster's committed entries and each member's progress through them.
+#[derive(Default)]
+pub struct LogChecks {
+    /// `committed[i]` is the entry committed at index `i + 1`.
+    committed: Vec<Committed>,
+    /// Per member: the index up to which its log was compared with `committed`.
+    checked: BTreeMap<u64, u64>,
+}
+
+impl LogChecks {
+    /// Entries known committed so far.
+    pub fn committed_len(&self) -> u64 {
+        self.committed.len() as u64
+    }
+
+    /// A member restarted from what its disk kept: compare its log from the start again.
+    pub fn restarted(&mut self, member: u64) {
+        self.checked.remove(&member);
+    }
+
+    /// Compares `member`'s log up to `commit` with the cluster's committed entries, and
+    /// extends those with what it has committed beyond them.
+    ///
+    /// # Errors
+    /// If it holds a different entry at an index committed elsewhere.
+    pub fn member_committed(
+        &mut self,
+        member: u64,
+        log: &dyn LogStore,
+        commit: u64,
+    ) -> Result<(), String> {
+        let commit = commit.min(log.last_index(SHARD));
+        let from = self
+            .checked
+            .get(&member)
+            .copied()
+            .unwrap_or(0)
+            .max(log.first_index(SHARD) - 1);
+        if commit <= from {
+            return Ok(());
+        }
+        let entries = log
+            .entries(SHARD, from + 1, commit + 1, u64::MAX)
+            .map_err(|e| format!("member {member}: read log {}..={commit}: {e}", from + 1))?;
+        for entry in &entries {
+            let seen = Committed::of(entry);
+            let slot = (entry.index - 1) as usize;
+            match self.committed.get(slot) {
+                Some(known) if *known != seen => {
+                    return Err(format!(
+                        "state machine safety: member {member} committed index {} at term {} \
+                         but the cluster committed it at term {} ({} bytes vs {} bytes)",
+                        entry.index,
+                        seen.term,
+                        known.term,
+                        seen.data.len(),
+                        known.data.len()
+                    ));
+                }
+                Some(_) => {}
+                None if slot == self.committed.len() => self.committed.push(seen),
+                None => {
+                    // A member whose log starts after a snapshot can run ahead of the record;
+                    // the entries between are checked when another member commits them.
+                    break;
+                }
+            }
+            self.checked.insert(member, entry.index);
+        }
+        Ok(())
+    }
+
+    /// Checks the log of `member`, seen leading `term` for the first time, against every
+    /// entry committed so far. Called right after the step that elected it, when its log is
+    /// on its disk. `newest_term` is the highest term any member was ever seen in: a leader
+    /// of an older term is stale, and entries committed in a later term need not be in its
+    /// log, so it is not checked.
+    ///
+    /// # Errors
+    /// If the leader's log lacks a committed entry or holds another one in its place.
+    pub fn new_leader(
+        &self,
+        member: u64,
+        term: u64,
+        newest_term: u64,
+        log: &dyn LogStore,
+    ) -> Result<(), String> {
+        if term < newest_term {
+            return Ok(());
+        }
+        let known = self.committed.len() as u64;
+        let last = log.last_index(SHARD);
+        if last < known {
+            return Err(format!(
+                "leader completeness: member {member} leads term {term} with a log ending at \
+                 {last}, but entries up to {known} are committed"
+            ));
+        }
+        for index in log.first_index(SHARD)..=known {
+            let have = log
+                .term(SHARD, index)
+                .map_err(|e| format!("leader {member}: term of {index}: {e}"))?;
+            let want = self.committed[(index - 1) as usize].term;
+            if have != want {
+                return Err(format!(
+                    "leader completeness: member {member} leads term {term} with term {have} \
+                     at index {index}, where the cluster committed term {want}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
