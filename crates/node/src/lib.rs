@@ -558,14 +558,8 @@ impl Node {
     /// `Timeout` (no leader answered in time), `Stopped`.
     pub async fn read_index(&self) -> Result<(), NodeError> {
         let shared = &self.shared;
-        if shared.is_stopped() {
-            return Err(NodeError::Stopped);
-        }
         let deadline = tokio::time::Instant::now() + shared.config.request_timeout;
-        let (tx, rx) = oneshot::channel();
-        shared.reads.lock().push(tx);
-        // A full inbox is fine: the loop picks the read up on its next iteration anyway.
-        let _ = shared.inbox.try_send(StoreMsg::ReadWake);
+        let rx = self.submit_read()?;
         let index = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(NodeError::Stopped),
@@ -580,6 +574,30 @@ impl Node {
             Ok(false) => Err(NodeError::Stopped),
             Err(_) => Err(NodeError::Timeout),
         }
+    }
+
+    /// Joins the next ReadIndex round without waiting: the receiver gets the index this
+    /// member must have applied (see [`Node::applied_index`]) before a local read is
+    /// linearizable. For callers that drive the node themselves; [`Node::read_index`] is this
+    /// with the wait and a deadline.
+    ///
+    /// # Errors
+    /// `Stopped`.
+    pub fn submit_read(&self) -> Result<oneshot::Receiver<Result<u64, NodeError>>, NodeError> {
+        let shared = &self.shared;
+        if shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let (tx, rx) = oneshot::channel();
+        shared.reads.lock().push(tx);
+        // A full inbox is fine: the loop picks the read up on its next iteration anyway.
+        let _ = shared.inbox.try_send(StoreMsg::ReadWake);
+        Ok(rx)
+    }
+
+    /// The index of the last entry applied to this member's state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index()
     }
 
     /// Reads local state (serializable). Call after [`Node::read_index`] for linearizable.

@@ -16,6 +16,7 @@
 //! Not simulated yet: membership changes.
 
 mod checks;
+mod clients;
 mod net;
 
 use std::collections::hash_map::DefaultHasher;
@@ -25,12 +26,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use linearizability::checker::{self, Verdict};
 use mvcc::{Command, CommandResponse, PutRequest, RangeRequest};
 use node::{Applied, Clock, Driver, Node, NodeConfig, NodeError, NodeId, ShardId};
 use storage::faulty::{Faulty, FaultyKvStore, FaultyLogStore};
 use tokio::sync::oneshot;
 
 pub use checks::{ElectionSafety, LogChecks};
+pub use clients::{Clients, Incarnation};
 pub use net::{Delivery, Net, Rng};
 
 /// What a simulation runs.
@@ -62,6 +65,14 @@ pub struct SimConfig {
     /// acknowledge appends and votes before persisting them. A broken configuration: a run
     /// with it and crashes must fail its checks.
     pub log_ignores_sync: bool,
+    /// Clients running register operations (read, put, compare-and-set) whose history must
+    /// be linearizable.
+    pub register_clients: usize,
+    /// Search steps the linearizability checker may spend per key; running out fails the run.
+    pub checker_budget: u64,
+    /// Register reads are served from the member's local state without ReadIndex. A broken
+    /// configuration: the linearizability check must catch it.
+    pub stale_reads: bool,
 }
 
 impl Default for SimConfig {
@@ -78,6 +89,9 @@ impl Default for SimConfig {
             disk_faults: true,
             snapshot_count: 400,
             log_ignores_sync: false,
+            register_clients: 4,
+            checker_budget: 5_000_000,
+            stale_reads: false,
         }
     }
 }
@@ -101,6 +115,9 @@ pub struct Report {
     pub committed: u64,
     /// Snapshots delivered to and installed by members.
     pub snapshots: u64,
+    /// Register operations checked for linearizability, and how many of them had an unknown
+    /// outcome.
+    pub register_ops: (usize, usize),
 }
 
 /// A write a client is waiting on.
@@ -117,6 +134,8 @@ struct Member {
     kv: Arc<FaultyKvStore>,
     running: Option<(Node, Driver)>,
     restart_at: Option<Duration>,
+    /// Times started.
+    generation: u64,
 }
 
 /// A cluster being simulated.
@@ -165,6 +184,7 @@ impl Sim {
                 kv,
                 running: None,
                 restart_at: None,
+                generation: 0,
             });
         }
         for i in 0..sim.members.len() {
@@ -207,6 +227,7 @@ impl Sim {
         .map_err(|e| format!("at {:?}: start member {id}: {e}", self.clock.elapsed()))?;
         member.running = Some(started);
         member.restart_at = None;
+        member.generation += 1;
         self.logs.restarted(id);
         Ok(())
     }
@@ -434,6 +455,27 @@ impl Sim {
         out.join("; ")
     }
 
+    /// The running members, for clients.
+    fn running(&self) -> Vec<(Node, Incarnation)> {
+        let mut out = Vec::new();
+        for (i, member) in self.members.iter().enumerate() {
+            if let Some((node, _)) = &member.running {
+                let at = Incarnation {
+                    member: i,
+                    generation: member.generation,
+                };
+                out.push((node.clone(), at));
+            }
+        }
+        out
+    }
+
+    /// Whether `at` is still the running incarnation of its member.
+    fn is_current(&self, at: Incarnation) -> bool {
+        let member = &self.members[at.member];
+        member.running.is_some() && member.generation == at.generation
+    }
+
     fn nodes(&self) -> Vec<Node> {
         self.members
             .iter()
@@ -495,6 +537,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut acknowledged: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
     let mut writes = 0u64;
+    let mut registers = Clients::new(
+        config.register_clients,
+        seed ^ 0x7265_6769_7374_6572,
+        config.stale_reads,
+    );
     let step = Duration::from_millis(1);
     let end = config.duration + config.settle;
     let mut partition_heal_at = None;
@@ -536,6 +583,11 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
             }
         }
         pending = still;
+        if now < config.duration {
+            let running = sim.running();
+            registers.start(now, &running);
+        }
+        registers.poll(now, &|at| sim.is_current(at));
         // Liveness: once healed, one more write must commit within the settle period. Like a
         // client whose request timed out, the probe asks again every second: a proposal
         // forwarded to a member that no longer leads is dropped, as in etcd.
@@ -590,8 +642,26 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
     }
     let nodes = sim.nodes();
     check_agreement(&nodes, &acknowledged)?;
+    registers.abandon(sim.now());
+    let history = registers.history();
+    match checker::check(history, config.checker_budget) {
+        Verdict::Linearizable => {}
+        Verdict::Violation(v) => {
+            return Err(format!(
+                "linearizability: the clients' operations on {} have no linearization: {v:?}\n{}",
+                v.key,
+                history.key_timeline(&v.key)
+            ))
+        }
+        Verdict::Unknown { key, steps } => {
+            return Err(format!(
+                "linearizability: the checker gave up on {key} after {steps} steps"
+            ))
+        }
+    }
     let delivered = sim.net.delivered();
     delivered.hash(&mut sim.trace);
+    history.to_json().hash(&mut sim.trace);
     for node in &nodes {
         node.status().revision.hash(&mut sim.trace);
     }
@@ -604,6 +674,14 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
         disk_failures: sim.disk_failures,
         committed: sim.logs.committed_len(),
         snapshots: sim.snapshots,
+        register_ops: (
+            history.ops().len(),
+            history
+                .ops()
+                .iter()
+                .filter(|op| op.outcome.is_unknown())
+                .count(),
+        ),
     })
 }
 

@@ -5,6 +5,10 @@ use crate::history::{Call, History, Op, Outcome};
 
 const BUDGET: u64 = 1_000_000;
 
+fn cas(expected: Option<u64>, new: u64) -> Call {
+    Call::Cas { expected, new }
+}
+
 /// Builds a history on key `k` from `(call, invoked, completed, outcome)`; times in ms.
 fn history(ops: &[(Call, u64, u64, Outcome)]) -> History {
     let mut history = History::new();
@@ -44,24 +48,8 @@ fn sequential_histories() {
         (Call::Read, 0, 1, read(None)),
         (Call::Write(1), 2, 3, Outcome::Written),
         (Call::Read, 4, 5, read(Some(1))),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 2,
-            },
-            6,
-            7,
-            Outcome::Cas(true),
-        ),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 3,
-            },
-            8,
-            9,
-            Outcome::Cas(false),
-        ),
+        (cas(Some(1), 2), 6, 7, Outcome::Cas(true)),
+        (cas(Some(1), 3), 8, 9, Outcome::Cas(false)),
         (Call::Read, 10, 11, read(Some(2))),
     ]);
     assert_eq!(check(&ok, BUDGET), Verdict::Linearizable);
@@ -85,15 +73,7 @@ fn sequential_histories() {
     // A compare that "did not hold" although the register held exactly that.
     let lying_cas = history(&[
         (Call::Write(1), 0, 1, Outcome::Written),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 2,
-            },
-            2,
-            3,
-            Outcome::Cas(false),
-        ),
+        (cas(Some(1), 2), 2, 3, Outcome::Cas(false)),
     ]);
     assert!(matches!(check(&lying_cas, BUDGET), Verdict::Violation(_)));
 }
@@ -123,24 +103,8 @@ fn concurrent_histories() {
     // Two compare-and-sets from the same expected value cannot both hold.
     let double = history(&[
         (Call::Write(1), 0, 1, Outcome::Written),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 2,
-            },
-            2,
-            5,
-            Outcome::Cas(true),
-        ),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 3,
-            },
-            2,
-            5,
-            Outcome::Cas(true),
-        ),
+        (cas(Some(1), 2), 2, 5, Outcome::Cas(true)),
+        (cas(Some(1), 3), 2, 5, Outcome::Cas(true)),
     ]);
     assert!(matches!(check(&double, BUDGET), Verdict::Violation(_)));
     // Another key's operations do not affect this one's.
@@ -199,31 +163,15 @@ fn unknown_and_failed_outcomes() {
     ]);
     assert!(matches!(check(&failed, BUDGET), Verdict::Violation(_)));
     // An unknown compare-and-set takes effect only if its compare held where it lands.
-    let cas = history(&[
+    let cas_can = history(&[
         (Call::Write(1), 0, 1, Outcome::Written),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 2,
-            },
-            2,
-            3,
-            unknown(),
-        ),
+        (cas(Some(1), 2), 2, 3, unknown()),
         (Call::Read, 4, 5, read(Some(2))),
     ]);
-    assert_eq!(check(&cas, BUDGET), Verdict::Linearizable);
+    assert_eq!(check(&cas_can, BUDGET), Verdict::Linearizable);
     let cas_cannot = history(&[
         (Call::Write(5), 0, 1, Outcome::Written),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 2,
-            },
-            2,
-            3,
-            unknown(),
-        ),
+        (cas(Some(1), 2), 2, 3, unknown()),
         (Call::Read, 4, 5, read(Some(2))),
     ]);
     assert!(matches!(check(&cas_cannot, BUDGET), Verdict::Violation(_)));
@@ -265,28 +213,12 @@ fn unobserved_unknown_writes_are_cheap() {
     let refused = vec![
         (Call::Write(1), 0, 1, Outcome::Written),
         (Call::Write(7), 2, 3, unknown()),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 8,
-            },
-            4,
-            5,
-            Outcome::Cas(false),
-        ),
+        (cas(Some(1), 8), 4, 5, Outcome::Cas(false)),
     ];
     assert_eq!(check(&history(&refused), BUDGET), Verdict::Linearizable);
     let unexplained = vec![
         (Call::Write(1), 0, 1, Outcome::Written),
-        (
-            Call::Cas {
-                expected: Some(1),
-                new: 8,
-            },
-            4,
-            5,
-            Outcome::Cas(false),
-        ),
+        (cas(Some(1), 8), 4, 5, Outcome::Cas(false)),
         (Call::Write(7), 6, 7, unknown()),
     ];
     assert!(matches!(
@@ -311,10 +243,7 @@ fn simulated(ops: &[(u8, u8, u8, u8)]) -> History {
             let call = match kind % 3 {
                 0 => Call::Read,
                 1 => Call::Write(i as u64 + 1),
-                _ => Call::Cas {
-                    expected: if i % 2 == 0 { None } else { Some(i as u64) },
-                    new: i as u64 + 1,
-                },
+                _ => cas(if i % 2 == 0 { None } else { Some(i as u64) }, i as u64 + 1),
             };
             (invoked, effect_at, completed, call, i)
         })
