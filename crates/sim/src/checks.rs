@@ -7,6 +7,12 @@
 //!   after every step, so the cost follows the new entries, not the log's length.
 //! - Leader completeness: a new leader's log holds every entry committed before it was seen
 //!   leading.
+//! - Log matching, at its base: a leader creates one entry per index in its term, so every
+//!   entry any member holds at an `(index, term)` is the same entry. Each member's uncommitted
+//!   tail — the only part that changes — is compared after every step.
+//! - Entry uniqueness (the base of log matching): a leader creates one entry per index in its
+//!   term, so every entry any member holds at an `(index, term)` is the same entry. Each
+//!   member's uncommitted tail — the only part that changes — is compared after every step.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +72,8 @@ pub struct LogChecks {
     committed: Vec<Committed>,
     /// Per member: the index up to which its log was compared with `committed`.
     checked: BTreeMap<u64, u64>,
+    /// Every entry seen in any member's log, by `(index, term)`.
+    seen: BTreeMap<(u64, u64), Committed>,
 }
 
 impl LogChecks {
@@ -104,6 +112,7 @@ impl LogChecks {
             .entries(SHARD, from + 1, commit + 1, u64::MAX)
             .map_err(|e| format!("member {member}: read log {}..={commit}: {e}", from + 1))?;
         for entry in &entries {
+            self.note_seen(member, entry)?;
             let seen = Committed::of(entry);
             let slot = (entry.index - 1) as usize;
             match self.committed.get(slot) {
@@ -129,6 +138,51 @@ impl LogChecks {
             self.checked.insert(member, entry.index);
         }
         Ok(())
+    }
+
+    /// Compares the entries of `member`'s log after `commit` with every entry seen before at
+    /// the same index and term.
+    ///
+    /// # Errors
+    /// If it holds a different entry at an `(index, term)` where another was seen.
+    pub fn member_tail(
+        &mut self,
+        member: u64,
+        log: &dyn LogStore,
+        commit: u64,
+    ) -> Result<(), String> {
+        let last = log.last_index(SHARD);
+        let from = commit.max(log.first_index(SHARD) - 1);
+        if last <= from {
+            return Ok(());
+        }
+        let entries = log
+            .entries(SHARD, from + 1, last + 1, u64::MAX)
+            .map_err(|e| format!("member {member}: read log {}..={last}: {e}", from + 1))?;
+        for entry in &entries {
+            self.note_seen(member, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Records `entry` as seen at its `(index, term)`, or compares it with the one seen there.
+    fn note_seen(&mut self, member: u64, entry: &Entry) -> Result<(), String> {
+        let seen = Committed::of(entry);
+        match self.seen.get(&(entry.index, entry.term)) {
+            None => {
+                self.seen.insert((entry.index, entry.term), seen);
+                Ok(())
+            }
+            Some(known) if *known != seen => Err(format!(
+                "log matching: member {member} holds another entry at index {} term {} than \
+                 one seen before ({} bytes vs {} bytes)",
+                entry.index,
+                entry.term,
+                seen.data.len(),
+                known.data.len()
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Checks the log of `member`, seen leading `term` for the first time, against every

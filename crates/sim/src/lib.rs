@@ -7,8 +7,8 @@
 //! `SIM_SEED=<n> cargo test -p sim`.
 //!
 //! After every step the run checks election safety, state machine safety (every member's log
-//! holds the same entries up to its commit index) and leader completeness (a new leader holds
-//! every committed entry); at the end, after healing, liveness (a new write commits),
+//! holds the same entries up to its commit index), log matching (one entry per index and term
+//! on every member) and leader completeness (a new leader holds every committed entry); at the end, after healing, liveness (a new write commits),
 //! agreement (every member's history hashes the same) and durability (every acknowledged
 //! write is there, on every member, at its revision).
 //!
@@ -418,6 +418,9 @@ impl Sim {
             }
             self.logs
                 .member_committed(member.id, member.log.as_ref(), status.commit_index)
+                .map_err(at)?;
+            self.logs
+                .member_tail(member.id, member.log.as_ref(), status.commit_index)
                 .map_err(at)?;
         }
         Ok(())

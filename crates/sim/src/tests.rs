@@ -144,6 +144,28 @@ fn log_checks_can_fail() {
     let replaced = checks.new_leader(3, 4, 4, &other).unwrap_err();
     assert!(replaced.contains("at index 2"), "{replaced}");
     checks.new_leader(1, 4, 4, &a).unwrap();
+
+    // An uncommitted entry at an (index, term) where another was seen.
+    let mut checks = LogChecks::default();
+    checks.member_tail(1, &a, 0).unwrap();
+    let forged = log_with(&[1, 1, 2]);
+    {
+        use storage::LogStore as _;
+        let mut entry = forged
+            .entries(ShardId(1), 3, 4, u64::MAX)
+            .unwrap()
+            .remove(0);
+        entry.data = b"another".to_vec().into();
+        let write = storage::ShardLogWrite {
+            shard: ShardId(1),
+            entries: vec![entry],
+            ..Default::default()
+        };
+        forged.write(vec![write], true).unwrap();
+    }
+    let clash = checks.member_tail(2, &forged, 0).unwrap_err();
+    assert!(clash.contains("log matching"), "{clash}");
+    assert!(clash.contains("index 3 term 2"), "{clash}");
 }
 
 // Proves the simulation catches a member that acknowledges before persisting: the Raft log's
