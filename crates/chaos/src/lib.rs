@@ -2,8 +2,9 @@
 //! schedule, client operations recorded as a history, and a checker that decides whether the
 //! history is one a linearizable store could have produced.
 //!
-//! - [`history`] and [`checker`] (from the `linearizability` crate): what the clients did and
-//!   saw, and the Wing–Gong–Lowe search that judges it; an unknown verdict is never a pass.
+//! - [`history`], [`checker`] and [`revisions`] (from the `linearizability` crate): what the
+//!   clients did and saw, the Wing–Gong–Lowe search that judges it (an unknown verdict is
+//!   never a pass), and the revision-order verifier that checks it without a search.
 //! - [`net`]: one network namespace per member, partitions as packet filter rules.
 //! - [`cluster`]: the member processes (kill -9, SIGSTOP, restart).
 //! - [`nemesis`]: the faults and their seeded schedule.
@@ -12,7 +13,7 @@
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
 
-pub use linearizability::{checker, history};
+pub use linearizability::{checker, history, revisions};
 pub mod cluster;
 pub mod nemesis;
 pub mod net;

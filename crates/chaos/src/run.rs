@@ -13,6 +13,7 @@ use crate::cluster::{Members, CLIENT_PORT};
 use crate::history::{History, Outcome};
 use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
 use crate::net::Network;
+use crate::revisions;
 use crate::workload::{self, BankConfig, RegisterConfig};
 
 /// What the clients do.
@@ -363,6 +364,13 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                     vec![format!("the checker gave up on {key} after {steps} steps")]
                 }
             };
+            // The revisions tell the version order too: check it without a search.
+            let mut problems = problems;
+            problems.extend(
+                revisions::verify(history)
+                    .into_iter()
+                    .map(|anomaly| format!("revision order: {anomaly}")),
+            );
             (Some(verdict), problems, count(history))
         }
         (Recorded::Bank(bank), Workload::Bank(config)) => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use tonic::Code;
 
-use crate::history::{Call, History, Op, Outcome, Value};
+use crate::history::{Call, History, Op, Outcome, Revisions, Value};
 use crate::nemesis::Rng;
 
 /// How the register workload runs.
@@ -127,7 +127,13 @@ async fn register_client(
                     .await
                     .map(|r| {
                         r.map(|r| {
-                            Outcome::Read(r.kvs().first().and_then(|kv| parse_value(kv.value())))
+                            let kv = r.kvs().first();
+                            let revisions = Revisions {
+                                header: header_revision(r.header()),
+                                modified: kv.map(|kv| kv.mod_revision() as u64),
+                            };
+                            let value = kv.and_then(|kv| parse_value(kv.value()));
+                            (Outcome::Read(value), Some(revisions))
                         })
                     })
             }
@@ -136,7 +142,7 @@ async fn register_client(
                 client.put(key.as_str(), v.to_string(), None),
             )
             .await
-            .map(|r| r.map(|_| Outcome::Written)),
+            .map(|r| r.map(|r| (Outcome::Written, Some(header_only(r.header()))))),
             Call::Cas { expected, new } => {
                 let compare = match expected {
                     Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.to_string()),
@@ -149,13 +155,18 @@ async fn register_client(
                 )]);
                 tokio::time::timeout(config.op_timeout, client.txn(txn))
                     .await
-                    .map(|r| r.map(|r| Outcome::Cas(r.succeeded())))
+                    .map(|r| {
+                        r.map(|r| (Outcome::Cas(r.succeeded()), Some(header_only(r.header()))))
+                    })
             }
         };
-        let outcome = match answer {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => outcome_of_error(&e),
-            Err(_) => Outcome::Unknown("no answer within the client timeout".into()),
+        let (outcome, revisions) = match answer {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(e)) => (outcome_of_error(&e), None),
+            Err(_) => (
+                Outcome::Unknown("no answer within the client timeout".into()),
+                None,
+            ),
         };
         match (&call, &outcome) {
             (_, Outcome::Read(v)) => {
@@ -175,6 +186,7 @@ async fn register_client(
             invoked_ns,
             completed_ns: Some(now_ns()),
             outcome,
+            revisions,
         });
         if failed {
             // Give a fault a moment rather than hammer a member that cannot answer.
@@ -182,6 +194,18 @@ async fn register_client(
         }
     }
     Ok(ops)
+}
+
+/// The revision in a response header (0 if the header is missing, which etcd never does).
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> u64 {
+    header.map_or(0, |h| h.revision() as u64)
+}
+
+fn header_only(header: Option<&etcd_client::ResponseHeader>) -> Revisions {
+    Revisions {
+        header: header_revision(header),
+        modified: None,
+    }
 }
 
 /// Runs the register workload against `endpoints` until `until`; returns every operation,

@@ -52,6 +52,16 @@ impl Outcome {
     }
 }
 
+/// What an answer said about the store's version order (etcd's revisions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// The response header's revision: the store's revision when the answer was made; for a
+    /// write that took effect, the revision it created.
+    pub header: u64,
+    /// For a read that found the key: the revision that last modified it.
+    pub modified: Option<u64>,
+}
+
 /// One operation of one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {
@@ -69,6 +79,31 @@ pub struct Op {
     pub completed_ns: Option<u64>,
     /// What came of it.
     pub outcome: Outcome,
+    /// The revisions its answer carried, if it had a definite one and they were recorded.
+    pub revisions: Option<Revisions>,
+}
+
+#[cfg(test)]
+impl Op {
+    /// An operation on key `k` for tests; times in milliseconds.
+    pub(crate) fn on_k(
+        process: usize,
+        call: Call,
+        (invoked_ms, completed_ms): (u64, u64),
+        outcome: Outcome,
+        revisions: Option<Revisions>,
+    ) -> Op {
+        Op {
+            id: 0,
+            process,
+            key: "k".into(),
+            call,
+            invoked_ns: invoked_ms * 1_000_000,
+            completed_ns: Some(completed_ms * 1_000_000),
+            outcome,
+            revisions,
+        }
+    }
 }
 
 /// Every operation of a run, in the order they completed (or gave up).
@@ -248,6 +283,7 @@ mod tests {
             invoked_ns: 1_000_000,
             completed_ns: Some(2_000_000),
             outcome: Outcome::Unknown("deadline \"exceeded\"".into()),
+            revisions: None,
         });
         history.push(Op {
             id: 0,
@@ -257,6 +293,7 @@ mod tests {
             invoked_ns: 1_500_000,
             completed_ns: Some(3_000_000),
             outcome: Outcome::Read(Some(7)),
+            revisions: None,
         });
         assert_eq!(history.ops()[0].id, 0);
         assert_eq!(history.ops()[0].completed_ns, None);

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use linearizability::history::{Call, History, Op, Outcome, Value};
+use linearizability::history::{Call, History, Op, Outcome, Revisions, Value};
 use mvcc::{
     Command, CommandResponse, Compare, CompareResult, CompareTarget, PutRequest, RangeRequest,
     RequestOp, TxnRequest,
@@ -139,7 +139,7 @@ impl Clients {
                     });
                 }
                 // Refused before it was proposed: it cannot take effect.
-                Err(e) => self.record(process, key, call, now, now, failed(&e)),
+                Err(e) => self.record(process, key, call, (now, now), failed(&e), None),
             }
         }
     }
@@ -151,15 +151,15 @@ impl Clients {
             let Some(mut op) = self.in_flight[process].take() else {
                 continue;
             };
-            let outcome = if current(op.at) {
+            let answered = if current(op.at) {
                 op.poll()
             } else {
-                Some(Outcome::Unknown("the member crashed".into()))
+                Some((Outcome::Unknown("the member crashed".into()), None))
             };
-            let outcome = match outcome {
-                Some(outcome) => outcome,
+            let (outcome, revisions) = match answered {
+                Some(answered) => answered,
                 None if now >= op.invoked + CLIENT_TIMEOUT => {
-                    Outcome::Unknown("request timed out".into())
+                    (Outcome::Unknown("request timed out".into()), None)
                 }
                 None => {
                     self.in_flight[process] = Some(op);
@@ -169,7 +169,14 @@ impl Clients {
             if let Outcome::Read(value) = outcome {
                 self.last_read[process] = Some((op.key.clone(), value));
             }
-            self.record(process, op.key, op.call, op.invoked, now, outcome);
+            self.record(
+                process,
+                op.key,
+                op.call,
+                (op.invoked, now),
+                outcome,
+                revisions,
+            );
         }
     }
 
@@ -178,7 +185,7 @@ impl Clients {
         for process in 0..self.in_flight.len() {
             if let Some(op) = self.in_flight[process].take() {
                 let outcome = Outcome::Unknown("the run ended".into());
-                self.record(process, op.key, op.call, op.invoked, now, outcome);
+                self.record(process, op.key, op.call, (op.invoked, now), outcome, None);
             }
         }
     }
@@ -193,9 +200,9 @@ impl Clients {
         process: usize,
         key: String,
         call: Call,
-        invoked: Duration,
-        completed: Duration,
+        (invoked, completed): (Duration, Duration),
         outcome: Outcome,
+        revisions: Option<Revisions>,
     ) {
         self.history.push(Op {
             id: 0,
@@ -205,33 +212,40 @@ impl Clients {
             invoked_ns: invoked.as_nanos() as u64,
             completed_ns: Some(completed.as_nanos() as u64),
             outcome,
+            revisions,
         });
     }
 }
 
 impl InFlight {
-    /// The outcome, if it is known now.
-    fn poll(&mut self) -> Option<Outcome> {
+    /// The outcome and the revisions its answer carried, if it is known now.
+    fn poll(&mut self) -> Option<(Outcome, Option<Revisions>)> {
         match &mut self.waiting {
             Waiting::Write(answer) => match answer.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => None,
                 Err(oneshot::error::TryRecvError::Closed) => {
-                    Some(Outcome::Unknown("the member stopped".into()))
+                    Some((Outcome::Unknown("the member stopped".into()), None))
                 }
-                Ok(Err(e)) => Some(failed(&e)),
-                Ok(Ok(applied)) => Some(match applied.result {
-                    Ok(CommandResponse::Put(_)) => Outcome::Written,
-                    Ok(CommandResponse::Txn(txn)) => Outcome::Cas(txn.succeeded),
-                    Ok(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
-                    Err(e) => Outcome::Failed(e.to_string()),
-                }),
+                Ok(Err(e)) => Some((failed(&e), None)),
+                Ok(Ok(applied)) => {
+                    let revisions = Some(Revisions {
+                        header: applied.revision as u64,
+                        modified: None,
+                    });
+                    Some(match applied.result {
+                        Ok(CommandResponse::Put(_)) => (Outcome::Written, revisions),
+                        Ok(CommandResponse::Txn(txn)) => (Outcome::Cas(txn.succeeded), revisions),
+                        Ok(other) => (Outcome::Failed(format!("unexpected {other:?}")), None),
+                        Err(e) => (Outcome::Failed(e.to_string()), None),
+                    })
+                }
             },
             Waiting::ReadIndex(answer) => match answer.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => None,
                 Err(oneshot::error::TryRecvError::Closed) => {
-                    Some(Outcome::Unknown("the member stopped".into()))
+                    Some((Outcome::Unknown("the member stopped".into()), None))
                 }
-                Ok(Err(e)) => Some(Outcome::Failed(e.to_string())),
+                Ok(Err(e)) => Some((Outcome::Failed(e.to_string()), None)),
                 Ok(Ok(index)) => {
                     self.waiting = Waiting::Applied(index);
                     self.poll()
@@ -246,14 +260,19 @@ impl InFlight {
                     ..Default::default()
                 };
                 Some(match self.node.range(&request) {
-                    Ok((found, _)) => match found.kvs.first() {
-                        None => Outcome::Read(None),
-                        Some(kv) => match parse(&kv.value) {
-                            Some(value) => Outcome::Read(Some(value)),
-                            None => Outcome::Failed("a value no client wrote".into()),
-                        },
-                    },
-                    Err(e) => Outcome::Failed(e.to_string()),
+                    Ok((found, _)) => {
+                        let kv = found.kvs.first();
+                        let revisions = Revisions {
+                            header: found.revision as u64,
+                            modified: kv.map(|kv| kv.mod_revision as u64),
+                        };
+                        match kv.map(|kv| parse(&kv.value)) {
+                            None => (Outcome::Read(None), Some(revisions)),
+                            Some(Some(value)) => (Outcome::Read(Some(value)), Some(revisions)),
+                            Some(None) => (Outcome::Failed("a value no client wrote".into()), None),
+                        }
+                    }
+                    Err(e) => (Outcome::Failed(e.to_string()), None),
                 })
             }
         }

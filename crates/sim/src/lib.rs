@@ -662,6 +662,9 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
             ))
         }
     }
+    if let Some(anomaly) = linearizability::revisions::verify(history).first() {
+        return Err(format!("linearizability: revision order: {anomaly}"));
+    }
     let delivered = sim.net.delivered();
     delivered.hash(&mut sim.trace);
     history.to_json().hash(&mut sim.trace);

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use consensus::{Message, MessageType, ProtobufMessage as _};
 use node::{Envelope, NodeId, OutgoingSnapshot, ShardId, Transport};
 use parking_lot::Mutex;
 
@@ -163,7 +164,7 @@ impl State {
             }
             return;
         }
-        let copies = if self.rng.below(1000) < self.duplicate_per_mille {
+        let copies = if self.rng.below(1000) < self.duplicate_per_mille && may_duplicate(&what) {
             2
         } else {
             1
@@ -181,6 +182,21 @@ impl State {
             self.queue.insert((at, self.seq), (to, from, item));
         }
     }
+}
+
+/// Whether a network may deliver `what` twice. Raft's own messages are idempotent, but a
+/// proposal a follower forwards to the leader is not: the leader would append it twice and
+/// the write would take effect twice (the simulation found this: a put applied at two
+/// revisions). The peer transport is a gRPC stream that never resends, so a forwarded proposal
+/// arrives at most once, as in etcd; the simulation delivers it at most once too.
+fn may_duplicate(what: &Delivery) -> bool {
+    let Delivery::Messages(envelopes) = what else {
+        return true;
+    };
+    envelopes.iter().all(|envelope| {
+        Message::parse_from_bytes(&envelope.message)
+            .is_ok_and(|message| message.get_msg_type() != MessageType::MsgPropose)
+    })
 }
 
 impl Delivery {

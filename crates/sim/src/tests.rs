@@ -3,7 +3,8 @@ use super::*;
 /// Seeds CI runs: each a 3-member cluster for 10 s of virtual time under drops, duplicates,
 /// reordering, partitions, crashes, disk failures and snapshots.
 const SEEDS: std::ops::Range<u64> = 1..21;
-/// Seeds CI runs with 5 members.
+/// Seeds CI runs with 5 members. Seed 101 once showed a put applied at two revisions, when
+/// the network delivered a forwarded proposal twice (see `net::may_duplicate`).
 const SEEDS_FIVE: std::ops::Range<u64> = 101..106;
 
 /// The seeds to run: `SIM_SEED=<n>` (one), `SIM_SEEDS=<a>..<b>` (a range), or `fixed`.

@@ -13,15 +13,7 @@ fn cas(expected: Option<u64>, new: u64) -> Call {
 fn history(ops: &[(Call, u64, u64, Outcome)]) -> History {
     let mut history = History::new();
     for (process, (call, invoked, completed, outcome)) in ops.iter().cloned().enumerate() {
-        history.push(Op {
-            id: 0,
-            process,
-            key: "k".into(),
-            call,
-            invoked_ns: invoked * 1_000_000,
-            completed_ns: Some(completed * 1_000_000),
-            outcome,
-        });
+        history.push(Op::on_k(process, call, (invoked, completed), outcome, None));
     }
     history
 }
@@ -117,6 +109,7 @@ fn concurrent_histories() {
         invoked_ns: 2_000_000,
         completed_ns: Some(3_000_000),
         outcome: read(None),
+        revisions: None,
     });
     assert_eq!(check(&two_keys, BUDGET), Verdict::Linearizable);
 }
@@ -272,6 +265,7 @@ fn simulated(ops: &[(u8, u8, u8, u8)]) -> History {
             invoked_ns: invoked,
             completed_ns: Some(completed),
             outcome,
+            revisions: None,
         });
     }
     history
