@@ -94,6 +94,28 @@ async fn register_is_linearizable_under_every_fault() {
     run_all(&scenarios).await;
 }
 
+// Proves the same with 5 members under the mixed faults: kills, pauses, an isolated leader, a
+// split into three and two, and one-way cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_stay_linearizable_under_mixed_faults() {
+    if !slow_tests_enabled("five_members_stay_linearizable_under_mixed_faults") {
+        return;
+    }
+    assert!(
+        is_root(),
+        "the chaos scenarios need root (network namespaces)"
+    );
+    let scenario = Scenario {
+        members: 5,
+        ..scenario(
+            107,
+            NemesisKind::Mixed,
+            Workload::Register(RegisterConfig::default()),
+        )
+    };
+    run_all(&[scenario]).await;
+}
+
 // Proves the harness can fail: with reads served member-locally (serializable) while the
 // leader is cut off, clients of a stale member read old values, and the checker must report
 // the violation.
