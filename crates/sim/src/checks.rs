@@ -68,8 +68,9 @@ impl Committed {
 /// The cluster's committed entries and each member's progress through them.
 #[derive(Default)]
 pub struct LogChecks {
-    /// `committed[i]` is the entry committed at index `i + 1`.
-    committed: Vec<Committed>,
+    /// `committed[i]` is the term of the entry committed at index `i + 1`; its content is in
+    /// `seen`, which holds one entry per `(index, term)`.
+    committed: Vec<u64>,
     /// Per member: the index up to which its log was compared with `committed`.
     checked: BTreeMap<u64, u64>,
     /// Every entry seen in any member's log, by `(index, term)`.
@@ -108,27 +109,19 @@ impl LogChecks {
         if commit <= from {
             return Ok(());
         }
-        let entries = log
-            .entries(SHARD, from + 1, commit + 1, u64::MAX)
-            .map_err(|e| format!("member {member}: read log {}..={commit}: {e}", from + 1))?;
-        for entry in &entries {
-            self.note_seen(member, entry)?;
-            let seen = Committed::of(entry);
+        for entry in read(member, log, from, commit)? {
+            self.note_seen(member, &entry)?;
             let slot = (entry.index - 1) as usize;
             match self.committed.get(slot) {
-                Some(known) if *known != seen => {
+                Some(&term) if term != entry.term => {
                     return Err(format!(
                         "state machine safety: member {member} committed index {} at term {} \
-                         but the cluster committed it at term {} ({} bytes vs {} bytes)",
-                        entry.index,
-                        seen.term,
-                        known.term,
-                        seen.data.len(),
-                        known.data.len()
+                         but the cluster committed it at term {term}",
+                        entry.index, entry.term
                     ));
                 }
                 Some(_) => {}
-                None if slot == self.committed.len() => self.committed.push(seen),
+                None if slot == self.committed.len() => self.committed.push(entry.term),
                 None => {
                     // A member whose log starts after a snapshot can run ahead of the record;
                     // the entries between are checked when another member commits them.
@@ -156,11 +149,8 @@ impl LogChecks {
         if last <= from {
             return Ok(());
         }
-        let entries = log
-            .entries(SHARD, from + 1, last + 1, u64::MAX)
-            .map_err(|e| format!("member {member}: read log {}..={last}: {e}", from + 1))?;
-        for entry in &entries {
-            self.note_seen(member, entry)?;
+        for entry in read(member, log, from, last)? {
+            self.note_seen(member, &entry)?;
         }
         Ok(())
     }
@@ -215,7 +205,7 @@ impl LogChecks {
             let have = log
                 .term(SHARD, index)
                 .map_err(|e| format!("leader {member}: term of {index}: {e}"))?;
-            let want = self.committed[(index - 1) as usize].term;
+            let want = self.committed[(index - 1) as usize];
             if have != want {
                 return Err(format!(
                     "leader completeness: member {member} leads term {term} with term {have} \
@@ -225,4 +215,10 @@ impl LogChecks {
         }
         Ok(())
     }
+}
+
+/// `member`'s log entries in `(from, to]`.
+fn read(member: u64, log: &dyn LogStore, from: u64, to: u64) -> Result<Vec<Entry>, String> {
+    log.entries(SHARD, from + 1, to + 1, u64::MAX)
+        .map_err(|e| format!("member {member}: read log {}..={to}: {e}", from + 1))
 }

@@ -85,11 +85,6 @@ impl Clients {
         &self.history
     }
 
-    /// Operations still waiting for an answer.
-    pub fn waiting(&self) -> usize {
-        self.in_flight.iter().flatten().count()
-    }
-
     /// Starts an operation on some of the idle clients, each against one of the `running`
     /// members.
     pub fn start(&mut self, now: Duration, running: &[(Node, Incarnation)]) {

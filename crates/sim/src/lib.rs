@@ -428,16 +428,12 @@ impl Sim {
 
     /// A running member, chosen at random.
     fn any_running(&mut self) -> Option<Node> {
-        let running: Vec<&Node> = self
-            .members
-            .iter()
-            .filter_map(|m| m.running.as_ref().map(|(node, _)| node))
-            .collect();
+        let mut running = self.running();
         if running.is_empty() {
             return None;
         }
         let i = self.rng.below(running.len() as u64) as usize;
-        Some(running[i].clone())
+        Some(running.swap_remove(i).0)
     }
 
     /// Each member's Raft position, for failure messages.
@@ -480,10 +476,7 @@ impl Sim {
     }
 
     fn nodes(&self) -> Vec<Node> {
-        self.members
-            .iter()
-            .filter_map(|m| m.running.as_ref().map(|(node, _)| node.clone()))
-            .collect()
+        self.running().into_iter().map(|(node, _)| node).collect()
     }
 
     fn shutdown(&mut self) {

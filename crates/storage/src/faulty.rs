@@ -130,10 +130,6 @@ impl<M: Medium> Disk<M> {
         self.fail_at = None;
         self.failed = false;
     }
-
-    fn unsynced(&self) -> usize {
-        self.unsynced.len()
-    }
 }
 
 /// What a test can do to a faulty store.
@@ -172,7 +168,7 @@ macro_rules! faulty_impl {
             }
 
             fn unsynced_writes(&self) -> usize {
-                self.disk.read().unsynced()
+                self.disk.read().unsynced.len()
             }
 
             fn crash(&self, keep: usize) {

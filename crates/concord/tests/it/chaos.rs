@@ -59,6 +59,19 @@ async fn run_all(scenarios: &[Scenario]) {
     );
 }
 
+/// Whether the chaos scenario `name` runs: only with the slow tests, and then it needs root
+/// (network namespaces and packet filters), which it asserts rather than pass unnoticed.
+fn enabled(name: &str) -> bool {
+    if !slow_tests_enabled(name) {
+        return false;
+    }
+    assert!(
+        is_root(),
+        "the chaos scenarios need root (network namespaces)"
+    );
+    true
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -75,13 +88,9 @@ fn is_root() -> bool {
 // minority, one-way link cuts, and a mix. Seeds are fixed so a failure replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_is_linearizable_under_every_fault() {
-    if !slow_tests_enabled("register_is_linearizable_under_every_fault") {
+    if !enabled("register_is_linearizable_under_every_fault") {
         return;
     }
-    assert!(
-        is_root(),
-        "the chaos scenarios need root (network namespaces)"
-    );
     let scenarios = [
         (101, NemesisKind::Kill),
         (102, NemesisKind::Pause),
@@ -98,13 +107,9 @@ async fn register_is_linearizable_under_every_fault() {
 // split into three and two, and one-way cuts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_stay_linearizable_under_mixed_faults() {
-    if !slow_tests_enabled("five_members_stay_linearizable_under_mixed_faults") {
+    if !enabled("five_members_stay_linearizable_under_mixed_faults") {
         return;
     }
-    assert!(
-        is_root(),
-        "the chaos scenarios need root (network namespaces)"
-    );
     let scenario = Scenario {
         members: 5,
         ..scenario(
@@ -121,13 +126,9 @@ async fn five_members_stay_linearizable_under_mixed_faults() {
 // the violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_reads_under_partition_are_caught() {
-    if !slow_tests_enabled("serializable_reads_under_partition_are_caught") {
+    if !enabled("serializable_reads_under_partition_are_caught") {
         return;
     }
-    assert!(
-        is_root(),
-        "the chaos scenarios need root (network namespaces)"
-    );
     let register = RegisterConfig {
         serializable_reads: true,
         ..RegisterConfig::default()
@@ -153,13 +154,9 @@ async fn serializable_reads_under_partition_are_caught() {
 // a revision that never goes back for its client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_keeps_its_total_under_faults() {
-    if !slow_tests_enabled("bank_keeps_its_total_under_faults") {
+    if !enabled("bank_keeps_its_total_under_faults") {
         return;
     }
-    assert!(
-        is_root(),
-        "the chaos scenarios need root (network namespaces)"
-    );
     let scenarios = [(301, NemesisKind::Kill), (302, NemesisKind::Mixed)]
         .map(|(seed, nemesis)| scenario(seed, nemesis, Workload::Bank(BankConfig::default())));
     run_all(&scenarios).await;
