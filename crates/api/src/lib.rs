@@ -14,6 +14,7 @@ pub mod errors;
 pub mod kv;
 pub mod maintenance;
 pub mod peer;
+pub mod watch;
 
 use node::Node;
 use proto::etcdserverpb as pb;
@@ -70,7 +71,7 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     }
 }
 
-/// The client services (KV, Maintenance, Cluster) for `node`, ready to add to a server.
+/// The client services (KV, Watch, Maintenance, Cluster) for `node`, ready to add to a server.
 #[must_use]
 pub fn client_routes(
     node: &Node,
@@ -88,7 +89,14 @@ pub fn client_routes(
     let cluster =
         pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(node.clone(), members))
             .max_decoding_message_size(limit);
+    let watch = pb::watch_server::WatchServer::new(watch::WatchService::new(
+        node.clone(),
+        config.max_request_bytes,
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(kv)
+        .add_service(watch)
         .add_service(maintenance)
         .add_service(cluster)
 }

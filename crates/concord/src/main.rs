@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run a member (accepts etcd's flags).
-    Serve(server::ServeArgs),
+    Serve(Box<server::ServeArgs>),
     /// Start a local cluster on 127.0.0.1 in one command; Ctrl-C stops it.
     Dev(DevArgs),
     /// Load a cluster through the etcd v3 API and report throughput and latency.

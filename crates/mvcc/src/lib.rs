@@ -169,6 +169,34 @@ fn decode_record(rev: Rev, bytes: &[u8]) -> Result<(Vec<u8>, Version, Vec<u8>), 
     Ok((key, version, value))
 }
 
+/// The event that stored `version` of `key` with `value` stands for.
+fn event(key: &[u8], version: &Version, value: Vec<u8>, prev_kv: Option<KeyValue>) -> Event {
+    if version.tombstone {
+        Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: key.to_vec(),
+                mod_revision: version.rev.0,
+                ..KeyValue::default()
+            },
+            prev_kv,
+        }
+    } else {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.to_vec(),
+                create_revision: version.create_revision,
+                mod_revision: version.rev.0,
+                version: version.version,
+                value,
+                lease: version.lease,
+            },
+            prev_kv,
+        }
+    }
+}
+
 fn meta_i64(snapshot: &dyn KvSnapshot, name: &[u8]) -> Result<i64, MvccError> {
     meta_i64_or(snapshot, name, 0)
 }
@@ -264,6 +292,14 @@ impl Index {
         let versions = self.keys.get(key)?;
         let position = versions.partition_point(|v| v.rev.0 <= at);
         position.checked_sub(1).map(|i| &versions[i])
+    }
+
+    /// The live version of `key` just before revision `rev`, if it is retained.
+    fn previous(&self, key: &[u8], rev: Rev) -> Option<Version> {
+        let versions = self.keys.get(key)?;
+        let position = versions.partition_point(|v| v.rev < rev);
+        let previous = versions[..position].last()?;
+        (!previous.tombstone).then_some(*previous)
     }
 
     /// Live keys in the range at revision `at`, in key order.
@@ -574,6 +610,9 @@ struct Execution<'a> {
     sub: i64,
     /// Keys touched, with their number of versions before: the undo log.
     touched: Vec<(Vec<u8>, usize)>,
+    /// Which events to report, and those of this command so far.
+    wanted: EventsWanted,
+    events: Vec<Event>,
 }
 
 impl Execution<'_> {
@@ -601,7 +640,15 @@ impl Execution<'_> {
         }
     }
 
-    fn record(&mut self, key: &[u8], mut version: Version, value: Vec<u8>) {
+    fn record(
+        &mut self,
+        key: &[u8],
+        mut version: Version,
+        value: Vec<u8>,
+    ) -> Result<(), MvccError> {
+        if self.wanted != EventsWanted::None {
+            self.record_event(key, &version, &value)?;
+        }
         let record = encode_record(key, &version, &value);
         version.bytes = record_bytes(record.len());
         self.index.bytes += u64::from(version.bytes);
@@ -615,6 +662,26 @@ impl Execution<'_> {
         });
         self.pending.insert(version.rev, value);
         self.sub += 1;
+        Ok(())
+    }
+
+    /// The event `version` of `key` makes, before it is recorded.
+    fn record_event(
+        &mut self,
+        key: &[u8],
+        version: &Version,
+        value: &[u8],
+    ) -> Result<(), MvccError> {
+        let prev_kv = match self.wanted {
+            EventsWanted::WithPrevKv => match self.live_version(key) {
+                Some(previous) => Some(self.values().key_value(key, &previous, true)?),
+                None => None,
+            },
+            _ => None,
+        };
+        self.events
+            .push(event(key, version, value.to_vec(), prev_kv));
+        Ok(())
     }
 
     fn undo(&mut self) {
@@ -641,6 +708,7 @@ impl Execution<'_> {
             }
         }
         self.ops.clear();
+        self.events.clear();
         self.sub = 0;
     }
 
@@ -745,7 +813,7 @@ impl Execution<'_> {
             tombstone: false,
             bytes: 0,
         };
-        self.record(&req.key, version, value);
+        self.record(&req.key, version, value)?;
         Ok(PutResponse {
             revision: self.main,
             prev_kv: if req.prev_kv { previous_kv } else { None },
@@ -772,7 +840,7 @@ impl Execution<'_> {
                 tombstone: true,
                 bytes: 0,
             };
-            self.record(key, tombstone, Vec::new());
+            self.record(key, tombstone, Vec::new())?;
         }
         Ok(DeleteRangeResponse {
             revision: self.read_revision(),
@@ -992,9 +1060,25 @@ impl<S: KvStore> Store<S> {
         entries: &[ApplyEntry<'_>],
         durable: bool,
     ) -> Result<Vec<Applied>, MvccError> {
+        self.apply_batch_with_events(entries, durable, EventsWanted::None)
+            .map(|(results, _)| results)
+    }
+
+    /// [`Store::apply_batch`], also returning the events of the changes made, in revision
+    /// order, as `wanted` asks.
+    ///
+    /// # Errors
+    /// Only storage failures (fail-stop); etcd errors are inside each [`Applied`].
+    pub fn apply_batch_with_events(
+        &self,
+        entries: &[ApplyEntry<'_>],
+        durable: bool,
+        wanted: EventsWanted,
+    ) -> Result<(Vec<Applied>, Vec<Event>), MvccError> {
         let Some(last) = entries.last() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
+        let mut events = Vec::new();
         let snapshot = self.kv.snapshot()?;
         let mut index = self.index.write();
         let mut pending = HashMap::new();
@@ -1012,6 +1096,8 @@ impl<S: KvStore> Store<S> {
                 ops: Vec::new(),
                 sub: 0,
                 touched: Vec::new(),
+                wanted,
+                events: Vec::new(),
             };
             let result = match refused_by_alarms(&execution.index.alarms, command) {
                 Some(refused) => Err(refused),
@@ -1023,6 +1109,7 @@ impl<S: KvStore> Store<S> {
             let wrote = execution.sub > 0;
             let main = execution.main;
             ops.append(&mut execution.ops);
+            events.append(&mut execution.events);
             if wrote {
                 index.current = main;
             }
@@ -1044,7 +1131,7 @@ impl<S: KvStore> Store<S> {
         if durable {
             index.durable = index.applied;
         }
-        Ok(results)
+        Ok((results, events))
     }
 
     /// Serves a range at `req.revision` (or current). Returns the response and the current
@@ -1084,6 +1171,77 @@ impl<S: KvStore> Store<S> {
         let path = view.checked_path(req)?;
         let response = view.read_path(req, &path, &mut 0)?;
         Ok((response, index.current))
+    }
+
+    /// The events of revisions `from..=to` as the store retains them, in revision order, for
+    /// watchers catching up. The read stops at the end of the first revision at which it has
+    /// gathered `max_bytes` of keys and values, so a revision is never split;
+    /// [`History::through`] says how far it got. With `with_prev_kv` every event carries the
+    /// key's previous version, when that is retained and not a deletion.
+    ///
+    /// # Errors
+    /// `Compacted` if `from` is below the compaction revision (events there are gone),
+    /// `FutureRevision` if `to` is past the current revision; storage errors.
+    pub fn history(
+        &self,
+        from: Revision,
+        to: Revision,
+        max_bytes: usize,
+        with_prev_kv: bool,
+    ) -> Result<History, MvccError> {
+        let index = self.index.read();
+        if from < index.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if to > index.current {
+            return Err(MvccError::FutureRevision);
+        }
+        let mut history = History {
+            events: Vec::new(),
+            through: to,
+        };
+        if to < from {
+            return Ok(history);
+        }
+        let snapshot = self.kv.snapshot()?;
+        let pending = HashMap::new();
+        let values = ValueSource {
+            pending: &pending,
+            snapshot: &snapshot,
+        };
+        let (start, end) = (rev_key((from.max(0), 0)), rev_key((to + 1, 0)));
+        let mut bytes = 0usize;
+        let mut failure = None;
+        snapshot.scan(Table::Revisions, &start, Some(&end), &mut |key, value| {
+            let read = decode_rev_key(key)
+                .and_then(|rev| decode_record(rev, value))
+                .and_then(|(key, version, value)| {
+                    let last = history.events.last().map(Event::revision);
+                    if bytes >= max_bytes && last.is_some_and(|last| version.rev.0 > last) {
+                        history.through = last.unwrap_or(to);
+                        return Ok(false);
+                    }
+                    bytes += key.len() + value.len();
+                    let prev_kv = if with_prev_kv {
+                        index
+                            .previous(&key, version.rev)
+                            .map(|previous| values.key_value(&key, &previous, true))
+                            .transpose()?
+                    } else {
+                        None
+                    };
+                    history.events.push(event(&key, &version, value, prev_kv));
+                    Ok(true)
+                });
+            read.unwrap_or_else(|e| {
+                failure = Some(e);
+                false
+            })
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(history),
+        }
     }
 
     /// The current revision.

@@ -31,6 +31,38 @@ impl Harness {
         self.store.apply_batch(&[entry], false).unwrap().remove(0)
     }
 
+    /// Applies `command`, returning its result and the events it made (with previous
+    /// versions).
+    fn apply_with_events(&mut self, command: Command) -> (Applied, Vec<Event>) {
+        self.index += 1;
+        let entry = ApplyEntry {
+            index: self.index,
+            term: 1,
+            command: Some(&command),
+        };
+        let (mut results, events) = self
+            .store
+            .apply_batch_with_events(&[entry], false, EventsWanted::WithPrevKv)
+            .unwrap();
+        (results.remove(0), events)
+    }
+
+    /// Every event from `from` on, read back in pages of about `page` bytes.
+    fn history(&self, from: i64, page: usize) -> Result<Vec<Event>, MvccError> {
+        let current = self.store.current_revision();
+        let mut events = Vec::new();
+        let mut next = from;
+        loop {
+            let read = self.store.history(next, current, page, true)?;
+            assert!(read.through >= next.min(current), "a read makes progress");
+            events.extend(read.events);
+            if read.through >= current {
+                return Ok(events);
+            }
+            next = read.through + 1;
+        }
+    }
+
     fn put(&mut self, key: &str, value: &str) -> Applied {
         self.apply(Command::Put(PutRequest {
             key: key.into(),
@@ -642,6 +674,25 @@ impl Model {
     fn latest(&self) -> BTreeMap<Vec<u8>, KeyValue> {
         self.history.last().unwrap().clone()
     }
+
+    /// A put of `value` under `key` at the next revision.
+    fn put(&mut self, key: &[u8], value: u8) {
+        let mut state = self.latest();
+        let rev = self.current() + 1;
+        let previous = state.get(key).cloned();
+        state.insert(
+            key.to_vec(),
+            KeyValue {
+                key: key.to_vec(),
+                create_revision: previous.as_ref().map_or(rev, |p| p.create_revision),
+                mod_revision: rev,
+                version: previous.as_ref().map_or(1, |p| p.version + 1),
+                value: vec![value],
+                lease: 0,
+            },
+        );
+        self.history.push(state);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -766,5 +817,115 @@ proptest! {
         }).unwrap();
         prop_assert_eq!(h.store.bytes_in_use(), stored);
         prop_assert_eq!(reopened.bytes_in_use(), stored);
+    }
+}
+
+/// The events the model's revision `rev` stands for: every key that changed, in key order.
+fn model_events(model: &Model, rev: usize) -> Vec<Event> {
+    let (before, after) = (&model.history[rev - 1], &model.history[rev]);
+    let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| match (before.get(key), after.get(key)) {
+            (prev, Some(kv)) if kv.mod_revision == rev as i64 => Some(Event {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev_kv: prev.cloned(),
+            }),
+            (Some(prev), None) => Some(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.clone(),
+                    mod_revision: rev as i64,
+                    ..KeyValue::default()
+                },
+                prev_kv: Some(prev.clone()),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    // Proves the events watchers get: those each write reports as it is applied are exactly
+    // the changes the model sees between two revisions (previous versions included), and
+    // reading them back from history, from any retained revision and in pages of any size,
+    // gives the same events; below the compaction revision history answers `Compacted`.
+    #[test]
+    fn events_match_model_live_and_from_history(
+        ops in proptest::collection::vec(op_strategy(), 1..50),
+        page in 1usize..64,
+    ) {
+        let mut h = Harness::new();
+        let mut model = Model::new();
+        for op in ops {
+            let before = model.current();
+            let (command, compact) = match op {
+                Op::Put(k, v) => {
+                    let key = vec![b'a' + k];
+                    model.put(&key, v);
+                    (Command::Put(PutRequest { key, value: vec![v], ..Default::default() }), None)
+                }
+                Op::Delete(k, n) => {
+                    let (start, end) = (vec![b'a' + k], vec![b'a' + k + n.max(1)]);
+                    let mut state = model.latest();
+                    let deleted: Vec<Vec<u8>> = state.range(start.clone()..end.clone()).map(|(k, _)| k.clone()).collect();
+                    for key in &deleted {
+                        state.remove(key);
+                    }
+                    if !deleted.is_empty() {
+                        model.history.push(state);
+                    }
+                    (Command::DeleteRange(DeleteRangeRequest { key: start, range_end: end, prev_kv: false }), None)
+                }
+                Op::Compact(r) => {
+                    let rev = i64::from(r) % (model.current() + 1);
+                    let ok = rev > model.compacted;
+                    if ok {
+                        model.compacted = rev;
+                    }
+                    (Command::Compact(CompactRequest { revision: rev, physical: false }), Some(ok))
+                }
+                // A txn whose compare fails and whose failure branch puts, then a failed
+                // command: only the first makes an event.
+                Op::Read(r, _) => {
+                    let key = vec![b'a' + r % 6];
+                    model.put(&key, r);
+                    let put = RequestOp::Put(PutRequest { key: key.clone(), value: vec![r], ..Default::default() });
+                    (Command::Txn(TxnRequest {
+                        compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(-1), key, range_end: vec![] }],
+                        success: vec![],
+                        failure: vec![put],
+                    }), None)
+                }
+            };
+            let (applied, events) = h.apply_with_events(command);
+            if let Some(ok) = compact {
+                prop_assert_eq!(applied.result.is_ok(), ok);
+            }
+            let expected: Vec<Event> = ((before + 1)..=model.current())
+                .flat_map(|rev| model_events(&model, rev as usize))
+                .collect();
+            prop_assert_eq!(events, expected);
+            // A command that fails makes no event.
+            let (failed, events) = h.apply_with_events(Command::Put(PutRequest { key: b"z".to_vec(), ignore_value: true, ..Default::default() }));
+            prop_assert_eq!(failed.result, Err(MvccError::KeyNotFound));
+            prop_assert!(events.is_empty());
+        }
+        let current = model.current();
+        for from in (model.compacted + 1).max(1)..=current + 1 {
+            let expected: Vec<Event> = (from..=current).flat_map(|rev| model_events(&model, rev as usize)).collect();
+            prop_assert_eq!(h.history(from, page), Ok(expected));
+        }
+        if model.compacted > 0 {
+            prop_assert_eq!(h.history(model.compacted - 1, page), Err(MvccError::Compacted));
+            // From the compaction revision itself: what is retained there, then everything.
+            let at = h.history(model.compacted, page).unwrap();
+            let after: Vec<Event> = at.into_iter().filter(|e| e.revision() > model.compacted).collect();
+            let expected: Vec<Event> = (model.compacted + 1..=current).flat_map(|rev| model_events(&model, rev as usize)).collect();
+            prop_assert_eq!(after, expected);
+        }
+        prop_assert_eq!(h.store.history(model.compacted.max(1), current + 1, page, false), Err(MvccError::FutureRevision));
     }
 }

@@ -343,3 +343,54 @@ pub struct Applied {
     /// Current revision after applying (unchanged if the command wrote nothing or failed).
     pub revision: Revision,
 }
+
+/// What a change did to its key, as etcd's `mvccpb.Event.EventType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was created or updated.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change to one key, as etcd's `mvccpb.Event`. A delete's `kv` carries only the key and
+/// the deletion revision (`mod_revision`), as etcd's does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change.
+    pub kv: KeyValue,
+    /// The key before the change, when asked for and the key existed (and is not compacted).
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// The revision of the change.
+    #[must_use]
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+}
+
+/// Which events [`crate::Store::apply_batch_with_events`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventsWanted {
+    /// None: nobody watches, so no event is built.
+    #[default]
+    None,
+    /// Every change, without the previous version.
+    Events,
+    /// Every change with the key's previous version (one more read per change).
+    WithPrevKv,
+}
+
+/// Events read back from the store's history by [`crate::Store::history`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    /// The events, in revision order and, within a revision, in the order they were made.
+    pub events: Vec<Event>,
+    /// Every event up to this revision is in `events` (a read stops at a revision boundary
+    /// when it reaches its byte budget).
+    pub through: Revision,
+}

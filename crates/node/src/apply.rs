@@ -61,6 +61,11 @@ impl<S: KvStore> ApplyLoop<S> {
         }
     }
 
+    /// The state machine.
+    pub(crate) fn store(&self) -> Arc<Store<S>> {
+        self.store.clone()
+    }
+
     /// Applies tasks as they arrive until the store loop goes away or applying fails.
     pub(crate) fn run(mut self) {
         while let Ok(task) = self.tasks.recv() {
@@ -157,10 +162,15 @@ impl<S: KvStore> ApplyLoop<S> {
                 command: proposal.as_ref().map(|p| &p.command),
             })
             .collect();
-        let results = self
+        // Events are built only when someone watches; the hub copes with a watcher that
+        // arrives while the batch is applied.
+        let hub = &self.shared.watch_hub;
+        let wanted = hub.events_wanted();
+        let (results, events) = self
             .store
-            .apply_batch(&batch, durable)
+            .apply_batch_with_events(&batch, durable, wanted)
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        hub.publish(events, self.store.current_revision(), wanted);
 
         let mut results = results.into_iter();
         let node_id = self.shared.config.node_id.0;
@@ -187,6 +197,8 @@ impl<S: KvStore> ApplyLoop<S> {
             .store
             .restore(&mut records)
             .map_err(|e| NodeError::Storage(format!("install snapshot: {e}")))?;
+        // The snapshot may skip revisions: watchers catch up from the new history.
+        self.shared.watch_hub.reset(self.store.current_revision());
         self.shared.publish_applied(applied.index);
         Ok(applied)
     }

@@ -27,6 +27,7 @@ mod proposal;
 mod snapshot;
 mod state;
 mod store;
+mod watching;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,12 +46,16 @@ use crate::snapshot::{IncomingFiles, OutgoingViews, Spool, StateSnapshots};
 use crate::state::StateReader;
 use crate::store::{StoreLoop, StoreMsg};
 
+pub use ::watch::HubConfig as WatchConfig;
 pub use clock::Clock;
 pub use mvcc::{
     AlarmMember, AlarmType, Applied, Command, CommandResponse, MvccError, RangeRequest,
     RangeResponse, Revision, TxnRequest, TxnResponse,
 };
 pub use storage::{NodeId, ShardId};
+
+/// etcd's default period of watch progress notifications (`--watch-progress-notify-interval`).
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Settings of a node. Defaults follow etcd's.
 #[derive(Clone, Debug)]
@@ -83,6 +88,11 @@ pub struct NodeConfig {
     pub snapshot_dir: std::path::PathBuf,
     /// Where time comes from: the system clock, or a manual one in a simulation.
     pub clock: Clock,
+    /// Limits of the watch hub.
+    pub watch: WatchConfig,
+    /// Period of the progress notifications of watchers that asked for them (etcd's
+    /// `--watch-progress-notify-interval`, 10 minutes).
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// Errors returned to clients by the node. `api` maps each to etcd's code and message.
@@ -215,6 +225,8 @@ pub(crate) struct Shared {
     incoming_snapshots: IncomingFiles,
     snapshot_seq: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The watchers of this member; the apply task publishes to it.
+    watch_hub: Arc<::watch::Hub>,
 }
 
 impl Shared {
@@ -336,6 +348,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let (node, store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
         let shared = node.shared.clone();
+        let store = apply_loop.store();
         // A panic in either thread is a broken invariant: the member must stop serving, not
         // limp on without its loop. Record it as a failure the server acts on.
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -352,7 +365,15 @@ impl Node {
         };
         let store_thread = spawn("store-loop", Box::new(move || store_loop.run()))?;
         let apply_thread = spawn("apply", Box::new(move || apply_loop.run()))?;
-        shared.threads.lock().extend([store_thread, apply_thread]);
+        let sync_shared = shared.clone();
+        let watch_thread = spawn(
+            "watch-sync",
+            Box::new(move || watching::run(&sync_shared, store.as_ref())),
+        )?;
+        shared
+            .threads
+            .lock()
+            .extend([store_thread, apply_thread, watch_thread]);
         Ok(node)
     }
 
@@ -371,10 +392,16 @@ impl Node {
         let (node, mut store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
         // The store loop runs the apply queue itself while it installs a snapshot, so the
         // two share the apply loop.
+        let store = apply_loop.store();
+        let shared = node.shared.clone();
         let apply_loop = Arc::new(Mutex::new(apply_loop));
         let inline = apply_loop.clone();
         store_loop.set_inline_apply(Box::new(move || inline.lock().drain()));
-        let step = move || store_loop.iterate() && apply_loop.lock().drain();
+        let step = move || {
+            store_loop.iterate()
+                && apply_loop.lock().drain()
+                && watching::step(&shared, store.as_ref())
+        };
         Ok((
             node,
             Driver {
@@ -433,6 +460,7 @@ impl Node {
             incoming_snapshots: IncomingFiles::default(),
             snapshot_seq: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
+            watch_hub: ::watch::Hub::new(store.current_revision(), config.watch),
         });
 
         let mut raft_config = RaftConfig::new(config.node_id.0);
@@ -474,6 +502,7 @@ impl Node {
     pub fn shutdown(&self) {
         self.shared.stopped.store(true, Ordering::Release);
         let _ = self.shared.inbox.try_send(StoreMsg::ReadWake);
+        self.shared.watch_hub.wake();
         let threads = std::mem::take(&mut *self.shared.threads.lock());
         for thread in threads {
             let _ = thread.join();
@@ -640,6 +669,22 @@ impl Node {
             db_size: shared.state.size_bytes(),
             db_size_in_use: shared.state.bytes_in_use(),
         }
+    }
+
+    /// The election timeout (ticks times the tick interval).
+    pub fn election_timeout(&self) -> Duration {
+        let config = &self.shared.config;
+        config.tick_interval * u32::try_from(config.election_ticks).unwrap_or(u32::MAX)
+    }
+
+    /// The leader this member knows of, 0 if none.
+    pub fn leader(&self) -> u64 {
+        self.shared.leader.load(Ordering::Acquire)
+    }
+
+    /// The watchers of this member: the Watch API opens its streams here.
+    pub fn watch_hub(&self) -> &Arc<::watch::Hub> {
+        &self.shared.watch_hub
     }
 
     /// What a response header names: `(cluster id, member id, current term)`. Cheaper than

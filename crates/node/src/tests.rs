@@ -144,6 +144,8 @@ impl TestCluster {
             seed: id * 7919,
             snapshot_dir: self.dir.join(id.to_string()),
             clock: Clock::system(),
+            watch: WatchConfig::default(),
+            watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 

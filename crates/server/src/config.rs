@@ -106,6 +106,14 @@ pub struct ServeArgs {
     /// Log level: debug, info, warn, error, panic or fatal (RUST_LOG, if set, wins).
     #[arg(long, env = "CONCORD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Period of the progress notifications sent to watchers that asked for them, as a
+    /// duration (`10m`, `1m30s`, `500ms`; at least 100ms).
+    #[arg(
+        long,
+        env = "CONCORD_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m0s"
+    )]
+    pub watch_progress_notify_interval: String,
 }
 
 /// Whether this member starts a new cluster or joins an existing one.
@@ -167,6 +175,8 @@ pub struct Config {
     pub quota_backend_bytes: Option<u64>,
     /// The `tracing` level of `--log-level`: `debug`, `info`, `warn` or `error`.
     pub log_level: &'static str,
+    /// Period of watch progress notifications.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// Why a configuration is refused. Every message is one lowercase line; where etcd has a
@@ -498,6 +508,51 @@ fn parse_initial_cluster(value: &str, token: &str) -> Result<Vec<InitialMember>,
 }
 
 /// The `tracing` level for etcd's `--log-level` (etcd's `panic` and `fatal` log errors only).
+/// The shortest progress-notification period accepted.
+const WATCH_PROGRESS_NOTIFY_INTERVAL_MIN: Duration = Duration::from_millis(100);
+
+/// Parses a duration as etcd's flags take one (Go's `time.ParseDuration`): a sequence of
+/// decimal numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), or a bare `0`.
+fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            flag,
+            value,
+            "must be a duration such as 10m, 1m30s or 500ms",
+        )
+    };
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = value;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
 fn parse_log_level(value: &str) -> Result<&'static str, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "debug" => Ok("debug"),
@@ -635,6 +690,17 @@ impl ServeArgs {
             return Err(invalid("--max-txn-ops", "0", "must be positive"));
         }
         let log_level = parse_log_level(&self.log_level)?;
+        let watch_progress_notify_interval = parse_duration(
+            "--watch-progress-notify-interval",
+            &self.watch_progress_notify_interval,
+        )?;
+        if watch_progress_notify_interval < WATCH_PROGRESS_NOTIFY_INTERVAL_MIN {
+            return Err(invalid(
+                "--watch-progress-notify-interval",
+                &self.watch_progress_notify_interval,
+                "must be at least 100ms",
+            ));
+        }
         let data_dir = match &self.data_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
                 return Err(invalid("--data-dir", "", "must not be empty"))
@@ -678,6 +744,7 @@ impl ServeArgs {
                 quota => u64::try_from(quota).ok(),
             },
             log_level,
+            watch_progress_notify_interval,
         })
     }
 }

@@ -200,6 +200,8 @@ fn node_config(config: &Config) -> NodeConfig {
         seed: seed(),
         snapshot_dir: config.data_dir.join("member").join("snap"),
         clock: node::Clock::system(),
+        watch: node::WatchConfig::default(),
+        watch_progress_notify_interval: config.watch_progress_notify_interval,
     }
 }
 

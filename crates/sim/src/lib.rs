@@ -216,6 +216,8 @@ impl Sim {
             seed: self.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             snapshot_dir: self.dir.join(id.to_string()),
             clock: self.clock.clone(),
+            watch: node::WatchConfig::default(),
+            watch_progress_notify_interval: node::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         };
         let member = &mut self.members[i];
         let started = Node::start_driven(

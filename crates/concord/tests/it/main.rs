@@ -15,6 +15,7 @@ mod kv;
 mod maintenance;
 mod rust_client;
 mod snapshot;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::Path;

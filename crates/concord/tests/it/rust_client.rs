@@ -450,3 +450,173 @@ async fn maintenance_and_cluster_calls_through_etcd_client() {
     all.defragment().await.unwrap();
     assert_eq!(all.get("s/x", None).await.unwrap().kvs()[0].value(), b"v");
 }
+
+/// Reads watch responses until `done` says enough, failing after `deadline`.
+async fn read_watch(
+    stream: &mut etcd_client::WatchStream,
+    deadline: std::time::Duration,
+    mut done: impl FnMut(&etcd_client::WatchResponse) -> bool,
+) {
+    tokio::time::timeout(deadline, async {
+        loop {
+            let response = stream
+                .message()
+                .await
+                .expect("a watch response")
+                .expect("the stream stays open");
+            if done(&response) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the expected watch responses in time");
+}
+
+// Proves watches through the crate: history with previous versions; a watcher that does not
+// read while 2,000 writes of 4 KiB land (far more than the server queues for it) still gets
+// every event exactly once, in revision order, once it reads; a progress request is answered
+// for the whole stream at the current revision; a watcher from a compacted revision is
+// cancelled with the compaction revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_through_etcd_client() {
+    use etcd_client::{EventType, WatchOptions};
+    let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let mut c = client(&cluster).await;
+    c.put("w/a", "1", None).await.unwrap(); // 2
+    c.put("w/a", "2", None).await.unwrap(); // 3
+    c.delete("w/a", None).await.unwrap(); // 4
+
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_start_revision(2);
+    let mut history = c.watch("w/", Some(options)).await.unwrap();
+    let mut events = Vec::new();
+    read_watch(&mut history, std::time::Duration::from_secs(10), |r| {
+        events.extend(r.events().iter().map(|e| {
+            let kv = e.kv().expect("a kv");
+            (
+                e.event_type(),
+                kv.mod_revision(),
+                e.prev_kv().map(|p| p.value().to_vec()),
+            )
+        }));
+        events.len() >= 3
+    })
+    .await;
+    assert_eq!(
+        events,
+        vec![
+            (EventType::Put, 2, None),
+            (EventType::Put, 3, Some(b"1".to_vec())),
+            (EventType::Delete, 4, Some(b"2".to_vec())),
+        ]
+    );
+
+    // A slow reader.
+    let mut slow = c
+        .watch("s/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let created = slow.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let value = "v".repeat(4096);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = c.clone();
+        let value = value.clone();
+        writers.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for n in 0..250 {
+                let put = c
+                    .put(format!("s/{w}/{n}"), value.clone(), None)
+                    .await
+                    .unwrap();
+                revisions.push(header_revision(put.header()));
+            }
+            revisions
+        }));
+    }
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    written.sort_unstable();
+    let mut seen = Vec::new();
+    read_watch(&mut slow, std::time::Duration::from_secs(60), |r| {
+        assert!(
+            !r.canceled(),
+            "the slow watcher was cancelled: {}",
+            r.cancel_reason()
+        );
+        seen.extend(r.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+        seen.len() >= written.len()
+    })
+    .await;
+    assert_eq!(seen, written, "every write once, in revision order");
+
+    // Progress for the whole stream, at the current revision.
+    let current = *written.last().unwrap();
+    slow.request_progress().await.unwrap();
+    read_watch(&mut slow, std::time::Duration::from_secs(10), |r| {
+        assert!(r.events().is_empty(), "no event after the writes");
+        assert_eq!(r.watch_id(), -1);
+        assert_eq!(header_revision(r.header()), current);
+        true
+    })
+    .await;
+
+    // Behind a compaction.
+    c.compact(current - 10, None).await.unwrap();
+    let mut old = c
+        .watch(
+            "s/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(5)),
+        )
+        .await
+        .unwrap();
+    read_watch(&mut old, std::time::Duration::from_secs(10), |r| {
+        r.canceled() && r.compact_revision() == current - 10
+    })
+    .await;
+}
+
+// Proves etcd's require-leader watches: with `hasleader` metadata, a watch on a member that
+// has lost its quorum ends with `etcdserver: no leader`, and a new one is refused with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_leader_watches_end_when_the_leader_is_lost() {
+    use etcd_client::{ConnectOptions, WatchOptions};
+    let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let options = ConnectOptions::new().with_require_leader(true);
+    let mut c = Client::connect([cluster.client_url(0)], Some(options.clone()))
+        .await
+        .expect("connect");
+    let mut watch = c
+        .watch("k", Some(WatchOptions::new()))
+        .await
+        .expect("a watch while there is a leader");
+    assert!(watch.message().await.unwrap().unwrap().created());
+    cluster.kill(1);
+    cluster.kill(2);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), watch.message())
+        .await
+        .expect("the watch ends once the leader is lost");
+    assert_eq!(
+        status(ended.expect_err("an error ends the stream")),
+        (Code::Unavailable, "etcdserver: no leader".to_string())
+    );
+    let mut c = Client::connect([cluster.client_url(0)], Some(options))
+        .await
+        .expect("connect");
+    let refused = c
+        .watch("k", None)
+        .await
+        .expect_err("refused without a leader");
+    assert_eq!(
+        status(refused),
+        (Code::Unavailable, "etcdserver: no leader".to_string())
+    );
+}
