@@ -8,7 +8,8 @@
 //! - [`net`]: one network namespace per member, partitions as packet filter rules.
 //! - [`cluster`]: the member processes (kill -9, SIGSTOP, restart).
 //! - [`nemesis`]: the faults and their seeded schedule.
-//! - [`workload`]: clients through the `etcd-client` crate.
+//! - [`workload`]: clients through the `etcd-client` crate (registers, bank).
+//! - [`watches`]: the watch workload and the validator of etcd's watch guarantees.
 //! - [`run`]: one scenario end to end, and its report.
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
@@ -18,4 +19,5 @@ pub mod cluster;
 pub mod nemesis;
 pub mod net;
 pub mod run;
+pub mod watches;
 pub mod workload;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chaos::nemesis::{NemesisKind, Rng};
 use chaos::run::{run, Scenario, Workload};
+use chaos::watches::WatchConfig;
 use chaos::workload::{BankConfig, RegisterConfig};
 use clap::Parser;
 
@@ -20,8 +21,9 @@ struct Args {
     /// Seed of the run (random if not given; always printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Workload: register (linearizability of reads, writes, compare-and-sets) or bank
-    /// (transfers as txns; every read must show the same total).
+    /// Workload: register (linearizability of reads, writes, compare-and-sets), bank
+    /// (transfers as txns; every read must show the same total) or watch (a watcher per
+    /// member checked against etcd's watch guarantees).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
@@ -102,7 +104,10 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
                     ..RegisterConfig::default()
                 }),
                 "bank" => Workload::Bank(BankConfig::default()),
-                other => anyhow::bail!("unknown workload {other:?}; one of: register, bank"),
+                "watch" => Workload::Watch(WatchConfig::default()),
+                other => {
+                    anyhow::bail!("unknown workload {other:?}; one of: register, bank, watch")
+                }
             },
             checker_budget: 20_000_000,
             binary: args.concord.clone().unwrap_or_else(default_binary),

@@ -14,6 +14,7 @@ use crate::history::{History, Outcome};
 use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
 use crate::net::Network;
 use crate::revisions;
+use crate::watches::{self, WatchConfig};
 use crate::workload::{self, BankConfig, RegisterConfig};
 
 /// What the clients do.
@@ -23,6 +24,8 @@ pub enum Workload {
     Register(RegisterConfig),
     /// Transfers between accounts as txns, every read of all accounts checked for the total.
     Bank(BankConfig),
+    /// Writes followed by a watcher per member, checked against etcd's watch guarantees.
+    Watch(WatchConfig),
 }
 
 impl Workload {
@@ -32,6 +35,7 @@ impl Workload {
         match self {
             Workload::Register(_) => "register",
             Workload::Bank(_) => "bank",
+            Workload::Watch(_) => "watch",
         }
     }
 }
@@ -296,6 +300,10 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             let run = workload::run_bank(endpoints.clone(), config.clone(), scenario.seed, until);
             tokio::spawn(async move { run.await.map(Recorded::Bank) })
         }
+        Workload::Watch(config) => {
+            let run = watches::run_watch(endpoints.clone(), config.clone(), scenario.seed, until);
+            tokio::spawn(async move { run.await.map(Recorded::Watch) })
+        }
     };
     let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
     for step in schedule(
@@ -389,7 +397,16 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 (ok + bank.unknown, ok, 0, bank.unknown),
             )
         }
-        (Recorded::Bank(_), Workload::Register(_)) => {
+        (Recorded::Watch(history), _) => {
+            write(&scenario.out, "timeline.txt", &watches::timeline(history))?;
+            let (ok, failed, unknown) = history.counts();
+            (
+                None,
+                history.anomalies(),
+                (history.writes.len(), ok, failed, unknown),
+            )
+        }
+        (Recorded::Bank(_), _) => {
             unreachable!("the bank workload records a bank")
         }
     };
@@ -413,6 +430,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
 enum Recorded {
     Register(History),
     Bank(workload::BankHistory),
+    Watch(watches::WatchHistory),
 }
 
 fn count(history: &History) -> (usize, usize, usize, usize) {

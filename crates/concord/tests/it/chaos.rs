@@ -1,8 +1,8 @@
-//! The chaos scenarios CI runs: the register workload under every fault kind and the bank
-//! under kills and mixed faults, each on its own seeded schedule, and the run that proves the
-//! harness can fail. Each scenario's
-//! history, timeline and member logs are kept under the system's temp directory; a failure
-//! prints the command that reproduces it.
+//! The chaos scenarios CI runs: the register workload under every fault kind, the bank and
+//! the watch workload under kills, partitions and mixed faults, each on its own seeded
+//! schedule, and the run that proves the harness can fail. Each scenario's history, timeline
+//! and member logs are kept under the system's temp directory; a failure prints the command
+//! that reproduces it.
 //!
 //! The members run in network namespaces, so these tests need root (CI runs as root).
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use chaos::checker::Verdict;
 use chaos::nemesis::NemesisKind;
 use chaos::run::{run, Scenario, Workload};
+use chaos::watches::WatchConfig;
 use chaos::workload::{BankConfig, RegisterConfig};
 
 use crate::{binary, slow_tests_enabled};
@@ -159,5 +160,25 @@ async fn bank_keeps_its_total_under_faults() {
     }
     let scenarios = [(301, NemesisKind::Kill), (302, NemesisKind::Mixed)]
         .map(|(seed, nemesis)| scenario(seed, nemesis, Workload::Bank(BankConfig::default())));
+    run_all(&scenarios).await;
+}
+
+// Proves etcd's watch guarantees hold under faults: a watcher per member follows every change
+// (requiring a leader, resuming on the next member from the revision after the last one it
+// saw whenever its stream breaks) while members are killed, paused and partitioned; every
+// watcher's events are exactly the history's, in order, never duplicated or split within a
+// revision, progress notifications never run ahead of events, every acknowledged write is
+// in the history, and every watcher reaches the final write after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_keep_their_guarantees_under_faults() {
+    if !enabled("watches_keep_their_guarantees_under_faults") {
+        return;
+    }
+    let scenarios = [
+        (401, NemesisKind::Kill),
+        (402, NemesisKind::PartitionLeader),
+        (403, NemesisKind::Mixed),
+    ]
+    .map(|(seed, nemesis)| scenario(seed, nemesis, Workload::Watch(WatchConfig::default())));
     run_all(&scenarios).await;
 }
