@@ -95,6 +95,12 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Node(NodeError::Mvcc(MvccError::LeaseNotFound)) => {
             (Code::NotFound, "etcdserver: requested lease not found")
         }
+        Node(NodeError::Mvcc(MvccError::LeaseExists)) => {
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
+        }
+        Node(NodeError::Mvcc(MvccError::LeaseTtlTooLarge)) => {
+            (Code::OutOfRange, "etcdserver: too large lease TTL")
+        }
         Node(NodeError::Mvcc(MvccError::NoSpace)) => (
             Code::ResourceExhausted,
             "etcdserver: mvcc: database space exceeded",
@@ -193,6 +199,16 @@ mod tests {
                 MvccError::LeaseNotFound.into(),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                MvccError::LeaseExists.into(),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                MvccError::LeaseTtlTooLarge.into(),
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
             (
                 MvccError::NoSpace.into(),

@@ -31,49 +31,60 @@ impl KvService {
         Ok(())
     }
 
-    /// etcd's quota check (`v3rpc/quota.go`), made before anything else about a write: a
-    /// write that adds `cost` bytes and would reach the quota raises this member's NOSPACE
-    /// alarm through the log, so every member refuses such writes from then on, and is
-    /// refused. Writes that add nothing pass.
-    ///
-    /// The quota counts the bytes the data occupies, not the file's size: the engine reuses
-    /// the space compaction frees and is never defragmented, so counting the file would keep
-    /// a cluster refusing writes after the operator freed space.
     async fn check_quota(&self, cost: u64) -> Result<(), Status> {
-        let Some(quota) = self.config.quota_backend_bytes else {
-            return Ok(());
-        };
-        if cost == 0 || self.node.bytes_in_use().saturating_add(cost) < quota {
-            return Ok(());
-        }
-        let (_, member_id, _) = self.node.header_fields();
-        let raised = self
-            .node
-            .alarms()
-            .iter()
-            .any(|a| a.member_id == member_id && a.alarm == AlarmType::NoSpace);
-        if !raised {
-            let alarm = Command::Alarm(AlarmRequest {
-                action: AlarmAction::Activate,
-                member_id,
-                alarm: Some(AlarmType::NoSpace),
-            });
-            // As etcd, the write is refused whether or not raising the alarm succeeded.
-            if let Err(e) = self.node.propose(alarm).await {
-                tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
-            }
-        }
-        Err(to_status(MvccError::NoSpace))
+        check_quota(&self.node, &self.config, cost).await
     }
 
     async fn propose(
         &self,
         command: Command,
     ) -> Result<(CommandResponse, pb::ResponseHeader), Status> {
-        let applied = self.node.propose(command).await.map_err(to_status)?;
-        let response = applied.result.map_err(to_status)?;
-        Ok((response, header(&self.node, applied.revision)))
+        propose(&self.node, command).await
     }
+}
+
+/// etcd's quota check (`v3rpc/quota.go`), made before anything else about a write: a
+/// write that adds `cost` bytes and would reach the quota raises this member's NOSPACE
+/// alarm through the log, so every member refuses such writes from then on, and is
+/// refused. Writes that add nothing pass.
+///
+/// The quota counts the bytes the data occupies, not the file's size: the engine reuses
+/// the space compaction frees and is never defragmented, so counting the file would keep
+/// a cluster refusing writes after the operator freed space.
+pub(crate) async fn check_quota(node: &Node, config: &ApiConfig, cost: u64) -> Result<(), Status> {
+    let Some(quota) = config.quota_backend_bytes else {
+        return Ok(());
+    };
+    if cost == 0 || node.bytes_in_use().saturating_add(cost) < quota {
+        return Ok(());
+    }
+    let (_, member_id, _) = node.header_fields();
+    let raised = node
+        .alarms()
+        .iter()
+        .any(|a| a.member_id == member_id && a.alarm == AlarmType::NoSpace);
+    if !raised {
+        let alarm = Command::Alarm(AlarmRequest {
+            action: AlarmAction::Activate,
+            member_id,
+            alarm: Some(AlarmType::NoSpace),
+        });
+        // As etcd, the write is refused whether or not raising the alarm succeeded.
+        if let Err(e) = node.propose(alarm).await {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        }
+    }
+    Err(to_status(MvccError::NoSpace))
+}
+
+/// Proposes `command` and waits for its result, with the header of the revision after it.
+pub(crate) async fn propose(
+    node: &Node,
+    command: Command,
+) -> Result<(CommandResponse, pb::ResponseHeader), Status> {
+    let applied = node.propose(command).await.map_err(to_status)?;
+    let response = applied.result.map_err(to_status)?;
+    Ok((response, header(node, applied.revision)))
 }
 
 #[tonic::async_trait]

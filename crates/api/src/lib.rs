@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod convert;
 pub mod errors;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod peer;
 pub mod watch;
@@ -71,7 +72,7 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     }
 }
 
-/// The client services (KV, Watch, Maintenance, Cluster) for `node`, ready to add to a server.
+/// The client services (KV, Watch, Lease, Maintenance, Cluster) for `node`, ready to add to a server.
 #[must_use]
 pub fn client_routes(
     node: &Node,
@@ -95,8 +96,11 @@ pub fn client_routes(
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService::new(node.clone(), config))
+        .max_decoding_message_size(limit);
     tonic::service::Routes::new(kv)
         .add_service(watch)
+        .add_service(lease)
         .add_service(maintenance)
         .add_service(cluster)
 }

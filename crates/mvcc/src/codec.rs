@@ -296,6 +296,24 @@ impl Command {
                 w.i64(a.member_id as i64);
                 w.u8(alarm_code(a.alarm));
             }
+            Command::LeaseGrant(g) => {
+                w.u8(6);
+                w.i64(g.id);
+                w.i64(g.ttl);
+            }
+            Command::LeaseRevoke(id) => {
+                w.u8(7);
+                w.i64(*id);
+            }
+            Command::LeaseKeepAlive(id) => {
+                w.u8(8);
+                w.i64(*id);
+            }
+            Command::LeaseExpire(e) => {
+                w.u8(9);
+                w.i64(e.id);
+                w.i64(e.renewals as i64);
+            }
         }
         b
     }
@@ -326,6 +344,16 @@ impl Command {
                 },
                 member_id: r.i64()? as u64,
                 alarm: alarm_from_code(r.u8()?)?,
+            }),
+            6 => Command::LeaseGrant(LeaseGrantRequest {
+                id: r.i64()?,
+                ttl: r.i64()?,
+            }),
+            7 => Command::LeaseRevoke(r.i64()?),
+            8 => Command::LeaseKeepAlive(r.i64()?),
+            9 => Command::LeaseExpire(LeaseExpireRequest {
+                id: r.i64()?,
+                renewals: r.i64()? as u64,
             }),
             _ => return Err(bad()),
         };

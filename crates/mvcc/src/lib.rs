@@ -45,6 +45,12 @@ pub enum MvccError {
     /// `etcdserver: requested lease not found`
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// `etcdserver: lease already exists`
+    #[error("lease already exists")]
+    LeaseExists,
+    /// `etcdserver: too large lease TTL`
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     /// `etcdserver: mvcc: database space exceeded`: the NOSPACE alarm is raised and the
     /// command would add data.
     #[error("mvcc: database space exceeded")]
@@ -97,6 +103,9 @@ struct Version {
     /// Bytes its record occupies in storage (key and value of the `Revisions` entry).
     bytes: u32,
 }
+
+/// The longest lease TTL etcd grants, in seconds (`MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_APPLIED_TERM: &[u8] = b"applied_term";
@@ -197,6 +206,39 @@ fn event(key: &[u8], version: &Version, value: Vec<u8>, prev_kv: Option<KeyValue
     }
 }
 
+/// A lease's record in `Table::Leases`: key = id (i64 BE), value = `[format][ttl][renewals]`.
+fn lease_key(id: LeaseId) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+fn encode_lease(lease: &LeaseEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(RECORD_FORMAT_V1);
+    let mut w = codec::W { b: &mut out };
+    w.i64(lease.ttl);
+    w.i64(lease.renewals as i64);
+    out
+}
+
+fn decode_lease(key: &[u8], value: &[u8]) -> Result<(LeaseId, LeaseEntry), MvccError> {
+    let malformed = || MvccError::Storage(format!("lease record {key:?} is malformed"));
+    let id = i64::from_be_bytes(key.try_into().map_err(|_| malformed())?);
+    let mut r = codec::R { b: value };
+    if r.u8().map_err(|_| malformed())? != RECORD_FORMAT_V1 {
+        return Err(malformed());
+    }
+    let ttl = r.i64().map_err(|_| malformed())?;
+    let renewals = r.i64().map_err(|_| malformed())? as u64;
+    Ok((
+        id,
+        LeaseEntry {
+            ttl,
+            renewals,
+            keys: std::collections::BTreeSet::new(),
+        },
+    ))
+}
+
 fn meta_i64(snapshot: &dyn KvSnapshot, name: &[u8]) -> Result<i64, MvccError> {
     meta_i64_or(snapshot, name, 0)
 }
@@ -271,6 +313,14 @@ fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
     }
 }
 
+/// A lease in the index: what is stored, and the keys attached (derived from the versions).
+#[derive(Clone, Debug, Default)]
+struct LeaseEntry {
+    ttl: i64,
+    renewals: u64,
+    keys: std::collections::BTreeSet<Vec<u8>>,
+}
+
 /// The in-memory index and the counters published with it.
 #[derive(Default)]
 struct Index {
@@ -284,6 +334,8 @@ struct Index {
     bytes: u64,
     /// The active alarms.
     alarms: std::collections::BTreeSet<AlarmMember>,
+    /// The leases.
+    leases: BTreeMap<LeaseId, LeaseEntry>,
 }
 
 impl Index {
@@ -580,7 +632,7 @@ impl View<'_> {
         {
             return Err(MvccError::KeyNotFound);
         }
-        check_lease(req.lease)
+        check_lease(self.index, req.lease)
     }
 
     /// etcd's `checkRange`: a txn's range at a revision the store cannot serve fails the
@@ -665,6 +717,19 @@ impl Execution<'_> {
         Ok(())
     }
 
+    /// Records the deletion of `key` (a tombstone) at the next sub-revision.
+    fn record_deletion(&mut self, key: &[u8]) -> Result<(), MvccError> {
+        let tombstone = Version {
+            rev: (self.main, self.sub),
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            tombstone: true,
+            bytes: 0,
+        };
+        self.record(key, tombstone, Vec::new())
+    }
+
     /// The event `version` of `key` makes, before it is recorded.
     fn record_event(
         &mut self,
@@ -715,7 +780,7 @@ impl Execution<'_> {
     fn run(&mut self, command: &Command) -> Result<CommandResponse, MvccError> {
         match command {
             // etcd checks a lone put's lease before the key (`ignore_*` on a missing key).
-            Command::Put(req) => check_lease(req.lease)
+            Command::Put(req) => check_lease(self.index, req.lease)
                 .and_then(|()| self.put(req))
                 .map(CommandResponse::Put),
             Command::DeleteRange(req) => self.delete(req).map(CommandResponse::DeleteRange),
@@ -724,6 +789,105 @@ impl Execution<'_> {
                 .compact(req.revision)
                 .map(|()| CommandResponse::Compact),
             Command::Alarm(req) => Ok(CommandResponse::Alarm(self.alarm(req))),
+            Command::LeaseGrant(req) => self.grant(*req).map(CommandResponse::LeaseGrant),
+            Command::LeaseRevoke(id) => self.revoke(*id).map(|()| CommandResponse::LeaseRevoke),
+            Command::LeaseKeepAlive(id) => self.renew(*id).map(CommandResponse::LeaseKeepAlive),
+            Command::LeaseExpire(req) => {
+                let renewed = self
+                    .index
+                    .leases
+                    .get(&req.id)
+                    .is_none_or(|lease| lease.renewals != req.renewals);
+                if renewed {
+                    return Ok(CommandResponse::LeaseExpire(false));
+                }
+                self.revoke(req.id)
+                    .map(|()| CommandResponse::LeaseExpire(true))
+            }
+        }
+    }
+
+    /// etcd's lessor `Grant`: a new lease; an id in use is refused.
+    fn grant(&mut self, req: LeaseGrantRequest) -> Result<LeaseGrantRequest, MvccError> {
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        if self.index.leases.contains_key(&req.id) {
+            return Err(MvccError::LeaseExists);
+        }
+        let lease = LeaseEntry {
+            ttl: req.ttl,
+            ..LeaseEntry::default()
+        };
+        self.ops.push(WriteOp::Put {
+            table: Table::Leases,
+            key: lease_key(req.id),
+            value: encode_lease(&lease),
+        });
+        self.index.leases.insert(req.id, lease);
+        Ok(req)
+    }
+
+    /// Deletes every key attached to the lease (in key order, at one revision, as etcd's
+    /// revoke), then the lease.
+    fn revoke(&mut self, id: LeaseId) -> Result<(), MvccError> {
+        let lease = self
+            .index
+            .leases
+            .remove(&id)
+            .ok_or(MvccError::LeaseNotFound)?;
+        for key in &lease.keys {
+            if self.live_version(key).is_some() {
+                self.record_deletion(key)?;
+            }
+        }
+        self.ops.push(WriteOp::Delete {
+            table: Table::Leases,
+            key: lease_key(id),
+        });
+        Ok(())
+    }
+
+    /// A keepalive: counts the renewal; returns the granted TTL.
+    fn renew(&mut self, id: LeaseId) -> Result<i64, MvccError> {
+        let lease = self
+            .index
+            .leases
+            .get_mut(&id)
+            .ok_or(MvccError::LeaseNotFound)?;
+        lease.renewals += 1;
+        let (ttl, record) = (lease.ttl, encode_lease(lease));
+        self.ops.push(WriteOp::Put {
+            table: Table::Leases,
+            key: lease_key(id),
+            value: record,
+        });
+        Ok(ttl)
+    }
+
+    /// After a command succeeded: moves every key it changed from the lease of its previous
+    /// live version (if any) to the lease of its new one (if any).
+    fn attach_touched(&mut self) {
+        let mut done = std::collections::BTreeSet::new();
+        for (key, before) in std::mem::take(&mut self.touched) {
+            if !done.insert(key.clone()) {
+                continue;
+            }
+            let Some(versions) = self.index.keys.get(&key) else {
+                continue;
+            };
+            let lease_of = |v: Option<&Version>| v.filter(|v| !v.tombstone).map_or(0, |v| v.lease);
+            let old = lease_of(before.checked_sub(1).map(|i| &versions[i]));
+            let new = lease_of(versions.last());
+            if old == new {
+                continue;
+            }
+            if let Some(lease) = self.index.leases.get_mut(&old) {
+                lease.keys.remove(&key);
+            }
+            if let Some(lease) = self.index.leases.get_mut(&new) {
+                lease.keys.insert(key);
+            }
         }
     }
 
@@ -803,7 +967,7 @@ impl Execution<'_> {
             _ => req.lease,
         };
         if !req.ignore_lease {
-            check_lease(lease)?;
+            check_lease(self.index, lease)?;
         }
         let version = Version {
             rev: (self.main, self.sub),
@@ -832,15 +996,7 @@ impl Execution<'_> {
             if req.prev_kv {
                 prev_kvs.push(self.values().key_value(key, version, true)?);
             }
-            let tombstone = Version {
-                rev: (self.main, self.sub),
-                create_revision: 0,
-                version: 0,
-                lease: 0,
-                tombstone: true,
-                bytes: 0,
-            };
-            self.record(key, tombstone, Vec::new())?;
+            self.record_deletion(key)?;
         }
         Ok(DeleteRangeResponse {
             revision: self.read_revision(),
@@ -938,15 +1094,20 @@ fn refused_by_alarms(
     let active = |alarm: AlarmType| alarms.iter().any(|a| a.alarm == alarm);
     if active(AlarmType::Corrupt) {
         let writes = match command {
-            Command::Put(_) | Command::DeleteRange(_) | Command::Compact(_) => true,
+            Command::Put(_)
+            | Command::DeleteRange(_)
+            | Command::Compact(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseRevoke(_)
+            | Command::LeaseExpire(_) => true,
             Command::Txn(txn) => !txn.is_read_only(),
-            Command::Alarm(_) => false,
+            Command::Alarm(_) | Command::LeaseKeepAlive(_) => false,
         };
         return writes.then_some(MvccError::Corrupt);
     }
     if active(AlarmType::NoSpace) {
         let adds = match command {
-            Command::Put(_) => true,
+            Command::Put(_) | Command::LeaseGrant(_) => true,
             Command::Txn(txn) => txn
                 .success
                 .iter()
@@ -968,11 +1129,9 @@ fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
-/// Whether a put may attach `lease`. No lease can be granted yet (there is no Lease service),
-/// so every id but 0 is unknown: etcd refuses such puts, and so do we. The lease store
-/// replaces this when leases land.
-fn check_lease(lease: i64) -> Result<(), MvccError> {
-    if lease == 0 {
+/// Whether a put may attach `lease`: 0 (none) or a lease that exists.
+fn check_lease(index: &Index, lease: LeaseId) -> Result<(), MvccError> {
+    if lease == 0 || index.leases.contains_key(&lease) {
         Ok(())
     } else {
         Err(MvccError::LeaseNotFound)
@@ -983,6 +1142,31 @@ fn check_lease(lease: i64) -> Result<(), MvccError> {
 pub struct Store<S: KvStore> {
     kv: S,
     index: RwLock<Index>,
+}
+
+/// Visits every record of `table` in `[start, end)`, stopping at the first error `visit`
+/// returns.
+fn scan_decoded(
+    snapshot: &dyn KvSnapshot,
+    table: Table,
+    start: &[u8],
+    end: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let mut failure = None;
+    snapshot.scan(
+        table,
+        start,
+        end,
+        &mut |key, value| match visit(key, value) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        },
+    )?;
+    failure.map_or(Ok(()), Err)
 }
 
 fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {
@@ -996,44 +1180,43 @@ fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {
         term: meta_i64(snapshot, META_APPLIED_TERM)? as u64,
     };
     index.durable = index.applied;
-    let mut failure = None;
     let end = prefix_end(META_ALARM_PREFIX);
-    snapshot.scan(
+    scan_decoded(
+        snapshot,
         Table::Meta,
         META_ALARM_PREFIX,
         Some(&end),
-        &mut |key, _| match decode_alarm_key(key) {
-            Ok(alarm) => {
-                index.alarms.insert(alarm);
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
+        |key, _| {
+            index.alarms.insert(decode_alarm_key(key)?);
+            Ok(())
         },
     )?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    snapshot.scan(Table::Revisions, &[], None, &mut |key, value| {
-        let decoded = decode_rev_key(key).and_then(|rev| decode_record(rev, value));
-        match decoded {
-            Ok((key, version, _)) => {
-                index.bytes += u64::from(version.bytes);
-                index.keys.entry(key).or_default().push(version);
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
+    scan_decoded(snapshot, Table::Leases, &[], None, |key, value| {
+        let (id, lease) = decode_lease(key, value)?;
+        index.leases.insert(id, lease);
+        Ok(())
     })?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(index),
+    scan_decoded(snapshot, Table::Revisions, &[], None, |key, value| {
+        let (key, version, _) = decode_record(decode_rev_key(key)?, value)?;
+        index.bytes += u64::from(version.bytes);
+        index.keys.entry(key).or_default().push(version);
+        Ok(())
+    })?;
+    // The keys attached to each lease: those whose live version names it.
+    let Index { keys, leases, .. } = &mut index;
+    for (key, versions) in keys.iter() {
+        let Some(last) = versions.last().filter(|v| !v.tombstone && v.lease != 0) else {
+            continue;
+        };
+        let lease = leases.get_mut(&last.lease).ok_or_else(|| {
+            MvccError::Storage(format!(
+                "key {key:?} is attached to lease {} which does not exist",
+                last.lease
+            ))
+        })?;
+        lease.keys.insert(key.clone());
     }
+    Ok(index)
 }
 
 impl<S: KvStore> Store<S> {
@@ -1105,6 +1288,8 @@ impl<S: KvStore> Store<S> {
             };
             if result.is_err() {
                 execution.undo();
+            } else {
+                execution.attach_touched();
             }
             let wrote = execution.sub > 0;
             let main = execution.main;
@@ -1242,6 +1427,32 @@ impl<S: KvStore> Store<S> {
             Some(e) => Err(e),
             None => Ok(history),
         }
+    }
+
+    /// Every lease, in id order, with its attached keys.
+    pub fn leases(&self) -> Vec<Lease> {
+        let index = self.index.read();
+        index
+            .leases
+            .iter()
+            .map(|(id, lease)| Lease {
+                id: *id,
+                ttl: lease.ttl,
+                renewals: lease.renewals,
+                keys: lease.keys.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// One lease, with its attached keys.
+    pub fn lease(&self, id: LeaseId) -> Option<Lease> {
+        let index = self.index.read();
+        index.leases.get(&id).map(|lease| Lease {
+            id,
+            ttl: lease.ttl,
+            renewals: lease.renewals,
+            keys: lease.keys.iter().cloned().collect(),
+        })
     }
 
     /// The current revision.

@@ -642,6 +642,16 @@ fn command_codec() {
         command,
         alarm(AlarmAction::Deactivate, u64::MAX, Some(AlarmType::Corrupt)),
         alarm(AlarmAction::Get, 0, None),
+        Command::LeaseGrant(LeaseGrantRequest {
+            id: i64::MAX,
+            ttl: MAX_LEASE_TTL,
+        }),
+        Command::LeaseRevoke(1),
+        Command::LeaseKeepAlive(-3),
+        Command::LeaseExpire(LeaseExpireRequest {
+            id: 42,
+            renewals: u64::MAX,
+        }),
     ] {
         let bytes = command.encode();
         assert_eq!(Command::decode(&bytes).unwrap(), command);
@@ -928,4 +938,126 @@ proptest! {
         }
         prop_assert_eq!(h.store.history(model.compacted.max(1), current + 1, page, false), Err(MvccError::FutureRevision));
     }
+}
+
+// Proves leases as etcd's lessor applies them: grants (an id in use and a TTL over the
+// maximum refused), puts that attach keys (an unknown lease refused), keys moving between
+// leases and leaving them when deleted, a revoke deleting every attached key at one revision
+// in key order (with events), keepalives counted, an expiry that a renewal in between
+// cancels, and the whole state rebuilt the same from storage.
+#[test]
+fn leases_follow_etcd() {
+    let mut h = Harness::new();
+    let grant = |id, ttl| Command::LeaseGrant(LeaseGrantRequest { id, ttl });
+    assert_eq!(
+        h.apply(grant(7, 10)).result,
+        Ok(CommandResponse::LeaseGrant(LeaseGrantRequest {
+            id: 7,
+            ttl: 10
+        }))
+    );
+    assert_eq!(h.store.current_revision(), 1, "a grant makes no revision");
+    assert_eq!(h.apply(grant(7, 5)).result, Err(MvccError::LeaseExists));
+    assert_eq!(
+        h.apply(grant(8, MAX_LEASE_TTL + 1)).result,
+        Err(MvccError::LeaseTtlTooLarge)
+    );
+    h.apply(grant(8, 20)).result.unwrap();
+    let put = |key: &str, lease| {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    };
+    assert_eq!(h.apply(put("x", 9)).result, Err(MvccError::LeaseNotFound));
+    for key in ["c", "a", "b"] {
+        h.apply(put(key, 7)).result.unwrap();
+    }
+    h.apply(put("d", 8)).result.unwrap();
+    h.apply(put("b", 8)).result.unwrap(); // moves b to lease 8
+    h.delete("c", b""); // c leaves lease 7
+    let keys = |h: &Harness, id| -> Vec<Vec<u8>> { h.store.lease(id).unwrap().keys };
+    assert_eq!(keys(&h, 7), vec![b"a".to_vec()]);
+    assert_eq!(keys(&h, 8), vec![b"b".to_vec(), b"d".to_vec()]);
+
+    // Keepalives count; an expiry decided before the latest renewal does nothing.
+    assert_eq!(
+        h.apply(Command::LeaseKeepAlive(8)).result,
+        Ok(CommandResponse::LeaseKeepAlive(20))
+    );
+    assert_eq!(
+        h.apply(Command::LeaseKeepAlive(9)).result,
+        Err(MvccError::LeaseNotFound)
+    );
+    let expire = |renewals| Command::LeaseExpire(LeaseExpireRequest { id: 8, renewals });
+    assert_eq!(
+        h.apply(expire(0)).result,
+        Ok(CommandResponse::LeaseExpire(false))
+    );
+    assert!(h.store.lease(8).is_some());
+
+    // Reopening rebuilds leases and their keys.
+    let reopened = Store::open(h.kv.clone()).unwrap();
+    assert_eq!(reopened.leases(), h.store.leases());
+
+    // The expiry with the current count revokes: both keys go at one revision, in key order.
+    let before = h.store.current_revision();
+    let (applied, events) = h.apply_with_events(expire(1));
+    assert_eq!(applied.result, Ok(CommandResponse::LeaseExpire(true)));
+    assert_eq!(applied.revision, before + 1);
+    let deleted: Vec<(EventKind, Vec<u8>, i64)> = events
+        .iter()
+        .map(|e| (e.kind, e.kv.key.clone(), e.revision()))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![
+            (EventKind::Delete, b"b".to_vec(), before + 1),
+            (EventKind::Delete, b"d".to_vec(), before + 1)
+        ]
+    );
+    assert!(h.get("b", 0).unwrap().is_none() && h.get("d", 0).unwrap().is_none());
+    assert_eq!(
+        h.apply(expire(1)).result,
+        Ok(CommandResponse::LeaseExpire(false)),
+        "already gone"
+    );
+    assert_eq!(
+        h.apply(Command::LeaseRevoke(8)).result,
+        Err(MvccError::LeaseNotFound)
+    );
+    // A revoke of a lease without keys makes no revision.
+    h.apply(grant(10, 5)).result.unwrap();
+    let before = h.store.current_revision();
+    assert_eq!(
+        h.apply(Command::LeaseRevoke(10)).result,
+        Ok(CommandResponse::LeaseRevoke)
+    );
+    assert_eq!(h.store.current_revision(), before);
+    assert_eq!(
+        h.store.leases().iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![7]
+    );
+    let reopened = Store::open(h.kv.clone()).unwrap();
+    assert_eq!(reopened.leases(), h.store.leases());
+
+    // Alarms: NOSPACE refuses grants; CORRUPT refuses grants and revokes but not keepalives.
+    h.apply(Command::Alarm(AlarmRequest {
+        action: AlarmAction::Activate,
+        member_id: 1,
+        alarm: Some(AlarmType::NoSpace),
+    }));
+    assert_eq!(h.apply(grant(11, 5)).result, Err(MvccError::NoSpace));
+    h.apply(Command::Alarm(AlarmRequest {
+        action: AlarmAction::Activate,
+        member_id: 1,
+        alarm: Some(AlarmType::Corrupt),
+    }));
+    assert_eq!(
+        h.apply(Command::LeaseRevoke(7)).result,
+        Err(MvccError::Corrupt)
+    );
+    assert!(h.apply(Command::LeaseKeepAlive(7)).result.is_ok());
 }

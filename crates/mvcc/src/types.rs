@@ -317,6 +317,47 @@ pub enum Command {
     Compact(CompactRequest),
     /// An alarm change or listing.
     Alarm(AlarmRequest),
+    /// Create a lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// Delete a lease and every key attached to it, at the client's request.
+    LeaseRevoke(LeaseId),
+    /// A client renewed a lease: members restart its clock.
+    LeaseKeepAlive(LeaseId),
+    /// The leader found a lease expired: revoke it, unless it was renewed since.
+    LeaseExpire(LeaseExpireRequest),
+}
+
+/// etcd's `LeaseGrantRequest`, with the id chosen and the TTL raised to the minimum before
+/// it is proposed (so every member applies the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrantRequest {
+    /// The lease id (never 0).
+    pub id: LeaseId,
+    /// Time to live, in seconds.
+    pub ttl: i64,
+}
+
+/// A lease the leader found expired, with how often it had been renewed when it decided: a
+/// renewal applied in between wins, so a client's acknowledged keepalive is never undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseExpireRequest {
+    /// The lease.
+    pub id: LeaseId,
+    /// [`Lease::renewals`] as the leader saw it.
+    pub renewals: u64,
+}
+
+/// A lease as the state machine keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease id.
+    pub id: LeaseId,
+    /// Granted time to live, in seconds.
+    pub ttl: i64,
+    /// Keepalives applied so far.
+    pub renewals: u64,
+    /// The keys attached to it, in key order.
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// The result of applying a [`Command`].
@@ -332,6 +373,14 @@ pub enum CommandResponse {
     Compact,
     /// The alarms listed, raised or cleared (etcd returns only those that changed).
     Alarm(Vec<AlarmMember>),
+    /// The lease granted: its id and TTL.
+    LeaseGrant(LeaseGrantRequest),
+    /// The lease was revoked.
+    LeaseRevoke,
+    /// The lease was renewed; its granted TTL.
+    LeaseKeepAlive(i64),
+    /// Whether the lease expired (false: it was renewed since the leader decided).
+    LeaseExpire(bool),
 }
 
 /// A command's result together with the store revision after it was applied (the header

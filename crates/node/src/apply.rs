@@ -174,11 +174,13 @@ impl<S: KvStore> ApplyLoop<S> {
 
         let mut results = results.into_iter();
         let node_id = self.shared.config.node_id.0;
+        let now = self.shared.config.clock.now();
         let mut proposals = self.shared.proposals.lock();
         for proposal in decoded.iter().filter_map(|(_, _, p)| p.as_ref()) {
             let applied = results
                 .next()
                 .expect("apply_batch returns one result per command");
+            self.shared.lessor.applied(now, &proposal.command, &applied);
             if proposal.origin == node_id {
                 if let Some(waiter) = proposals.remove(&proposal.request_id) {
                     let _ = waiter.send(Ok(applied));
@@ -197,6 +199,10 @@ impl<S: KvStore> ApplyLoop<S> {
             .store
             .restore(&mut records)
             .map_err(|e| NodeError::Storage(format!("install snapshot: {e}")))?;
+        // Leases the snapshot brings start a full TTL now.
+        self.shared
+            .lessor
+            .reset(self.shared.config.clock.now(), &self.store.leases());
         // The snapshot may skip revisions: watchers catch up from the new history.
         self.shared.watch_hub.reset(self.store.current_revision());
         self.shared.publish_applied(applied.index);

@@ -23,6 +23,7 @@
 
 mod apply;
 mod clock;
+mod leases;
 mod proposal;
 mod snapshot;
 mod state;
@@ -49,8 +50,8 @@ use crate::store::{StoreLoop, StoreMsg};
 pub use ::watch::HubConfig as WatchConfig;
 pub use clock::Clock;
 pub use mvcc::{
-    AlarmMember, AlarmType, Applied, Command, CommandResponse, MvccError, RangeRequest,
-    RangeResponse, Revision, TxnRequest, TxnResponse,
+    AlarmMember, AlarmType, Applied, Command, CommandResponse, Lease, LeaseId, MvccError,
+    RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
 };
 pub use storage::{NodeId, ShardId};
 
@@ -227,6 +228,8 @@ pub(crate) struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The watchers of this member; the apply task publishes to it.
     watch_hub: Arc<::watch::Hub>,
+    /// When this member's leases expire.
+    lessor: leases::Lessor,
 }
 
 impl Shared {
@@ -370,10 +373,12 @@ impl Node {
             "watch-sync",
             Box::new(move || watching::run(&sync_shared, store.as_ref())),
         )?;
+        let lessor_shared = shared.clone();
+        let lessor_thread = spawn("lessor", Box::new(move || leases::run(&lessor_shared)))?;
         shared
             .threads
             .lock()
-            .extend([store_thread, apply_thread, watch_thread]);
+            .extend([store_thread, apply_thread, watch_thread, lessor_thread]);
         Ok(node)
     }
 
@@ -398,9 +403,11 @@ impl Node {
         let inline = apply_loop.clone();
         store_loop.set_inline_apply(Box::new(move || inline.lock().drain()));
         let step = move || {
-            store_loop.iterate()
+            let stepped = store_loop.iterate()
                 && apply_loop.lock().drain()
-                && watching::step(&shared, store.as_ref())
+                && watching::step(&shared, store.as_ref());
+            leases::tick(&shared);
+            stepped
         };
         Ok((
             node,
@@ -461,7 +468,9 @@ impl Node {
             snapshot_seq: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
             watch_hub: ::watch::Hub::new(store.current_revision(), config.watch),
+            lessor: leases::Lessor::default(),
         });
+        shared.lessor.reset(config.clock.now(), &store.leases());
 
         let mut raft_config = RaftConfig::new(config.node_id.0);
         raft_config.election_ticks = config.election_ticks;
@@ -551,33 +560,7 @@ impl Node {
         &self,
         command: &Command,
     ) -> Result<(u64, oneshot::Receiver<Result<Applied, NodeError>>), NodeError> {
-        let shared = &self.shared;
-        if shared.is_stopped() {
-            return Err(NodeError::Stopped);
-        }
-        let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut proposals = shared.proposals.lock();
-            if proposals.len() >= shared.config.max_pending_proposals {
-                return Err(NodeError::TooManyRequests);
-            }
-            proposals.insert(request_id, tx);
-        }
-        let data = proposal::encode(shared.config.node_id.0, request_id, command);
-        let msg = StoreMsg::Propose {
-            shard: FIRST_SHARD,
-            request_id,
-            data,
-        };
-        if let Err(e) = shared.inbox.try_send(msg) {
-            shared.proposals.lock().remove(&request_id);
-            return Err(match e {
-                TrySendError::Full(_) => NodeError::TooManyRequests,
-                TrySendError::Disconnected(_) => NodeError::Stopped,
-            });
-        }
-        Ok((request_id, rx))
+        submit_command(&self.shared, FIRST_SHARD, command)
     }
 
     /// Waits until this member has applied everything committed before the call (ReadIndex).
@@ -675,6 +658,39 @@ impl Node {
     pub fn election_timeout(&self) -> Duration {
         let config = &self.shared.config;
         config.tick_interval * u32::try_from(config.election_ticks).unwrap_or(u32::MAX)
+    }
+
+    /// Every lease, with its attached keys (local state: call [`Node::read_index`] first for
+    /// a linearizable answer).
+    pub fn leases(&self) -> Vec<Lease> {
+        self.shared.state.leases()
+    }
+
+    /// A lease, with its attached keys, its granted TTL and the time it has left by this
+    /// member's clock (local state, as [`Node::leases`]).
+    pub fn lease(&self, id: LeaseId) -> Option<(Lease, Duration)> {
+        let lease = self.shared.state.lease(id)?;
+        let now = self.shared.config.clock.now();
+        let left = self
+            .shared
+            .lessor
+            .remaining(id, now)
+            .map_or(Duration::ZERO, |(_, left)| left);
+        Some((lease, left))
+    }
+
+    /// The current revision of the local state.
+    pub fn current_revision(&self) -> Revision {
+        self.shared.state.current_revision()
+    }
+
+    /// An id no other call on any member returns (for leases granted without one): this
+    /// member's id in the top bits, a request counter below, always positive and non-zero.
+    pub fn unique_id(&self) -> i64 {
+        let counter = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let member = self.shared.config.node_id.0.rotate_left(48) & 0x7fff_0000_0000_0000;
+        let id = (member ^ (counter & 0x0000_ffff_ffff_ffff)) & 0x7fff_ffff_ffff_ffff;
+        (id.max(1)) as i64
     }
 
     /// The leader this member knows of, 0 if none.
@@ -815,6 +831,40 @@ fn recover_log<L: LogStore>(
         log.write(vec![write], true).map_err(storage_error)?;
     }
     Ok(())
+}
+
+/// Hands `command` to the store loop for `shard`; see [`Node::submit`].
+fn submit_command(
+    shared: &Shared,
+    shard: ShardId,
+    command: &Command,
+) -> Result<(u64, oneshot::Receiver<Result<Applied, NodeError>>), NodeError> {
+    if shared.is_stopped() {
+        return Err(NodeError::Stopped);
+    }
+    let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut proposals = shared.proposals.lock();
+        if proposals.len() >= shared.config.max_pending_proposals {
+            return Err(NodeError::TooManyRequests);
+        }
+        proposals.insert(request_id, tx);
+    }
+    let data = proposal::encode(shared.config.node_id.0, request_id, command);
+    let msg = StoreMsg::Propose {
+        shard,
+        request_id,
+        data,
+    };
+    if let Err(e) = shared.inbox.try_send(msg) {
+        shared.proposals.lock().remove(&request_id);
+        return Err(match e {
+            TrySendError::Full(_) => NodeError::TooManyRequests,
+            TrySendError::Disconnected(_) => NodeError::Stopped,
+        });
+    }
+    Ok((request_id, rx))
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! `Node` is not generic.
 
 use mvcc::{
-    AlarmMember, AppliedIndex, MvccError, RangeRequest, RangeResponse, Revision, Store, TxnRequest,
-    TxnResponse,
+    AlarmMember, AppliedIndex, Lease, LeaseId, MvccError, RangeRequest, RangeResponse, Revision,
+    Store, TxnRequest, TxnResponse,
 };
 use storage::{KvSnapshot, KvStore};
 
@@ -18,6 +18,8 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn size_bytes(&self) -> u64;
     fn bytes_in_use(&self) -> u64;
     fn alarms(&self) -> Vec<AlarmMember>;
+    fn leases(&self) -> Vec<Lease>;
+    fn lease(&self, id: LeaseId) -> Option<Lease>;
 }
 
 impl<S: KvStore> StateReader for Store<S> {
@@ -56,5 +58,13 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn alarms(&self) -> Vec<AlarmMember> {
         Store::alarms(self)
+    }
+
+    fn leases(&self) -> Vec<Lease> {
+        Store::leases(self)
+    }
+
+    fn lease(&self, id: LeaseId) -> Option<Lease> {
+        Store::lease(self, id)
     }
 }

@@ -12,6 +12,7 @@ mod diff;
 mod etcdctl;
 mod faults;
 mod kv;
+mod lease;
 mod maintenance;
 mod rust_client;
 mod snapshot;
