@@ -10,12 +10,14 @@
 //! - [`nemesis`]: the faults and their seeded schedule.
 //! - [`workload`]: clients through the `etcd-client` crate (registers, bank).
 //! - [`watches`]: the watch workload and the validator of etcd's watch guarantees.
+//! - [`leases`]: the lease workload: leases never expire early, and do expire.
 //! - [`run`]: one scenario end to end, and its report.
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
 
 pub use linearizability::{checker, history, revisions};
 pub mod cluster;
+pub mod leases;
 pub mod nemesis;
 pub mod net;
 pub mod run;

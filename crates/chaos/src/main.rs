@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use chaos::leases::LeaseConfig;
 use chaos::nemesis::{NemesisKind, Rng};
 use chaos::run::{run, Scenario, Workload};
 use chaos::watches::WatchConfig;
@@ -22,8 +23,9 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Workload: register (linearizability of reads, writes, compare-and-sets), bank
-    /// (transfers as txns; every read must show the same total) or watch (a watcher per
-    /// member checked against etcd's watch guarantees).
+    /// (transfers as txns; every read must show the same total), watch (a watcher per
+    /// member checked against etcd's watch guarantees) or lease (leases never expire early,
+    /// and do expire).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
@@ -105,9 +107,10 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
                 }),
                 "bank" => Workload::Bank(BankConfig::default()),
                 "watch" => Workload::Watch(WatchConfig::default()),
-                other => {
-                    anyhow::bail!("unknown workload {other:?}; one of: register, bank, watch")
-                }
+                "lease" => Workload::Lease(LeaseConfig::new(kind != NemesisKind::None)),
+                other => anyhow::bail!(
+                    "unknown workload {other:?}; one of: register, bank, watch, lease"
+                ),
             },
             checker_budget: 20_000_000,
             binary: args.concord.clone().unwrap_or_else(default_binary),

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use crate::checker::{self, Verdict};
 use crate::cluster::{Members, CLIENT_PORT};
 use crate::history::{History, Outcome};
+use crate::leases::{self, LeaseConfig};
 use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
 use crate::net::Network;
 use crate::revisions;
@@ -26,6 +27,8 @@ pub enum Workload {
     Bank(BankConfig),
     /// Writes followed by a watcher per member, checked against etcd's watch guarantees.
     Watch(WatchConfig),
+    /// Leases kept alive and let go, checked never to expire early and always to expire.
+    Lease(LeaseConfig),
 }
 
 impl Workload {
@@ -36,6 +39,7 @@ impl Workload {
             Workload::Register(_) => "register",
             Workload::Bank(_) => "bank",
             Workload::Watch(_) => "watch",
+            Workload::Lease(_) => "lease",
         }
     }
 }
@@ -304,6 +308,16 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             let run = watches::run_watch(endpoints.clone(), config.clone(), scenario.seed, until);
             tokio::spawn(async move { run.await.map(Recorded::Watch) })
         }
+        Workload::Lease(config) => {
+            let run = leases::run_leases(
+                endpoints.clone(),
+                config.clone(),
+                scenario.seed,
+                clock,
+                until,
+            );
+            tokio::spawn(async move { run.await.map(Recorded::Lease) })
+        }
     };
     let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
     for step in schedule(
@@ -406,8 +420,17 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 (history.writes.len(), ok, failed, unknown),
             )
         }
-        (Recorded::Bank(_), _) => {
-            unreachable!("the bank workload records a bank")
+        (Recorded::Lease(history), Workload::Lease(config)) => {
+            write(&scenario.out, "timeline.txt", &history.timeline())?;
+            let judged = history.leases.len();
+            (
+                None,
+                history.anomalies(config),
+                (judged + history.abandoned, judged, 0, history.abandoned),
+            )
+        }
+        (Recorded::Bank(_) | Recorded::Lease(_), _) => {
+            unreachable!("each workload records its own history")
         }
     };
     let report = Report {
@@ -431,6 +454,7 @@ enum Recorded {
     Register(History),
     Bank(workload::BankHistory),
     Watch(watches::WatchHistory),
+    Lease(leases::LeaseHistory),
 }
 
 fn count(history: &History) -> (usize, usize, usize, usize) {

@@ -22,12 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, DeleteOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 
 use crate::nemesis::Rng;
-use crate::workload::is_definite_failure;
+use crate::workload::{connect, is_definite_failure, Connect};
 
 /// The prefix every key of the workload lives under.
 const PREFIX: &str = "w/";
@@ -321,18 +319,6 @@ fn seen(event: &etcd_client::Event) -> Option<Seen> {
     })
 }
 
-/// A client of one member that gives up connecting after `timeout`; with `require_leader`,
-/// its watches end when the member loses its leader.
-async fn connect(endpoint: &str, timeout: Duration, require_leader: bool) -> Option<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_require_leader(require_leader);
-    tokio::time::timeout(timeout, Client::connect([endpoint], Some(options)))
-        .await
-        .ok()?
-        .ok()
-}
-
 /// One writer until `until`.
 async fn writer(
     process: usize,
@@ -347,7 +333,7 @@ async fn writer(
     let mut client = None;
     while Instant::now() < until {
         let Some(c) = client.as_mut() else {
-            client = connect(&endpoint, config.op_timeout, false).await;
+            client = connect(&endpoint, config.op_timeout, Connect::default()).await;
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -477,7 +463,16 @@ async fn follow(
     observed: &mut Observed,
     done: &(dyn Fn(i64) -> bool + Sync),
 ) -> Option<String> {
-    let Some(mut client) = connect(endpoint, config.op_timeout, true).await else {
+    let Some(mut client) = connect(
+        endpoint,
+        config.op_timeout,
+        Connect {
+            request_timeout: false,
+            require_leader: true,
+        },
+    )
+    .await
+    else {
         return Some("cannot connect".to_string());
     };
     let options = WatchOptions::new().with_prefix().with_start_revision(*next);
@@ -599,7 +594,9 @@ async fn final_write(
     let deadline = Instant::now() + within;
     let mut member = 0;
     while Instant::now() < deadline {
-        if let Some(mut client) = connect(&endpoints[member], config.op_timeout, false).await {
+        if let Some(mut client) =
+            connect(&endpoints[member], config.op_timeout, Connect::default()).await
+        {
             let put =
                 tokio::time::timeout(config.op_timeout, client.put(END_KEY, value, None)).await;
             if let Ok(Ok(response)) = put {
@@ -619,7 +616,7 @@ async fn reference(
     end: i64,
     config: &WatchConfig,
 ) -> anyhow::Result<Vec<Seen>> {
-    let mut client = connect(endpoint, config.op_timeout, false)
+    let mut client = connect(endpoint, config.op_timeout, Connect::default())
         .await
         .ok_or_else(|| anyhow::anyhow!("cannot connect to {endpoint} for the reference"))?;
     let options = WatchOptions::new().with_prefix().with_start_revision(start);

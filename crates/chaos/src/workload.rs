@@ -76,12 +76,38 @@ fn parse_value(bytes: &[u8]) -> Option<Value> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-/// A client of one member whose connects and requests give up after `op_timeout`.
-async fn connect(endpoint: &str, op_timeout: Duration) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(op_timeout)
-        .with_timeout(op_timeout);
-    Ok(Client::connect([endpoint], Some(options)).await?)
+/// How a chaos client connects.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Connect {
+    /// Every request also gives up after the connect timeout (not for watch streams).
+    pub(crate) request_timeout: bool,
+    /// etcd's `hasleader`: watches end when the member loses its leader.
+    pub(crate) require_leader: bool,
+}
+
+/// A client of one member; connecting gives up after `timeout` (`None`).
+pub(crate) async fn connect(endpoint: &str, timeout: Duration, how: Connect) -> Option<Client> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_require_leader(how.require_leader);
+    if how.request_timeout {
+        options = options.with_timeout(timeout);
+    }
+    tokio::time::timeout(timeout, Client::connect([endpoint], Some(options)))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// A client whose requests give up after `op_timeout`, for the register and bank loops.
+async fn connect_client(endpoint: &str, op_timeout: Duration) -> anyhow::Result<Client> {
+    let how = Connect {
+        request_timeout: true,
+        require_leader: false,
+    };
+    connect(endpoint, op_timeout, how)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("cannot connect to {endpoint}"))
 }
 
 /// One client's loop: random reads, writes and compare-and-sets on the current window's
@@ -95,7 +121,7 @@ async fn register_client(
     until: Instant,
 ) -> anyhow::Result<Vec<Op>> {
     let mut rng = Rng::new(seed ^ (process as u64).wrapping_mul(0x9e37_79b9));
-    let mut client = connect(&endpoint, config.op_timeout).await?;
+    let mut client = connect_client(&endpoint, config.op_timeout).await?;
     let mut ops = Vec::new();
     let mut written = 0u64;
     // The last value this client saw per key: what its compare-and-sets expect.
@@ -368,7 +394,7 @@ async fn bank_client(
     until: Instant,
 ) -> anyhow::Result<BankHistory> {
     let mut rng = Rng::new(seed ^ 0x62616e6b ^ (process as u64).wrapping_mul(0x9e37_79b9));
-    let mut client = connect(&endpoint, config.op_timeout).await?;
+    let mut client = connect_client(&endpoint, config.op_timeout).await?;
     let mut history = BankHistory::default();
     while Instant::now() < until {
         let read = tokio::time::timeout(

@@ -1,6 +1,6 @@
-//! The chaos scenarios CI runs: the register workload under every fault kind, the bank and
-//! the watch workload under kills, partitions and mixed faults, each on its own seeded
-//! schedule, and the run that proves the harness can fail. Each scenario's history, timeline
+//! The chaos scenarios CI runs: the register workload under every fault kind, the bank,
+//! watch and lease workloads under kills, partitions and mixed faults, each on its own
+//! seeded schedule, and the run that proves the harness can fail. Each scenario's history, timeline
 //! and member logs are kept under the system's temp directory; a failure prints the command
 //! that reproduces it.
 //!
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chaos::checker::Verdict;
+use chaos::leases::LeaseConfig;
 use chaos::nemesis::NemesisKind;
 use chaos::run::{run, Scenario, Workload};
 use chaos::watches::WatchConfig;
@@ -181,4 +182,37 @@ async fn watches_keep_their_guarantees_under_faults() {
     ]
     .map(|(seed, nemesis)| scenario(seed, nemesis, Workload::Watch(WatchConfig::default())));
     run_all(&scenarios).await;
+}
+
+// Proves lease expiry keeps its bounds: clients keep leases alive for a while, then let them
+// go, reading their keys all along. No lease ever expires before the TTL after the last
+// keepalive the cluster acknowledged (not even when the leader is killed or cut off), and
+// every lease expires after it is let go: within 1.5 s of that moment without faults, within
+// a TTL and the longest fault more with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_never_expire_early_and_always_expire() {
+    if !enabled("leases_never_expire_early_and_always_expire") {
+        return;
+    }
+    let mut failed = Vec::new();
+    for (seed, nemesis) in [
+        (501, NemesisKind::None),
+        (502, NemesisKind::Kill),
+        (503, NemesisKind::Mixed),
+    ] {
+        let config = LeaseConfig::new(nemesis != NemesisKind::None);
+        let scenario = scenario(seed, nemesis, Workload::Lease(config));
+        let report = run(&scenario).await.expect("the scenario runs");
+        eprint!("{}", report.summary(&scenario));
+        // Each judged lease lives several seconds: a few dozen per run.
+        let (_, judged, _, _) = report.counts;
+        if !report.passed() || judged < 15 {
+            failed.push(report.summary(&scenario));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed scenarios:\n{}",
+        failed.join("\n")
+    );
 }
