@@ -13,6 +13,7 @@ pub mod convert;
 pub mod errors;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod peer;
 pub mod watch;
@@ -72,7 +73,7 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     }
 }
 
-/// The client services (KV, Watch, Lease, Maintenance, Cluster) for `node`, ready to add to a server.
+/// The client services (KV, Watch, Lease, Lock, Maintenance, Cluster) for `node`, ready to add to a server.
 #[must_use]
 pub fn client_routes(
     node: &Node,
@@ -98,9 +99,12 @@ pub fn client_routes(
     .max_encoding_message_size(usize::MAX);
     let lease = pb::lease_server::LeaseServer::new(lease::LeaseService::new(node.clone(), config))
         .max_decoding_message_size(limit);
+    let lock = proto::v3lockpb::lock_server::LockServer::new(lock::LockService::new(node.clone()))
+        .max_decoding_message_size(limit);
     tonic::service::Routes::new(kv)
         .add_service(watch)
         .add_service(lease)
+        .add_service(lock)
         .add_service(maintenance)
         .add_service(cluster)
 }

@@ -1,4 +1,4 @@
-//! Generated protobuf code: etcd's v3 API and Concord's peer protocol. Nothing else lives
+//! Generated protobuf code: etcd's v3 API (with the lock service) and Concord's peer protocol. Nothing else lives
 //! here; conversions to domain types are in `api`.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -16,6 +16,11 @@ pub mod authpb {
 /// The etcd v3 client API.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
 }
 
 /// Concord's peer protocol.

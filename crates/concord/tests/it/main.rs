@@ -13,6 +13,7 @@ mod etcdctl;
 mod faults;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod rust_client;
 mod snapshot;

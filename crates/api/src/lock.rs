@@ -1,0 +1,215 @@
+//! etcd's Lock service (`v3lockpb`): a lock is a queue of keys under `name/`, one per lease,
+//! ordered by creation revision; the holder is the oldest. This is etcd's mutex recipe run
+//! on the server: create `name/<lease in hex>` with the lease unless it exists, then wait
+//! until no older key remains (watching the deletion of the newest one older than ours, one
+//! at a time), and answer with the key. The key's creation revision orders the holders, so it
+//! serves as a fencing token; the lock is lost when its lease expires.
+//!
+//! A Lock call abandoned while it waits (the client gave up) deletes its key, so the queue
+//! does not wait for a client that left.
+//!
+//! As etcd's (whose lock service calls the KV API through a client and returns its errors
+//! as they are), every error comes back with the code `Unknown` and etcd's message.
+
+use mvcc::{
+    Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest,
+};
+use node::{Node, NodeError};
+use proto::v3lockpb as pb;
+use tonic::{Request, Response, Status};
+
+use crate::errors::to_status;
+use crate::header;
+use crate::kv::{mismatch, propose};
+
+/// The Lock service.
+pub struct LockService {
+    node: Node,
+}
+
+impl LockService {
+    /// A Lock service over `node`.
+    #[must_use]
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+/// Deletes a waiter's key if the Lock call is dropped before it answers.
+struct Waiter {
+    node: Node,
+    key: Vec<u8>,
+    armed: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let node = self.node.clone();
+        let delete = Command::DeleteRange(DeleteRangeRequest {
+            key: std::mem::take(&mut self.key),
+            range_end: Vec::new(),
+            prev_kv: false,
+        });
+        // Best effort: if it fails, the lease's expiry removes the key.
+        tokio::spawn(async move {
+            let _ = node.propose(delete).await;
+        });
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// An error as etcd's lock service returns it: code `Unknown`, the same message.
+fn unknown(status: Status) -> Status {
+    Status::unknown(status.message())
+}
+
+#[tonic::async_trait]
+impl pb::lock_server::Lock for LockService {
+    #[tracing::instrument(skip_all, name = "lock.lock")]
+    async fn lock(
+        &self,
+        request: Request<pb::LockRequest>,
+    ) -> Result<Response<pb::LockResponse>, Status> {
+        self.acquire(request.into_inner()).await.map_err(unknown)
+    }
+
+    #[tracing::instrument(skip_all, name = "lock.unlock")]
+    async fn unlock(
+        &self,
+        request: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let delete = Command::DeleteRange(DeleteRangeRequest {
+            key: request.into_inner().key,
+            range_end: Vec::new(),
+            prev_kv: false,
+        });
+        let (_, header) = propose(&self.node, delete).await.map_err(unknown)?;
+        Ok(Response::new(pb::UnlockResponse {
+            header: Some(header),
+        }))
+    }
+}
+
+impl LockService {
+    /// Joins the queue of `request.name` and waits for its turn.
+    async fn acquire(
+        &self,
+        request: pb::LockRequest,
+    ) -> Result<Response<pb::LockResponse>, Status> {
+        let mut prefix = request.name;
+        prefix.push(b'/');
+        let mut key = prefix.clone();
+        key.extend_from_slice(format!("{:x}", request.lease).as_bytes());
+        // Join the queue unless this lease is in it already (a retried call keeps its place).
+        let join = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal,
+                target: CompareTarget::Create(0),
+                key: key.clone(),
+                range_end: Vec::new(),
+            }],
+            success: vec![RequestOp::Put(PutRequest {
+                key: key.clone(),
+                lease: request.lease,
+                ..PutRequest::default()
+            })],
+            failure: vec![RequestOp::Range(RangeRequest {
+                key: key.clone(),
+                ..RangeRequest::default()
+            })],
+        };
+        let (joined, header_at_join) = match propose(&self.node, Command::Txn(join)).await? {
+            (CommandResponse::Txn(txn), header) => (txn, header),
+            (other, _) => return Err(mismatch(&other)),
+        };
+        let my_revision = match joined.responses.first() {
+            _ if joined.succeeded => header_at_join.revision,
+            Some(ResponseOp::Range(range)) => range
+                .kvs
+                .first()
+                .map_or(header_at_join.revision, |kv| kv.create_revision),
+            _ => header_at_join.revision,
+        };
+        let mut waiter = Waiter {
+            node: self.node.clone(),
+            key: key.clone(),
+            armed: true,
+        };
+        loop {
+            self.node.read_index().await.map_err(to_status)?;
+            let ahead = RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(&prefix),
+                max_create_revision: my_revision - 1,
+                sort_order: SortOrder::Descend,
+                sort_target: SortTarget::Create,
+                limit: 1,
+                ..RangeRequest::default()
+            };
+            let (ahead, revision) = self.node.range(&ahead).map_err(to_status)?;
+            if let Some(newest) = ahead.kvs.first() {
+                wait_deleted(&self.node, &newest.key, revision).await?;
+                continue;
+            }
+            // Nobody older is left; the key must still be ours (the lease may have expired
+            // while we waited).
+            let mine = RangeRequest {
+                key: key.clone(),
+                ..RangeRequest::default()
+            };
+            let (mine, revision) = self.node.range(&mine).map_err(to_status)?;
+            if mine.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
+                waiter.armed = false;
+                return Err(Status::unknown("mutex: session is expired"));
+            }
+            waiter.armed = false;
+            return Ok(Response::new(pb::LockResponse {
+                header: Some(header(&self.node, revision)),
+                key,
+            }));
+        }
+    }
+}
+
+/// Waits until `key`, present at `revision`, is deleted (or its history is compacted away,
+/// after which the caller looks again).
+async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Result<(), Status> {
+    use ::watch::{KeyRange, Message, WatchSpec, AUTO_WATCH_ID};
+    let (stream, mut messages) = node.watch_hub().open();
+    let spec = WatchSpec {
+        id: AUTO_WATCH_ID,
+        range: KeyRange::Key(key.to_vec()),
+        start_revision: revision + 1,
+        no_put: true,
+        no_delete: false,
+        prev_kv: false,
+        progress_notify: false,
+        fragment: false,
+    };
+    let (id, _) = stream
+        .watch(spec)
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    stream.activate(id);
+    loop {
+        match messages.recv().await {
+            Some(Message::Events { .. } | Message::Compacted { .. }) => return Ok(()),
+            Some(_) => {}
+            None => return Err(to_status(NodeError::Stopped)),
+        }
+    }
+}
