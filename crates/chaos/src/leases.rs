@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, PutOptions};
 
 use crate::nemesis::Rng;
-use crate::workload::{connect, Connect};
+use crate::workload::{connect, run_clients, Connect};
 
 /// How the lease workload runs.
 #[derive(Clone, Debug)]
@@ -281,21 +281,12 @@ pub async fn run_leases(
     clock: Instant,
     until: Instant,
 ) -> anyhow::Result<LeaseHistory> {
-    let tasks: Vec<_> = (0..endpoints.len() * config.clients_per_member)
-        .map(|i| {
-            tokio::spawn(lease_client(
-                i,
-                endpoints[i % endpoints.len()].clone(),
-                config.clone(),
-                seed,
-                clock,
-                until,
-            ))
-        })
-        .collect();
+    let parts = run_clients(&endpoints, config.clients_per_member, |i, endpoint| {
+        lease_client(i, endpoint, config.clone(), seed, clock, until)
+    })
+    .await?;
     let mut all = LeaseHistory::default();
-    for task in tasks {
-        let part = task.await?;
+    for part in parts {
         all.leases.extend(part.leases);
         all.abandoned += part.abandoned;
     }

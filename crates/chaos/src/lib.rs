@@ -11,6 +11,7 @@
 //! - [`workload`]: clients through the `etcd-client` crate (registers, bank).
 //! - [`watches`]: the watch workload and the validator of etcd's watch guarantees.
 //! - [`leases`]: the lease workload: leases never expire early, and do expire.
+//! - [`locks`]: the lock workload: locks guarding a fenced resource.
 //! - [`run`]: one scenario end to end, and its report.
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
@@ -18,6 +19,7 @@
 pub use linearizability::{checker, history, revisions};
 pub mod cluster;
 pub mod leases;
+pub mod locks;
 pub mod nemesis;
 pub mod net;
 pub mod run;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chaos::leases::LeaseConfig;
+use chaos::locks::LockConfig;
 use chaos::nemesis::{NemesisKind, Rng};
 use chaos::run::{run, Scenario, Workload};
 use chaos::watches::WatchConfig;
@@ -24,8 +25,8 @@ struct Args {
     seed: Option<u64>,
     /// Workload: register (linearizability of reads, writes, compare-and-sets), bank
     /// (transfers as txns; every read must show the same total), watch (a watcher per
-    /// member checked against etcd's watch guarantees) or lease (leases never expire early,
-    /// and do expire).
+    /// member checked against etcd's watch guarantees), lease (leases never expire early,
+    /// and do expire) or lock (locks guarding a fenced resource).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
@@ -108,8 +109,9 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
                 "bank" => Workload::Bank(BankConfig::default()),
                 "watch" => Workload::Watch(WatchConfig::default()),
                 "lease" => Workload::Lease(LeaseConfig::new(kind != NemesisKind::None)),
+                "lock" => Workload::Lock(LockConfig::default()),
                 other => anyhow::bail!(
-                    "unknown workload {other:?}; one of: register, bank, watch, lease"
+                    "unknown workload {other:?}; one of: register, bank, watch, lease, lock"
                 ),
             },
             checker_budget: 20_000_000,

@@ -12,6 +12,7 @@ use crate::checker::{self, Verdict};
 use crate::cluster::{Members, CLIENT_PORT};
 use crate::history::{History, Outcome};
 use crate::leases::{self, LeaseConfig};
+use crate::locks::{self, LockConfig};
 use crate::nemesis::{schedule, Fault, NemesisKind, Rng, Target};
 use crate::net::Network;
 use crate::revisions;
@@ -29,6 +30,8 @@ pub enum Workload {
     Watch(WatchConfig),
     /// Leases kept alive and let go, checked never to expire early and always to expire.
     Lease(LeaseConfig),
+    /// Locks guarding a fenced resource.
+    Lock(LockConfig),
 }
 
 impl Workload {
@@ -40,6 +43,7 @@ impl Workload {
             Workload::Bank(_) => "bank",
             Workload::Watch(_) => "watch",
             Workload::Lease(_) => "lease",
+            Workload::Lock(_) => "lock",
         }
     }
 }
@@ -318,6 +322,16 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             );
             tokio::spawn(async move { run.await.map(Recorded::Lease) })
         }
+        Workload::Lock(config) => {
+            let run = locks::run_locks(
+                endpoints.clone(),
+                config.clone(),
+                scenario.seed,
+                clock,
+                until,
+            );
+            tokio::spawn(async move { run.await.map(Recorded::Lock) })
+        }
     };
     let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
     for step in schedule(
@@ -429,6 +443,15 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 (judged + history.abandoned, judged, 0, history.abandoned),
             )
         }
+        (Recorded::Lock(history), _) => {
+            write(&scenario.out, "timeline.txt", &history.timeline())?;
+            let acquired = history.acquisitions.len();
+            (
+                None,
+                history.anomalies(),
+                (acquired + history.abandoned, acquired, 0, history.abandoned),
+            )
+        }
         (Recorded::Bank(_) | Recorded::Lease(_), _) => {
             unreachable!("each workload records its own history")
         }
@@ -455,6 +478,7 @@ enum Recorded {
     Bank(workload::BankHistory),
     Watch(watches::WatchHistory),
     Lease(leases::LeaseHistory),
+    Lock(locks::LockHistory),
 }
 
 fn count(history: &History) -> (usize, usize, usize, usize) {

@@ -99,6 +99,31 @@ pub(crate) async fn connect(endpoint: &str, timeout: Duration, how: Connect) -> 
         .ok()
 }
 
+/// Runs `per_member` clients per member at once, client `i` talking to member
+/// `i % members`; their results, in client order.
+///
+/// # Errors
+/// If a client task panics.
+pub(crate) async fn run_clients<T, F, Fut>(
+    endpoints: &[String],
+    per_member: usize,
+    client: F,
+) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..endpoints.len() * per_member)
+        .map(|i| tokio::spawn(client(i, endpoints[i % endpoints.len()].clone())))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await?);
+    }
+    Ok(results)
+}
+
 /// A client whose requests give up after `op_timeout`, for the register and bank loops.
 async fn connect_client(endpoint: &str, op_timeout: Duration) -> anyhow::Result<Client> {
     let how = Connect {
