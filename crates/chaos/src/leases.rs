@@ -58,7 +58,7 @@ impl LeaseConfig {
 }
 
 /// One lease's story, as its client saw it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LeaseRecord {
     /// The client.
     pub client: usize,
@@ -88,7 +88,7 @@ impl LeaseRecord {
 }
 
 /// Everything a lease run recorded.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LeaseHistory {
     /// Every lease whose key was attached.
     pub leases: Vec<LeaseRecord>,

@@ -52,7 +52,7 @@ impl Default for LockConfig {
 }
 
 /// One acquisition of the lock.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Acquisition {
     /// The client.
     pub client: usize,
@@ -73,7 +73,7 @@ pub struct Acquisition {
 }
 
 /// What a lock run recorded.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LockHistory {
     /// Every acquisition, with what the holder did.
     pub acquisitions: Vec<Acquisition>,

@@ -262,6 +262,12 @@ fn write(out: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     std::fs::write(out.join(name), text).with_context(|| format!("write {name}"))
 }
 
+/// Writes a workload's history as `history.json`.
+fn write_json(out: &Path, history: &impl serde::Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string(history).context("encode the history")?;
+    write(out, "history.json", &json)
+}
+
 /// Runs `scenario`. The network and the members are removed when it returns, also on error.
 ///
 /// # Errors
@@ -418,6 +424,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 );
             }
             write(&scenario.out, "reads.txt", &reads)?;
+            write_json(&scenario.out, bank)?;
             let ok = bank.reads.len() + bank.transfers + bank.conflicts;
             (
                 None,
@@ -426,6 +433,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             )
         }
         (Recorded::Watch(history), _) => {
+            write_json(&scenario.out, history)?;
             write(&scenario.out, "timeline.txt", &watches::timeline(history))?;
             let (ok, failed, unknown) = history.counts();
             (
@@ -435,6 +443,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             )
         }
         (Recorded::Lease(history), Workload::Lease(config)) => {
+            write_json(&scenario.out, history)?;
             write(&scenario.out, "timeline.txt", &history.timeline())?;
             let judged = history.leases.len();
             (
@@ -444,6 +453,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             )
         }
         (Recorded::Lock(history), _) => {
+            write_json(&scenario.out, history)?;
             write(&scenario.out, "timeline.txt", &history.timeline())?;
             let acquired = history.acquisitions.len();
             (

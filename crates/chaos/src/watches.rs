@@ -64,7 +64,7 @@ impl Default for WatchConfig {
 }
 
 /// One event as a watcher saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Seen {
     /// The event's revision (the key's mod revision).
     pub revision: i64,
@@ -75,7 +75,7 @@ pub struct Seen {
 }
 
 /// What a watcher received, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Received {
     /// One response's events.
     Events(Vec<Seen>),
@@ -87,7 +87,7 @@ pub enum Received {
 }
 
 /// One watcher's record.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Observed {
     /// The revision it started from.
     pub start: i64,
@@ -109,7 +109,7 @@ impl Observed {
 }
 
 /// The outcome of one write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum WriteOutcome {
     /// Acknowledged at this revision.
     Acked(i64),
@@ -120,7 +120,7 @@ pub enum WriteOutcome {
 }
 
 /// One write: the keys it put (with their values) or deleted, and what became of it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Write {
     /// `(key, Some(value))` for puts, `(key, None)` for a delete.
     pub changes: Vec<(String, Option<String>)>,
@@ -129,7 +129,7 @@ pub struct Write {
 }
 
 /// Everything a watch run recorded.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct WatchHistory {
     /// Every write attempted.
     pub writes: Vec<Write>,

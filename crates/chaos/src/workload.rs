@@ -320,7 +320,7 @@ impl Default for BankConfig {
 }
 
 /// What the bank's clients saw: every read of all accounts, and the transfers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BankHistory {
     /// `(client, header revision, balances by account)` of every successful read of all
     /// accounts.

@@ -218,8 +218,9 @@ async fn leases_never_expire_early_and_always_expire() {
             scenario(seed, nemesis, Workload::Lease(config))
         })
         .collect();
-    // Each judged lease lives several seconds: a few dozen per run.
-    run_all_with(&scenarios, |(_, judged, _, _)| judged >= 15).await;
+    // Each judged lease lives several seconds: 10 to 40 per run (fewest while the leader is
+    // cut off again and again, when a member's clients wait out every partition).
+    run_all_with(&scenarios, |(_, judged, _, _)| judged >= 8).await;
 }
 
 // Proves locks guard a fenced resource under each fault kind: when Lock answers, its key is
