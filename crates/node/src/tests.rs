@@ -302,7 +302,16 @@ async fn lagging_member_catches_up_through_a_snapshot() {
     cluster.start(lagging);
     let target = cluster.node(leader).status().applied_index;
     cluster.wait_applied(lagging, target).await;
-    assert!(cluster.members[&lagging].log.first_index(FIRST_SHARD) > 2);
+    // The snapshot is installed in the state machine (which publishes the applied index)
+    // before the log records it, so the log may lag the applied index by a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cluster.members[&lagging].log.first_index(FIRST_SHARD) <= 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lagging member's log never recorded the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let revision = cluster.node(leader).status().revision;
     cluster
         .wait_applied(lagging, cluster.node(leader).status().applied_index)
