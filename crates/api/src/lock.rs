@@ -12,8 +12,9 @@
 //! as they are), every error comes back with the code `Unknown` and etcd's message.
 
 use mvcc::{
-    Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
-    PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest,
+    prefix_end, Command, CommandResponse, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget,
+    TxnRequest,
 };
 use node::{Node, NodeError};
 use proto::v3lockpb as pb;
@@ -59,18 +60,6 @@ impl Drop for Waiter {
             let _ = node.propose(delete).await;
         });
     }
-}
-
-/// The first key after every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// An error as etcd's lock service returns it: code `Unknown`, the same message.
@@ -137,9 +126,9 @@ impl LockService {
             (CommandResponse::Txn(txn), header) => (txn, header),
             (other, _) => return Err(mismatch(&other)),
         };
+        // Created now, or already there (then its range says since when).
         let my_revision = match joined.responses.first() {
-            _ if joined.succeeded => header_at_join.revision,
-            Some(ResponseOp::Range(range)) => range
+            Some(ResponseOp::Range(range)) if !joined.succeeded => range
                 .kvs
                 .first()
                 .map_or(header_at_join.revision, |kv| kv.create_revision),

@@ -259,13 +259,19 @@ fn meta_i64_or(snapshot: &dyn KvSnapshot, name: &[u8], absent: i64) -> Result<i6
     }
 }
 
-/// The first key after every key starting with `prefix` (`prefix` must not end in 0xff).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+/// etcd's range end for every key starting with `prefix`: the prefix with trailing 0xff
+/// bytes dropped and its last byte incremented; `[0]` (every key from `prefix` on) when
+/// nothing is left.
+#[must_use]
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
     }
-    end
+    vec![0]
 }
 
 fn alarm_key(alarm: &AlarmMember) -> Vec<u8> {
@@ -319,6 +325,17 @@ struct LeaseEntry {
     ttl: i64,
     renewals: u64,
     keys: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl LeaseEntry {
+    fn to_lease(&self, id: LeaseId) -> Lease {
+        Lease {
+            id,
+            ttl: self.ttl,
+            renewals: self.renewals,
+            keys: self.keys.iter().cloned().collect(),
+        }
+    }
 }
 
 /// The in-memory index and the counters published with it.
@@ -1435,24 +1452,17 @@ impl<S: KvStore> Store<S> {
         index
             .leases
             .iter()
-            .map(|(id, lease)| Lease {
-                id: *id,
-                ttl: lease.ttl,
-                renewals: lease.renewals,
-                keys: lease.keys.iter().cloned().collect(),
-            })
+            .map(|(id, lease)| lease.to_lease(*id))
             .collect()
     }
 
     /// One lease, with its attached keys.
     pub fn lease(&self, id: LeaseId) -> Option<Lease> {
-        let index = self.index.read();
-        index.leases.get(&id).map(|lease| Lease {
-            id,
-            ttl: lease.ttl,
-            renewals: lease.renewals,
-            keys: lease.keys.iter().cloned().collect(),
-        })
+        self.index
+            .read()
+            .leases
+            .get(&id)
+            .map(|lease| lease.to_lease(id))
     }
 
     /// The current revision.

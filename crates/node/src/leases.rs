@@ -12,6 +12,7 @@
 //! before it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mvcc::{Applied, Command, CommandResponse, Lease, LeaseExpireRequest, LeaseId};
@@ -38,7 +39,7 @@ pub(crate) struct Lessor {
     /// Expiries proposed and not applied yet: lease -> (request id, give up at).
     in_flight: Mutex<HashMap<LeaseId, (u64, Instant)>>,
     /// Whether this member led at the last tick.
-    leading: Mutex<bool>,
+    leading: AtomicBool,
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
@@ -65,7 +66,14 @@ impl Lessor {
 
     /// A command was applied at `now` with `applied`'s result.
     pub(crate) fn applied(&self, now: Instant, command: &Command, applied: &Applied) {
-        let Ok(response) = &applied.result else {
+        let lease_command = matches!(
+            command,
+            Command::LeaseGrant(_)
+                | Command::LeaseKeepAlive(_)
+                | Command::LeaseRevoke(_)
+                | Command::LeaseExpire(_)
+        );
+        let (true, Ok(response)) = (lease_command, &applied.result) else {
             return;
         };
         let mut clocks = self.clocks.lock();
@@ -99,11 +107,10 @@ impl Lessor {
         }
     }
 
-    /// The granted TTL and the time left of a lease, as this member's clock says.
-    pub(crate) fn remaining(&self, id: LeaseId, now: Instant) -> Option<(i64, Duration)> {
+    /// The time a lease has left, as this member's clock says.
+    pub(crate) fn remaining(&self, id: LeaseId, now: Instant) -> Option<Duration> {
         let clocks = self.clocks.lock();
-        let clock = clocks.get(&id)?;
-        Some((clock.ttl, clock.expires.saturating_duration_since(now)))
+        Some(clocks.get(&id)?.expires.saturating_duration_since(now))
     }
 
     /// The leases to expire now (past due, not already being expired), at most `max`.
@@ -134,13 +141,10 @@ impl Lessor {
 pub(crate) fn tick(shared: &Shared) {
     let lessor = &shared.lessor;
     let now = shared.config.clock.now();
-    let leads = shared.leader.load(std::sync::atomic::Ordering::Acquire) == shared.config.node_id.0;
-    {
-        let mut leading = lessor.leading.lock();
-        if leads && !*leading {
-            lessor.promote(now);
-        }
-        *leading = leads;
+    let leads = shared.leader.load(Ordering::Acquire) == shared.config.node_id.0;
+    let led = lessor.leading.swap(leads, Ordering::AcqRel);
+    if leads && !led {
+        lessor.promote(now);
     }
     if !leads {
         return;

@@ -675,7 +675,7 @@ impl Node {
             .shared
             .lessor
             .remaining(id, now)
-            .map_or(Duration::ZERO, |(_, left)| left);
+            .unwrap_or(Duration::ZERO);
         Some((lease, left))
     }
 
