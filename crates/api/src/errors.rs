@@ -110,6 +110,7 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         }
         Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
         Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
+        Node(NodeError::NotLeader(_)) => (Code::Unavailable, "etcdserver: not leader"),
         Node(NodeError::Timeout) => (Code::Unavailable, "etcdserver: request timed out"),
         Node(NodeError::TooManyRequests) => {
             (Code::ResourceExhausted, "etcdserver: too many requests")

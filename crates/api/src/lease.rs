@@ -1,12 +1,15 @@
 //! The etcd Lease service over a [`Node`]: grant, revoke, keepalive (a stream), time to live
-//! and listing. Grants, revokes and keepalives go through the log; expiry is the leader's
-//! (see `node`'s lessor).
+//! and listing. Grants and revokes go through the log. Keepalives and the time a lease has
+//! left are the leader's, from its lessor's memory (see `node`'s lessor): a member that does
+//! not lead forwards them to the one that does, as etcd does.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use mvcc::{Command, CommandResponse, LeaseGrantRequest, MvccError, MAX_LEASE_TTL};
 use node::{Node, NodeError};
+
+use crate::peer::LeaderLink;
 use proto::etcdserverpb as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,13 +29,18 @@ const LEASE_COST: u64 = 25;
 pub struct LeaseService {
     node: Node,
     config: ApiConfig,
+    leader: LeaderLink,
 }
 
 impl LeaseService {
-    /// A Lease service over `node`.
+    /// A Lease service over `node`; `leader` reaches the leader's lessor.
     #[must_use]
-    pub fn new(node: Node, config: ApiConfig) -> Self {
-        Self { node, config }
+    pub fn new(node: Node, config: ApiConfig, leader: LeaderLink) -> Self {
+        Self {
+            node,
+            config,
+            leader,
+        }
     }
 
     /// etcd's minimum TTL: one and a half election timeouts, rounded up to whole seconds, so
@@ -101,6 +109,7 @@ impl pb::lease_server::Lease for LeaseService {
         let mut requests = request.into_inner();
         let (out, responses) = mpsc::channel(KEEPALIVE_QUEUE);
         let node = self.node.clone();
+        let leader = self.leader.clone();
         tokio::spawn(async move {
             loop {
                 let request = tokio::select! {
@@ -115,7 +124,7 @@ impl pb::lease_server::Lease for LeaseService {
                         return;
                     }
                 };
-                let response = keep_alive(&node, request.id).await;
+                let response = keep_alive(&node, &leader, request.id).await;
                 let failed = response.is_err();
                 if out.send(response).await.is_err() || failed {
                     return;
@@ -135,13 +144,23 @@ impl pb::lease_server::Lease for LeaseService {
         let revision = self.node.current_revision();
         let header = Some(header(&self.node, revision));
         // As etcd: an unknown lease is TTL -1, not an error.
-        let Some((lease, left)) = self.node.lease(request.id) else {
-            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
-                header,
-                id: request.id,
-                ttl: -1,
-                ..Default::default()
-            }));
+        let unknown = pb::LeaseTimeToLiveResponse {
+            header,
+            id: request.id,
+            ttl: -1,
+            ..Default::default()
+        };
+        let Some(lease) = self.node.lease(request.id) else {
+            return Ok(Response::new(unknown));
+        };
+        let left = self
+            .leader
+            .remaining(&self.node, request.id)
+            .await
+            .map_err(to_status)?;
+        // Revoked or expired since the read: as unknown.
+        let Some(left) = left else {
+            return Ok(Response::new(unknown));
         };
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             header,
@@ -172,21 +191,21 @@ impl pb::lease_server::Lease for LeaseService {
     }
 }
 
-/// One keepalive: renewed (the granted TTL), or TTL 0 for a lease that does not exist (as
-/// etcd, not an error). Any other error ends the stream with it, as etcd's does.
-async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-    let applied = node
-        .propose(Command::LeaseKeepAlive(id))
-        .await
-        .map_err(to_status)?;
-    let ttl = match applied.result {
-        Ok(CommandResponse::LeaseKeepAlive(ttl)) => ttl,
-        Ok(other) => return Err(mismatch(&other)),
-        Err(MvccError::LeaseNotFound) => 0,
-        Err(e) => return Err(to_status(NodeError::Mvcc(e))),
+/// One keepalive, answered by the leader: renewed (the granted TTL), or TTL 0 for a lease
+/// that does not exist or has expired (as etcd, not an error). Any other error ends the
+/// stream with it, as etcd's does.
+async fn keep_alive(
+    node: &Node,
+    leader: &LeaderLink,
+    id: i64,
+) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    let ttl = match leader.renew(node, id).await {
+        Ok(ttl) => ttl,
+        Err(NodeError::Mvcc(MvccError::LeaseNotFound)) => 0,
+        Err(e) => return Err(to_status(e)),
     };
     Ok(pb::LeaseKeepAliveResponse {
-        header: Some(header(node, applied.revision)),
+        header: Some(header(node, node.current_revision())),
         id,
         ttl,
     })

@@ -22,7 +22,7 @@ use node::Node;
 use proto::etcdserverpb as pb;
 
 pub use cluster::{Member, Membership};
-pub use peer::{GrpcTransport, PeerService};
+pub use peer::{GrpcTransport, LeaderLink, PeerService};
 
 /// etcd's default backend quota: 2 GiB.
 pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -79,6 +79,7 @@ pub fn client_routes(
     node: &Node,
     members: Membership,
     config: ApiConfig,
+    leader: LeaderLink,
 ) -> tonic::service::Routes {
     let limit = config.grpc_receive_bytes_max();
     let kv = pb::kv_server::KvServer::new(kv::KvService::new(node.clone(), config))
@@ -97,8 +98,9 @@ pub fn client_routes(
     ))
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
-    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService::new(node.clone(), config))
-        .max_decoding_message_size(limit);
+    let lease =
+        pb::lease_server::LeaseServer::new(lease::LeaseService::new(node.clone(), config, leader))
+            .max_decoding_message_size(limit);
     let lock = proto::v3lockpb::lock_server::LockServer::new(lock::LockService::new(node.clone()))
         .max_decoding_message_size(limit);
     tonic::service::Routes::new(kv)

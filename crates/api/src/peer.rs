@@ -8,13 +8,19 @@
 //!
 //! Receiving: [`PeerService`] checks that traffic is for this cluster and this node, hands
 //! Raft messages to the node, and verifies every snapshot chunk before spooling it.
+//!
+//! Leases: only the leader keeps lease clocks, so [`LeaderLink`] takes a renewal (or a
+//! question about the time a lease has left) to whichever member leads, retrying through
+//! elections until the request's deadline.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use node::{Envelope, Node, NodeId, OutgoingSnapshot, ShardId, Transport};
+use node::{
+    Envelope, LeaseId, MvccError, Node, NodeError, NodeId, OutgoingSnapshot, ShardId, Transport,
+};
 use proto::peer as pb;
 use proto::peer::peer_client::PeerClient;
 use tokio::sync::mpsc;
@@ -34,6 +40,8 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause before asking again while there is no leader, or the leader did not answer.
+const FORWARD_RETRY: Duration = Duration::from_millis(50);
 
 struct Link {
     queue: mpsc::Sender<Vec<Envelope>>,
@@ -266,6 +274,132 @@ async fn send_snapshot(
     }
 }
 
+/// Takes lease requests to the leader: answered here when this member leads, forwarded to
+/// the leader's peer service otherwise.
+#[derive(Clone)]
+pub struct LeaderLink {
+    cluster_id: u64,
+    peers: Arc<HashMap<NodeId, PeerClient<tonic::transport::Channel>>>,
+}
+
+impl LeaderLink {
+    /// A link to `peers` (node id to peer URL). Connections are made when first used.
+    ///
+    /// # Errors
+    /// A peer URL that is not a valid URI.
+    pub fn new(cluster_id: u64, peers: &HashMap<NodeId, String>) -> Result<Self, String> {
+        let mut clients = HashMap::new();
+        for (id, url) in peers {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("peer URL {url}: {e}"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            clients.insert(*id, PeerClient::new(channel));
+        }
+        Ok(Self {
+            cluster_id,
+            peers: Arc::new(clients),
+        })
+    }
+
+    /// Renews lease `id` at the leader; returns the granted TTL.
+    ///
+    /// # Errors
+    /// `Mvcc(LeaseNotFound)` for an unknown or expired lease; `Timeout` when no leader
+    /// answered before the request deadline; `Stopped`.
+    pub async fn renew(&self, node: &Node, id: LeaseId) -> Result<i64, NodeError> {
+        let ttl = self
+            .at_leader(
+                node,
+                id,
+                |node| Box::pin(async move { node.renew_lease(id).await }),
+                |mut client, request| {
+                    Box::pin(async move {
+                        client
+                            .lease_renew(request)
+                            .await
+                            .map(|r| r.into_inner().ttl)
+                    })
+                },
+            )
+            .await?;
+        if ttl == 0 {
+            return Err(NodeError::Mvcc(MvccError::LeaseNotFound));
+        }
+        Ok(ttl)
+    }
+
+    /// The time lease `id` has left by the leader's clock; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// As [`LeaderLink::renew`].
+    pub async fn remaining(&self, node: &Node, id: LeaseId) -> Result<Option<Duration>, NodeError> {
+        self.at_leader(
+            node,
+            id,
+            |node| Box::pin(async move { node.lease_remaining(id).await }),
+            |mut client, request| {
+                Box::pin(async move {
+                    let answer = client.lease_remaining(request).await?.into_inner();
+                    Ok(answer
+                        .found
+                        .then(|| Duration::from_millis(answer.remaining_ms)))
+                })
+            },
+        )
+        .await
+    }
+
+    /// Runs `local` if this member leads, else `remote` against the leader, until one
+    /// answers or the request's deadline passes.
+    async fn at_leader<T>(
+        &self,
+        node: &Node,
+        id: LeaseId,
+        local: impl Fn(Node) -> futures::future::BoxFuture<'static, Result<T, NodeError>>,
+        remote: impl Fn(
+            PeerClient<tonic::transport::Channel>,
+            Request<pb::LeaseRequest>,
+        ) -> futures::future::BoxFuture<'static, Result<T, Status>>,
+    ) -> Result<T, NodeError> {
+        let deadline = tokio::time::Instant::now() + node.request_timeout();
+        let attempt_timeout = node.election_timeout();
+        loop {
+            let leader = match tokio::time::timeout_at(deadline, local(node.clone())).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Err(NodeError::NotLeader(leader))) => leader,
+                Ok(answer) => return answer,
+            };
+            if let Some(client) = self
+                .peers
+                .get(&NodeId(leader))
+                .filter(|_| leader != node.id().0)
+            {
+                let mut request = Request::new(pb::LeaseRequest {
+                    cluster_id: self.cluster_id,
+                    to: leader,
+                    id,
+                });
+                request.set_timeout(attempt_timeout);
+                let call = remote(client.clone(), request);
+                match tokio::time::timeout_at(deadline, call).await {
+                    Err(_) => return Err(NodeError::Timeout),
+                    Ok(Ok(answer)) => return Ok(answer),
+                    // Not (or no longer) the leader, unreachable, timed out: ask again.
+                    Ok(Err(status)) => {
+                        tracing::debug!(leader_id = leader, error = %status, "lease request to the leader failed");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() + FORWARD_RETRY >= deadline {
+                return Err(NodeError::Timeout);
+            }
+            tokio::time::sleep(FORWARD_RETRY).await;
+        }
+    }
+}
+
 /// The peer gRPC service.
 pub struct PeerService {
     node: Node,
@@ -355,5 +489,37 @@ impl pb::peer_server::Peer for PeerService {
         Err(Status::data_loss(
             "snapshot stream ended before its last chunk",
         ))
+    }
+
+    async fn lease_renew(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseRenewResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.cluster_id, request.to)?;
+        // Answered here or not at all: a forwarded request is never forwarded again.
+        let ttl = match self.node.renew_lease(request.id).await {
+            Ok(ttl) => ttl,
+            Err(NodeError::Mvcc(MvccError::LeaseNotFound)) => 0,
+            Err(e) => return Err(crate::errors::to_status(e)),
+        };
+        Ok(Response::new(pb::LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_remaining(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseRemainingResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.cluster_id, request.to)?;
+        let remaining = self
+            .node
+            .lease_remaining(request.id)
+            .await
+            .map_err(crate::errors::to_status)?;
+        Ok(Response::new(pb::LeaseRemainingResponse {
+            found: remaining.is_some(),
+            remaining_ms: remaining.map_or(0, |d| d.as_millis() as u64),
+        }))
     }
 }

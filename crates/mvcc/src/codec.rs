@@ -314,6 +314,14 @@ impl Command {
                 w.i64(e.id);
                 w.i64(e.renewals as i64);
             }
+            Command::LeaseCheckpoint(checkpoints) => {
+                w.u8(10);
+                w.i64(checkpoints.len() as i64);
+                for checkpoint in checkpoints {
+                    w.i64(checkpoint.id);
+                    w.i64(checkpoint.remaining_ttl);
+                }
+            }
         }
         b
     }
@@ -355,6 +363,22 @@ impl Command {
                 id: r.i64()?,
                 renewals: r.i64()? as u64,
             }),
+            10 => {
+                let count = usize::try_from(r.i64()?).map_err(|_| bad())?;
+                // Each checkpoint is 16 bytes: a count larger than the rest is malformed,
+                // and must not be allocated.
+                if count > r.b.len() / 16 {
+                    return Err(bad());
+                }
+                let mut checkpoints = Vec::with_capacity(count);
+                for _ in 0..count {
+                    checkpoints.push(LeaseCheckpoint {
+                        id: r.i64()?,
+                        remaining_ttl: r.i64()?,
+                    });
+                }
+                Command::LeaseCheckpoint(checkpoints)
+            }
             _ => return Err(bad()),
         };
         if !r.b.is_empty() {

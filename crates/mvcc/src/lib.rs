@@ -206,17 +206,22 @@ fn event(key: &[u8], version: &Version, value: Vec<u8>, prev_kv: Option<KeyValue
     }
 }
 
-/// A lease's record in `Table::Leases`: key = id (i64 BE), value = `[format][ttl][renewals]`.
+/// A lease's record in `Table::Leases`: key = id (i64 BE), value =
+/// `[format][ttl][renewals]`, followed by `[remaining ttl]` when a checkpoint set one
+/// (records written before checkpoints existed end after the renewals).
 fn lease_key(id: LeaseId) -> Vec<u8> {
     id.to_be_bytes().to_vec()
 }
 
 fn encode_lease(lease: &LeaseEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17);
+    let mut out = Vec::with_capacity(25);
     out.push(RECORD_FORMAT_V1);
     let mut w = codec::W { b: &mut out };
     w.i64(lease.ttl);
     w.i64(lease.renewals as i64);
+    if lease.remaining_ttl != 0 {
+        w.i64(lease.remaining_ttl);
+    }
     out
 }
 
@@ -229,11 +234,20 @@ fn decode_lease(key: &[u8], value: &[u8]) -> Result<(LeaseId, LeaseEntry), MvccE
     }
     let ttl = r.i64().map_err(|_| malformed())?;
     let renewals = r.i64().map_err(|_| malformed())? as u64;
+    let remaining_ttl = if r.b.is_empty() {
+        0
+    } else {
+        r.i64().map_err(|_| malformed())?
+    };
+    if !r.b.is_empty() {
+        return Err(malformed());
+    }
     Ok((
         id,
         LeaseEntry {
             ttl,
             renewals,
+            remaining_ttl,
             keys: std::collections::BTreeSet::new(),
         },
     ))
@@ -324,6 +338,7 @@ fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
 struct LeaseEntry {
     ttl: i64,
     renewals: u64,
+    remaining_ttl: i64,
     keys: std::collections::BTreeSet<Vec<u8>>,
 }
 
@@ -333,6 +348,7 @@ impl LeaseEntry {
             id,
             ttl: self.ttl,
             renewals: self.renewals,
+            remaining_ttl: self.remaining_ttl,
             keys: self.keys.iter().cloned().collect(),
         }
     }
@@ -821,7 +837,30 @@ impl Execution<'_> {
                 self.revoke(req.id)
                     .map(|()| CommandResponse::LeaseExpire(true))
             }
+            Command::LeaseCheckpoint(checkpoints) => {
+                for checkpoint in checkpoints {
+                    self.checkpoint(*checkpoint);
+                }
+                Ok(CommandResponse::LeaseCheckpoint)
+            }
         }
+    }
+
+    /// Records the time a lease has left (etcd ignores checkpoints of unknown leases).
+    fn checkpoint(&mut self, checkpoint: LeaseCheckpoint) {
+        let Some(lease) = self.index.leases.get_mut(&checkpoint.id) else {
+            return;
+        };
+        if lease.remaining_ttl == checkpoint.remaining_ttl {
+            return;
+        }
+        lease.remaining_ttl = checkpoint.remaining_ttl;
+        let record = encode_lease(lease);
+        self.ops.push(WriteOp::Put {
+            table: Table::Leases,
+            key: lease_key(checkpoint.id),
+            value: record,
+        });
     }
 
     /// etcd's lessor `Grant`: a new lease; an id in use is refused.
@@ -873,6 +912,7 @@ impl Execution<'_> {
             .get_mut(&id)
             .ok_or(MvccError::LeaseNotFound)?;
         lease.renewals += 1;
+        lease.remaining_ttl = 0;
         let (ttl, record) = (lease.ttl, encode_lease(lease));
         self.ops.push(WriteOp::Put {
             table: Table::Leases,
@@ -1118,7 +1158,7 @@ fn refused_by_alarms(
             | Command::LeaseRevoke(_)
             | Command::LeaseExpire(_) => true,
             Command::Txn(txn) => !txn.is_read_only(),
-            Command::Alarm(_) | Command::LeaseKeepAlive(_) => false,
+            Command::Alarm(_) | Command::LeaseKeepAlive(_) | Command::LeaseCheckpoint(_) => false,
         };
         return writes.then_some(MvccError::Corrupt);
     }

@@ -652,6 +652,17 @@ fn command_codec() {
             id: 42,
             renewals: u64::MAX,
         }),
+        Command::LeaseCheckpoint(vec![
+            LeaseCheckpoint {
+                id: 5,
+                remaining_ttl: 17,
+            },
+            LeaseCheckpoint {
+                id: -1,
+                remaining_ttl: 0,
+            },
+        ]),
+        Command::LeaseCheckpoint(Vec::new()),
     ] {
         let bytes = command.encode();
         assert_eq!(Command::decode(&bytes).unwrap(), command);
@@ -997,6 +1008,40 @@ fn leases_follow_etcd() {
         Ok(CommandResponse::LeaseExpire(false))
     );
     assert!(h.store.lease(8).is_some());
+
+    // Checkpoints record remaining TTLs without a revision, survive a reopen, ignore
+    // unknown leases, and a log keepalive clears them.
+    let before = h.store.current_revision();
+    let checkpoint = |id, remaining_ttl| {
+        Command::LeaseCheckpoint(vec![
+            LeaseCheckpoint { id, remaining_ttl },
+            LeaseCheckpoint {
+                id: 99,
+                remaining_ttl: 3,
+            },
+        ])
+    };
+    assert_eq!(
+        h.apply(checkpoint(7, 4)).result,
+        Ok(CommandResponse::LeaseCheckpoint)
+    );
+    assert_eq!(h.store.current_revision(), before);
+    assert_eq!(h.store.lease(7).unwrap().remaining_ttl, 4);
+    assert!(h.store.lease(99).is_none());
+    assert_eq!(
+        Store::open(h.kv.clone())
+            .unwrap()
+            .lease(7)
+            .unwrap()
+            .remaining_ttl,
+        4
+    );
+    h.apply(Command::LeaseKeepAlive(7)).result.unwrap();
+    assert_eq!(h.store.lease(7).unwrap().remaining_ttl, 0);
+    h.apply(checkpoint(7, 2)).result.unwrap();
+    h.apply(checkpoint(7, 0)).result.unwrap();
+    assert_eq!(h.store.lease(7).unwrap().remaining_ttl, 0);
+    let expire = |renewals| Command::LeaseExpire(LeaseExpireRequest { id: 8, renewals });
 
     // Reopening rebuilds leases and their keys.
     let reopened = Store::open(h.kv.clone()).unwrap();

@@ -325,6 +325,19 @@ pub enum Command {
     LeaseKeepAlive(LeaseId),
     /// The leader found a lease expired: revoke it, unless it was renewed since.
     LeaseExpire(LeaseExpireRequest),
+    /// The leader records how long leases have left (etcd's lease checkpoints), so that a new
+    /// leader does not give a lease that nobody renews a full TTL again. A remaining TTL of 0
+    /// clears the checkpoint: the next leader starts the lease at its full TTL.
+    LeaseCheckpoint(Vec<LeaseCheckpoint>),
+}
+
+/// The time one lease has left, as the leader's clock said when it proposed the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseCheckpoint {
+    /// The lease.
+    pub id: LeaseId,
+    /// Seconds left (rounded up), or 0 to clear the checkpoint.
+    pub remaining_ttl: i64,
 }
 
 /// etcd's `LeaseGrantRequest`, with the id chosen and the TTL raised to the minimum before
@@ -354,8 +367,12 @@ pub struct Lease {
     pub id: LeaseId,
     /// Granted time to live, in seconds.
     pub ttl: i64,
-    /// Keepalives applied so far.
+    /// Keepalives applied through the log so far (keepalives are answered by the leader
+    /// from its memory; only logs written before that carry them).
     pub renewals: u64,
+    /// The last checkpointed remaining TTL in seconds; 0 when none (a new leader then gives
+    /// the lease its full TTL).
+    pub remaining_ttl: i64,
     /// The keys attached to it, in key order.
     pub keys: Vec<Vec<u8>>,
 }
@@ -381,6 +398,8 @@ pub enum CommandResponse {
     LeaseKeepAlive(i64),
     /// Whether the lease expired (false: it was renewed since the leader decided).
     LeaseExpire(bool),
+    /// The checkpoints were recorded (those of leases that no longer exist are ignored).
+    LeaseCheckpoint,
 }
 
 /// A command's result together with the store revision after it was applied (the header

@@ -188,6 +188,9 @@ impl<S: KvStore> ApplyLoop<S> {
             }
         }
         drop(proposals);
+        // A leader becomes the primary lessor once it applied an entry of its own term.
+        self.shared.lessor.applied_term(last.term);
+        crate::leases::maybe_promote(&self.shared);
         self.shared.publish_applied(last.index);
         Ok(())
     }
@@ -199,10 +202,9 @@ impl<S: KvStore> ApplyLoop<S> {
             .store
             .restore(&mut records)
             .map_err(|e| NodeError::Storage(format!("install snapshot: {e}")))?;
-        // Leases the snapshot brings start a full TTL now.
-        self.shared
-            .lessor
-            .reset(self.shared.config.clock.now(), &self.store.leases());
+        // The lessor's clocks describe the state that was replaced.
+        self.shared.lessor.reset();
+        self.shared.lessor.applied_term(applied.term);
         // The snapshot may skip revisions: watchers catch up from the new history.
         self.shared.watch_hub.reset(self.store.current_revision());
         self.shared.publish_applied(applied.index);

@@ -57,6 +57,8 @@ pub use storage::{NodeId, ShardId};
 
 /// etcd's default period of watch progress notifications (`--watch-progress-notify-interval`).
 pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// etcd's period of lease checkpoints (`leaseCheckpointInterval`).
+pub const DEFAULT_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Settings of a node. Defaults follow etcd's.
 #[derive(Clone, Debug)]
@@ -94,6 +96,9 @@ pub struct NodeConfig {
     /// Period of the progress notifications of watchers that asked for them (etcd's
     /// `--watch-progress-notify-interval`, 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader records the remaining TTL of leases nobody renews (etcd's lease
+    /// checkpoints, 5 minutes).
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// Errors returned to clients by the node. `api` maps each to etcd's code and message.
@@ -108,6 +113,10 @@ pub enum NodeError {
     /// `etcdserver: leader changed`
     #[error("leader changed")]
     LeaderChanged,
+    /// `etcdserver: not leader`: only the leader can answer (lease renewals); the leader
+    /// this member knows of, 0 if none.
+    #[error("not leader")]
+    NotLeader(u64),
     /// `etcdserver: request timed out`
     #[error("request timed out")]
     Timeout,
@@ -266,6 +275,11 @@ impl Shared {
         if let Some(waiter) = self.proposals.lock().remove(&request_id) {
             let _ = waiter.send(result);
         }
+    }
+
+    /// Stops waiting for a proposal (its caller gave up; it may still be applied).
+    fn forget_proposal(&self, request_id: u64) {
+        self.proposals.lock().remove(&request_id);
     }
 
     fn proposal_waiting(&self, request_id: u64) -> bool {
@@ -470,7 +484,6 @@ impl Node {
             watch_hub: ::watch::Hub::new(store.current_revision(), config.watch),
             lessor: leases::Lessor::default(),
         });
-        shared.lessor.reset(config.clock.now(), &store.leases());
 
         let mut raft_config = RaftConfig::new(config.node_id.0);
         raft_config.election_ticks = config.election_ticks;
@@ -654,6 +667,16 @@ impl Node {
         }
     }
 
+    /// How long a request may wait before `etcdserver: request timed out`.
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.config.request_timeout
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
     /// The election timeout (ticks times the tick interval).
     pub fn election_timeout(&self) -> Duration {
         let config = &self.shared.config;
@@ -666,17 +689,70 @@ impl Node {
         self.shared.state.leases()
     }
 
-    /// A lease, with its attached keys, its granted TTL and the time it has left by this
-    /// member's clock (local state, as [`Node::leases`]).
-    pub fn lease(&self, id: LeaseId) -> Option<(Lease, Duration)> {
-        let lease = self.shared.state.lease(id)?;
+    /// A lease, with its attached keys and its granted TTL (local state, as
+    /// [`Node::leases`]). The time it has left is the leader's: [`Node::lease_remaining`].
+    pub fn lease(&self, id: LeaseId) -> Option<Lease> {
+        self.shared.state.lease(id)
+    }
+
+    /// Renews lease `id` as the leader, from its lessor's memory: no log write unless a
+    /// checkpoint of the lease must be cleared first (see `leases`). Returns the granted TTL.
+    ///
+    /// # Errors
+    /// `NotLeader` (with the leader this member knows of) when this member does not lead or
+    /// is not yet the primary lessor; `Mvcc(LeaseNotFound)` for an unknown or expired lease;
+    /// `Timeout`, `Stopped`.
+    pub async fn renew_lease(&self, id: LeaseId) -> Result<i64, NodeError> {
+        // Two rounds at most: a renewal that had to clear a checkpoint renews after it.
+        for _ in 0..2 {
+            let term = self.confirm_leadership().await?;
+            let now = self.shared.config.clock.now();
+            match self.shared.lessor.renew(id, term, now) {
+                Ok(leases::Renewal::Renewed(ttl)) => return Ok(ttl),
+                Ok(leases::Renewal::ClearCheckpoint) => {
+                    let clear = Command::LeaseCheckpoint(vec![mvcc::LeaseCheckpoint {
+                        id,
+                        remaining_ttl: 0,
+                    }]);
+                    self.propose(clear).await?.result?;
+                }
+                Err(NodeError::NotLeader(_)) => return Err(NodeError::NotLeader(self.leader())),
+                Err(e) => return Err(e),
+            }
+        }
+        // Another checkpoint was proposed while this one cleared: the client retries.
+        Err(NodeError::Timeout)
+    }
+
+    /// The time lease `id` has left by the leader's lessor; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// As [`Node::renew_lease`].
+    pub async fn lease_remaining(&self, id: LeaseId) -> Result<Option<Duration>, NodeError> {
+        let term = self.confirm_leadership().await?;
         let now = self.shared.config.clock.now();
-        let left = self
-            .shared
+        self.shared
             .lessor
-            .remaining(id, now)
-            .unwrap_or(Duration::ZERO);
-        Some((lease, left))
+            .remaining(id, term, now)
+            .map_err(|_| NodeError::NotLeader(self.leader()))
+    }
+
+    /// Confirms that this member still leads (a ReadIndex round) and has become the primary
+    /// lessor of its term; returns the term.
+    async fn confirm_leadership(&self) -> Result<u64, NodeError> {
+        let shared = &self.shared;
+        let is_leader = || shared.leader.load(Ordering::Acquire) == shared.config.node_id.0;
+        if !is_leader() {
+            return Err(NodeError::NotLeader(self.leader()));
+        }
+        let term = shared.term.load(Ordering::Acquire);
+        self.read_index().await?;
+        // The read index is at least the leader's first entry of its term, now applied.
+        leases::maybe_promote(shared);
+        if !is_leader() || shared.term.load(Ordering::Acquire) != term {
+            return Err(NodeError::NotLeader(self.leader()));
+        }
+        Ok(term)
     }
 
     /// The current revision of the local state.

@@ -73,6 +73,11 @@ struct Replica<L: LogStore> {
     reported_applied: u64,
     /// A log compaction to include in the next write.
     compact_to: Option<(u64, u64)>,
+    /// The term in which this replica's commit index last reached an entry of the current
+    /// term (0: not yet in the current term). A leader ignores ReadIndex requests until it
+    /// has committed an entry of its term, so rounds sent before that are re-sent the moment
+    /// it has, instead of after the retry delay.
+    committed_in_term: u64,
 }
 
 pub(crate) struct StoreLoop<L: LogStore> {
@@ -113,10 +118,14 @@ impl<L: LogStore> StoreLoop<L> {
                     peer,
                     reported_applied,
                     compact_to: None,
+                    committed_in_term: 0,
                 };
                 (shard, replica)
             })
             .collect();
+        let read_seq = shared
+            .next_request_id
+            .load(std::sync::atomic::Ordering::Relaxed);
         Self {
             jitter: ElectionJitter::new(shared.config.seed),
             next_tick: shared.config.clock.now() + tick,
@@ -126,7 +135,10 @@ impl<L: LogStore> StoreLoop<L> {
             inbox,
             apply,
             read_rounds: HashMap::new(),
-            read_seq: 0,
+            // Contexts must not repeat across restarts either: a late answer to a round of
+            // the previous run would otherwise answer a new round with an old index. Request
+            // ids start from the wall clock at every start (see `Node::build`).
+            read_seq,
             stalled: VecDeque::new(),
             outbox: BTreeMap::new(),
             read_retry: election / 2,
@@ -299,7 +311,7 @@ impl<L: LogStore> StoreLoop<L> {
                 replica.peer.tick();
             }
         }
-        self.retry_read_rounds(now);
+        self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
     }
 
@@ -337,11 +349,12 @@ impl<L: LogStore> StoreLoop<L> {
         );
     }
 
-    fn retry_read_rounds(&mut self, now: Instant) {
+    /// Re-issues, with new contexts, the rounds unanswered for `after` or longer.
+    fn retry_read_rounds(&mut self, now: Instant, after: Duration) {
         let mut expired: Vec<Vec<u8>> = self
             .read_rounds
             .iter()
-            .filter(|(_, round)| now.duration_since(round.started) >= self.read_retry)
+            .filter(|(_, round)| now.duration_since(round.started) >= after)
             .map(|(context, _)| context.clone())
             .collect();
         // In context order, not the map's: the same run re-issues them the same way.
@@ -562,7 +575,29 @@ impl<L: LogStore> StoreLoop<L> {
         }
         self.flush_outbox();
         self.retry_stalled();
+        if self.leader_committed_in_new_term() && !self.read_rounds.is_empty() {
+            let now = self.shared.config.clock.now();
+            self.retry_read_rounds(now, Duration::ZERO);
+        }
         Ok(())
+    }
+
+    /// Whether some replica's commit index has just reached an entry of its current term:
+    /// the leader of that term now answers ReadIndex requests.
+    fn leader_committed_in_new_term(&mut self) -> bool {
+        let mut reached = false;
+        for replica in self.replicas.values_mut() {
+            let raft = &replica.peer.raft;
+            if replica.committed_in_term == raft.term || raft.leader_id == 0 {
+                continue;
+            }
+            let committed = raft.raft_log.committed;
+            if raft.raft_log.term(committed).ok() == Some(raft.term) {
+                replica.committed_in_term = raft.term;
+                reached = true;
+            }
+        }
+        reached
     }
 
     fn publish_status(&self) {

@@ -96,11 +96,20 @@ struct TestCluster {
     ids: Vec<u64>,
     members: HashMap<u64, Member>,
     snapshot_count: u64,
+    lease_checkpoint_interval: Duration,
     dir: std::path::PathBuf,
 }
 
 impl TestCluster {
     fn new(size: u64, snapshot_count: u64) -> Self {
+        Self::with_checkpoints(size, snapshot_count, DEFAULT_LEASE_CHECKPOINT_INTERVAL)
+    }
+
+    fn with_checkpoints(
+        size: u64,
+        snapshot_count: u64,
+        lease_checkpoint_interval: Duration,
+    ) -> Self {
         let ids: Vec<u64> = (1..=size).collect();
         let dir = std::env::temp_dir().join(format!(
             "concord-node-test-{}-{}",
@@ -121,6 +130,7 @@ impl TestCluster {
                 .collect(),
             ids,
             snapshot_count,
+            lease_checkpoint_interval,
             dir,
         };
         for id in cluster.ids.clone() {
@@ -146,6 +156,7 @@ impl TestCluster {
             clock: Clock::system(),
             watch: WatchConfig::default(),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            lease_checkpoint_interval: self.lease_checkpoint_interval,
         }
     }
 
@@ -192,6 +203,60 @@ impl TestCluster {
         };
         let (response, _) = node.range(&req).expect("range");
         response.kvs.into_iter().next().map(|kv| kv.value)
+    }
+
+    /// The member every running member names as leader, once they agree.
+    async fn leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running: Vec<Node> = self.net.nodes.lock().values().cloned().collect();
+            let leaders: HashSet<u64> = running.iter().map(|n| n.status().leader).collect();
+            if leaders.len() == 1 && !leaders.contains(&0) {
+                return leaders.into_iter().next().expect("one");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn grant(&self, via: u64, id: LeaseId, ttl: i64) {
+        let grant = Command::LeaseGrant(mvcc::LeaseGrantRequest { id, ttl });
+        let applied = self.node(via).propose(grant).await.expect("grant applies");
+        assert!(applied.result.is_ok(), "{applied:?}");
+    }
+
+    /// Renews through whichever member leads, as the API's leader link does: a member that
+    /// cannot answer in time (cut off) is passed over for the next.
+    async fn renew(&self, id: LeaseId) -> Result<i64, NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut via = self.ids[0];
+        loop {
+            let next =
+                self.ids[(self.ids.iter().position(|&i| i == via).unwrap() + 1) % self.ids.len()];
+            let attempt = match self.net.node(via) {
+                Some(node) => {
+                    tokio::time::timeout(Duration::from_millis(300), node.renew_lease(id))
+                        .await
+                        .unwrap_or(Err(NodeError::Timeout))
+                }
+                None => Err(NodeError::Stopped),
+            };
+            match attempt {
+                Err(NodeError::NotLeader(leader)) if leader != 0 && leader != via => via = leader,
+                Err(NodeError::NotLeader(_) | NodeError::Timeout | NodeError::Stopped) => {
+                    via = next
+                }
+                answer => return answer,
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader renewed lease {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn wait_applied(&self, id: u64, index: u64) {
@@ -368,4 +433,116 @@ async fn pending_proposals_are_bounded() {
         }))
         .await;
     assert_eq!(refused.unwrap_err(), NodeError::TooManyRequests);
+}
+
+// Proves that a keepalive is answered by the leader from memory: a thousand renewals leave
+// the Raft log as it was, and a member that does not lead refuses them, naming the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_are_answered_by_the_leader_without_a_log_write() {
+    let cluster = TestCluster::new(3, 100_000);
+    cluster.grant(1, 7, 60).await;
+    let leader = cluster.leader().await;
+    let node = cluster.node(leader);
+    // The first renewal may wait for the leader to become the primary lessor.
+    assert_eq!(node.renew_lease(7).await, Ok(60));
+    let before = node.status().raft_index;
+    for _ in 0..1000 {
+        assert_eq!(node.renew_lease(7).await, Ok(60));
+    }
+    let after = node.status().raft_index;
+    assert_eq!(before, after, "keepalives wrote to the log");
+    for id in cluster.ids.iter().filter(|&&id| id != leader) {
+        let refused = cluster.node(*id).renew_lease(7).await;
+        assert_eq!(refused, Err(NodeError::NotLeader(leader)));
+    }
+    assert_eq!(
+        node.renew_lease(8).await,
+        Err(NodeError::Mvcc(MvccError::LeaseNotFound))
+    );
+}
+
+// Proves that expiry is the leader's and survives a change of leader both ways: a lease kept
+// alive through whichever member leads outlives the old leader's isolation, and a lease
+// nobody renews still expires after it, not before its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_outlives_a_leader_change_and_a_forgotten_one_expires() {
+    let cluster = TestCluster::new(3, 100_000);
+    let started = tokio::time::Instant::now();
+    cluster.grant(1, 1, 2).await;
+    cluster.grant(1, 2, 2).await;
+    let old = cluster.leader().await;
+    let mut isolated = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        assert_eq!(cluster.renew(1).await, Ok(2));
+        if !isolated && started.elapsed() > Duration::from_millis(600) {
+            cluster.net.isolate(old, &cluster.ids);
+            isolated = true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let new = (1..=3).find(|&id| id != old).unwrap();
+    let node = cluster.node(new);
+    node.read_index().await.expect("the majority serves");
+    assert!(node.lease(1).is_some(), "the kept lease expired");
+    assert!(
+        node.lease(2).is_none(),
+        "the forgotten lease outlived its TTL by 3 s"
+    );
+    assert!(node.status().leader != old);
+}
+
+// Proves lease checkpoints: the leader records how long a lease nobody renews has left, so a
+// new leader does not restart it at its full TTL; and a renewal of a checkpointed lease
+// clears the checkpoint through the log before it is answered, so that no later leader can
+// cut the renewed lease short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_carry_remaining_ttls_across_leaders_and_renewals_clear_them() {
+    let cluster = TestCluster::with_checkpoints(3, 100_000, Duration::from_millis(200));
+    let granted = tokio::time::Instant::now();
+    cluster.grant(1, 1, 6).await;
+    cluster.grant(1, 2, 6).await;
+    let old = cluster.leader().await;
+    // Under half the TTL left: checkpointed at the next interval.
+    let checkpointed = |id: LeaseId| {
+        let node = cluster.node(old);
+        node.lease(id).map_or(0, |lease| lease.remaining_ttl)
+    };
+    while checkpointed(1) == 0 || checkpointed(2) == 0 {
+        assert!(granted.elapsed() < Duration::from_secs(5), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        checkpointed(1) <= 3,
+        "checkpoint {} of a 6 s lease at half time",
+        checkpointed(1)
+    );
+    // A renewal clears the checkpoint before it is answered.
+    assert_eq!(cluster.renew(2).await, Ok(6));
+    assert_eq!(
+        checkpointed(2),
+        0,
+        "renewed without clearing the checkpoint"
+    );
+    cluster.net.isolate(old, &cluster.ids);
+    let new = (1..=3).find(|&id| id != old).unwrap();
+    let node = cluster.node(new);
+    // Lease 1 expires about 6 s after its grant (its checkpoint), not a full TTL after the
+    // new leader took over.
+    loop {
+        node.read_index().await.expect("the majority serves");
+        if node.lease(1).is_none() {
+            break;
+        }
+        assert!(
+            granted.elapsed() < Duration::from_millis(8500),
+            "lease 1 restarted at its full TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        granted.elapsed() >= Duration::from_secs(6),
+        "lease 1 expired early"
+    );
+    // Lease 2 was renewed after its checkpoint: the new leader gives it its full TTL.
+    assert!(node.lease(2).is_some(), "lease 2 lost its renewal");
 }

@@ -103,6 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .iter()
         .map(|m| (NodeId(m.id), m.peer_urls[0].clone()))
         .collect();
+    let leader_link =
+        api::LeaderLink::new(config.cluster_id, &peers).map_err(|e| anyhow::anyhow!(e))?;
     let transport = Arc::new(api::GrpcTransport::new(local, config.cluster_id, peers));
     let node = Node::start(node_config(&config), log, kv, transport.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the member: {e}"))?;
@@ -140,7 +142,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
     }
     for listener in client_listeners {
-        let routes = api::client_routes(&node, members.clone(), api_config);
+        let routes = api::client_routes(&node, members.clone(), api_config, leader_link.clone());
         servers.spawn(serve_clients(listener, routes, stop_rx.clone()));
     }
     tracing::info!(
@@ -202,6 +204,7 @@ fn node_config(config: &Config) -> NodeConfig {
         clock: node::Clock::system(),
         watch: node::WatchConfig::default(),
         watch_progress_notify_interval: config.watch_progress_notify_interval,
+        lease_checkpoint_interval: node::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
     }
 }
 

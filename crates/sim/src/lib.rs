@@ -218,6 +218,7 @@ impl Sim {
             clock: self.clock.clone(),
             watch: node::WatchConfig::default(),
             watch_progress_notify_interval: node::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            lease_checkpoint_interval: node::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
         };
         let member = &mut self.members[i];
         let started = Node::start_driven(
