@@ -11,6 +11,10 @@ use crate::net::Network;
 /// The client port every member listens on (each host has its own address).
 pub const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
+/// Entries between log compactions (etcd's `--snapshot-count`, 100,000 by default): small, so
+/// that a run compacts logs and members that were killed or cut off catch up through
+/// snapshots, under faults.
+const SNAPSHOT_COUNT: &str = "500";
 
 /// The members of a run.
 pub struct Members {
@@ -64,6 +68,8 @@ impl Members {
                     "new",
                     "--initial-cluster-token",
                     &token,
+                    "--snapshot-count",
+                    SNAPSHOT_COUNT,
                 ]
                 .iter()
                 .map(ToString::to_string)

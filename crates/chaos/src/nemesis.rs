@@ -59,11 +59,13 @@ pub enum NemesisKind {
     OneWay,
     /// Each step one of the above, drawn at random.
     Mixed,
+    /// kill -9 whoever leads, then restart it: elections, again and again.
+    KillLeader,
 }
 
 impl NemesisKind {
     /// Every kind, for listing and parsing.
-    pub const ALL: [NemesisKind; 7] = [
+    pub const ALL: [NemesisKind; 8] = [
         NemesisKind::None,
         NemesisKind::Kill,
         NemesisKind::Pause,
@@ -71,6 +73,7 @@ impl NemesisKind {
         NemesisKind::PartitionHalves,
         NemesisKind::OneWay,
         NemesisKind::Mixed,
+        NemesisKind::KillLeader,
     ];
 
     /// The name used on the command line and in reports.
@@ -84,6 +87,7 @@ impl NemesisKind {
             NemesisKind::PartitionHalves => "partition-halves",
             NemesisKind::OneWay => "one-way",
             NemesisKind::Mixed => "mixed",
+            NemesisKind::KillLeader => "kill-leader",
         }
     }
 
@@ -159,6 +163,7 @@ pub fn schedule(kind: NemesisKind, seed: u64, members: usize, duration: Duration
         };
         let fault = match kind {
             NemesisKind::Kill => Fault::Kill(target(&mut rng)),
+            NemesisKind::KillLeader => Fault::Kill(Target::Leader),
             NemesisKind::Pause => Fault::Pause(target(&mut rng)),
             NemesisKind::PartitionLeader => Fault::Isolate(Target::Leader),
             NemesisKind::PartitionHalves => {
@@ -207,7 +212,8 @@ mod tests {
                     (Fault::Split(minority), NemesisKind::PartitionHalves | NemesisKind::Mixed) => {
                         assert_eq!(minority.len(), 2);
                     }
-                    (Fault::Kill(_), NemesisKind::Kill | NemesisKind::Mixed)
+                    (Fault::Kill(Target::Leader), NemesisKind::KillLeader)
+                    | (Fault::Kill(_), NemesisKind::Kill | NemesisKind::Mixed)
                     | (Fault::Pause(_), NemesisKind::Pause | NemesisKind::Mixed)
                     | (Fault::Isolate(_), NemesisKind::PartitionLeader | NemesisKind::Mixed)
                     | (Fault::Cut(_), NemesisKind::OneWay | NemesisKind::Mixed) => {}

@@ -1294,7 +1294,14 @@ impl<S: KvStore> Store<S> {
     /// with the data. `durable` asks the storage to persist this and every earlier batch.
     ///
     /// # Errors
-    /// Only storage failures (fail-stop); etcd errors are inside each [`Applied`].
+    /// Only storage failures, including one met while executing a command: the member must
+    /// stop (its state now differs from what it reports), never count it as that command's
+    /// failure and go on. etcd errors are inside each [`Applied`].
+    ///
+    /// # Panics
+    /// If the entries do not follow the applied index one by one, or their terms go back: a
+    /// duplicate or a gap means the log and the state machine disagree, and applying it
+    /// would diverge from every other member.
     pub fn apply_batch(
         &self,
         entries: &[ApplyEntry<'_>],
@@ -1321,6 +1328,23 @@ impl<S: KvStore> Store<S> {
         let mut events = Vec::new();
         let snapshot = self.kv.snapshot()?;
         let mut index = self.index.write();
+        let (mut previous, mut term) = (index.applied.index, index.applied.term);
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                previous + 1,
+                "entry {} applied after entry {previous}",
+                entry.index
+            );
+            assert!(
+                entry.term >= term,
+                "entry {} of term {} applied after term {term}",
+                entry.index,
+                entry.term
+            );
+            (previous, term) = (entry.index, entry.term);
+        }
+        let revision_before = index.current;
         let mut pending = HashMap::new();
         let mut ops = Vec::new();
         let mut results = Vec::new();
@@ -1348,6 +1372,12 @@ impl<S: KvStore> Store<S> {
             } else {
                 execution.attach_touched();
             }
+            if let Err(MvccError::Storage(detail)) = result {
+                return Err(MvccError::Storage(format!(
+                    "applying entry {}: {detail}",
+                    entry.index
+                )));
+            }
             let wrote = execution.sub > 0;
             let main = execution.main;
             ops.append(&mut execution.ops);
@@ -1360,6 +1390,7 @@ impl<S: KvStore> Store<S> {
                 revision: index.current,
             });
         }
+        assert!(index.current >= revision_before, "the revision went back");
         put_meta(&mut ops, META_CURRENT_REVISION, index.current);
         put_meta(&mut ops, META_APPLIED_INDEX, last.index as i64);
         put_meta(&mut ops, META_APPLIED_TERM, last.term as i64);

@@ -1106,3 +1106,141 @@ fn leases_follow_etcd() {
     );
     assert!(h.apply(Command::LeaseKeepAlive(7)).result.is_ok());
 }
+
+/// A store whose reads fail once `fail` is set, as a disk's can.
+#[derive(Clone)]
+struct FailingReads {
+    inner: std::sync::Arc<MemKvStore>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FailingSnapshot {
+    inner: <MemKvStore as KvStore>::Snapshot,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingSnapshot {
+    fn check(&self) -> storage::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(storage::StorageError::Io("read failed".into()));
+        }
+        Ok(())
+    }
+}
+
+impl KvSnapshot for FailingSnapshot {
+    fn get(&self, table: Table, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
+        self.check()?;
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> storage::Result<()> {
+        self.check()?;
+        self.inner.scan(table, start, end, visit)
+    }
+}
+
+impl KvStore for FailingReads {
+    type Snapshot = FailingSnapshot;
+
+    fn write(&self, ops: Vec<WriteOp>, durable: bool) -> storage::Result<()> {
+        self.inner.write(ops, durable)
+    }
+
+    fn snapshot(&self) -> storage::Result<FailingSnapshot> {
+        Ok(FailingSnapshot {
+            inner: self.inner.snapshot()?,
+            fail: self.fail.clone(),
+        })
+    }
+
+    fn restore(
+        &self,
+        records: &mut dyn Iterator<Item = storage::Result<(Table, Vec<u8>, Vec<u8>)>>,
+    ) -> storage::Result<()> {
+        self.inner.restore(records)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+// Proves a storage failure met while executing a command stops the member: the batch fails
+// as a whole and nothing of it is written, instead of the command failing alone while the
+// member goes on at revisions no other member has.
+#[test]
+fn a_storage_failure_inside_a_command_fails_the_batch() {
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kv = FailingReads {
+        inner: std::sync::Arc::new(MemKvStore::new()),
+        fail: fail.clone(),
+    };
+    let store = Store::open(kv.clone()).unwrap();
+    let put = |key: &str, value: &str| {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+    };
+    let first = put("k", "v1");
+    let entry = |index, command| ApplyEntry {
+        index,
+        term: 1,
+        command: Some(command),
+    };
+    store.apply_batch(&[entry(1, &first)], true).unwrap();
+    // A put that returns the previous value must read it.
+    let second = Command::Put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v2".to_vec(),
+        prev_kv: true,
+        ..Default::default()
+    });
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failed = store.apply_batch(&[entry(2, &second)], true);
+    assert!(
+        matches!(failed, Err(MvccError::Storage(_))),
+        "a read failure was answered as the command's own error: {failed:?}"
+    );
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reopened = Store::open(kv).unwrap();
+    assert_eq!(
+        reopened.current_revision(),
+        2,
+        "part of the failed batch was written"
+    );
+}
+
+// Proves the applied index advances by exactly one: an entry applied twice, or one that
+// skips an index, stops the member instead of being applied.
+#[test]
+fn entries_must_follow_the_applied_index_one_by_one() {
+    for bad in [1, 3] {
+        let mut h = Harness::new();
+        h.apply(Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        }));
+        let command = Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        let entry = ApplyEntry {
+            index: bad,
+            term: 1,
+            command: Some(&command),
+        };
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.store.apply_batch(&[entry], false)
+        }));
+        assert!(applied.is_err(), "entry {bad} applied after entry 1");
+    }
+}

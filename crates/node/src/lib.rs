@@ -444,6 +444,7 @@ impl Node {
         let durable = store.durable_applied();
         let shard = FIRST_SHARD;
         recover_log(&config, log.as_ref(), shard, durable)?;
+        snapshot::clear_spool(&config.snapshot_dir);
 
         let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(INBOX_CAPACITY);
         let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_CAPACITY);
@@ -607,14 +608,21 @@ impl Node {
     /// with the wait and a deadline.
     ///
     /// # Errors
-    /// `Stopped`.
+    /// `TooManyRequests` when as many reads as proposals may wait already wait for the next
+    /// round; `Stopped`.
     pub fn submit_read(&self) -> Result<oneshot::Receiver<Result<u64, NodeError>>, NodeError> {
         let shared = &self.shared;
         if shared.is_stopped() {
             return Err(NodeError::Stopped);
         }
         let (tx, rx) = oneshot::channel();
-        shared.reads.lock().push(tx);
+        {
+            let mut reads = shared.reads.lock();
+            if reads.len() >= shared.config.max_pending_proposals {
+                return Err(NodeError::TooManyRequests);
+            }
+            reads.push(tx);
+        }
         // A full inbox is fine: the loop picks the read up on its next iteration anyway.
         let _ = shared.inbox.try_send(StoreMsg::ReadWake);
         Ok(rx)
@@ -889,10 +897,16 @@ fn recover_log<L: LogStore>(
             durable.index, truncated
         )));
     }
-    if durable.index > log.last_index(shard) {
+    // The state machine holds a snapshot the log does not record when the log ends before
+    // it, or has another entry at its index: a deposed leader's divergent tail, which the
+    // install replaced (taking it for committed would apply entries that never were).
+    let log_disagrees = durable.index > log.last_index(shard)
+        || (durable.index > truncated && log.term(shard, durable.index).ok() != Some(durable.term));
+    if durable.index > 0 && log_disagrees {
         tracing::warn!(
             shard_id = shard.0,
             index = durable.index,
+            term = durable.term,
             "completing an interrupted snapshot install"
         );
         write.install_snapshot = Some((durable.index, durable.term));

@@ -115,16 +115,23 @@ pub(crate) struct RecordReader {
     reader: BufReader<File>,
     path: PathBuf,
     offset: u64,
+    /// The file's length: no record length may point past it (a length from a peer is
+    /// never allocated as given).
+    len: u64,
 }
 
 impl RecordReader {
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        let file = File::open(path)
-            .map_err(|e| StorageError::Io(format!("open snapshot file {}: {e}", path.display())))?;
+        let io = |e: std::io::Error| {
+            StorageError::Io(format!("open snapshot file {}: {e}", path.display()))
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         Ok(Self {
             reader: BufReader::new(file),
             path: path.to_path_buf(),
             offset: 0,
+            len,
         })
     }
 
@@ -147,7 +154,11 @@ impl RecordReader {
     fn read_bytes(&mut self) -> Result<Vec<u8>, StorageError> {
         let mut len = [0u8; 4];
         self.read_exact(&mut len)?;
-        let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
+        let len = u64::from(u32::from_be_bytes(len));
+        if len > self.len.saturating_sub(self.offset) {
+            return Err(self.corrupt("record length past the end of the file"));
+        }
+        let mut bytes = vec![0u8; len as usize];
         self.read_exact(&mut bytes)?;
         Ok(bytes)
     }
@@ -225,9 +236,11 @@ impl<L: LogStore> SnapshotSource for StateSnapshots<L> {
 }
 
 /// Writes an incoming snapshot's chunks to a spool file.
+/// A snapshot being received. Dropped before [`Spool::complete`] (a failed stream), its
+/// file is removed.
 pub(crate) struct Spool {
-    pub file: BufWriter<File>,
-    pub path: PathBuf,
+    file: Option<BufWriter<File>>,
+    path: PathBuf,
 }
 
 impl Spool {
@@ -238,25 +251,57 @@ impl Spool {
         let file = File::create(&path)
             .map_err(|e| NodeError::Storage(format!("create {}: {e}", path.display())))?;
         Ok(Self {
-            file: BufWriter::new(file),
+            file: Some(BufWriter::new(file)),
             path,
         })
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), NodeError> {
         self.file
+            .as_mut()
+            .expect("a spool is written until completed")
             .write_all(data)
             .map_err(|e| NodeError::Storage(format!("write {}: {e}", self.path.display())))
     }
 
     /// Flushes and syncs the file and gives it its final name.
-    pub(crate) fn complete(self) -> Result<PathBuf, NodeError> {
-        let io = |e: std::io::Error| NodeError::Storage(format!("{}: {e}", self.path.display()));
-        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+    pub(crate) fn complete(mut self) -> Result<PathBuf, NodeError> {
+        let path = self.path.clone();
+        let io = |e: std::io::Error| NodeError::Storage(format!("{}: {e}", path.display()));
+        let file = self.file.take().expect("a spool is completed once");
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         let done = self.path.with_extension("snap");
         std::fs::rename(&self.path, &done).map_err(io)?;
         Ok(done)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes what earlier runs left in the spool directory: snapshots being received or
+/// waiting for Raft when the member stopped are never installed after a restart (the
+/// leader sends a new one).
+pub(crate) fn clear_spool(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let spooled = path
+            .extension()
+            .is_some_and(|ext| ext == "part" || ext == "snap");
+        if spooled {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove a stale snapshot file");
+            }
+        }
     }
 }
 
@@ -304,5 +349,51 @@ mod tests {
             .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(records, expected);
+    }
+
+    // Proves a record length from a peer is checked against the file before anything is
+    // allocated: a 4 GiB length in a short file is corruption, named with its offset.
+    #[test]
+    fn a_record_length_past_the_end_of_the_file_is_corruption() {
+        let dir = std::env::temp_dir().join(format!("concord-snap-len-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("huge.snap");
+        let mut bytes = vec![table_code(Table::Revisions)];
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        bytes.extend_from_slice(b"short");
+        std::fs::write(&path, &bytes).unwrap();
+        let first = RecordReader::open(&path).unwrap().next().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        match first {
+            Err(StorageError::Corruption(detail)) => {
+                assert!(detail.contains("past the end"), "{detail}");
+            }
+            other => panic!("a 4 GiB record length was accepted: {other:?}"),
+        }
+    }
+
+    // Proves that a snapshot stream that fails part way leaves no file behind, and that files
+    // an earlier run left are removed at the next start.
+    #[test]
+    fn abandoned_snapshot_files_are_removed() {
+        let dir = std::env::temp_dir().join(format!("concord-snap-spool-{}", std::process::id()));
+        let mut spool = Spool::create(&dir, "1-2-3.part").unwrap();
+        spool.write(b"half a snapshot").unwrap();
+        drop(spool);
+        assert!(
+            !dir.join("1-2-3.part").exists(),
+            "a failed stream left its file"
+        );
+        std::fs::write(dir.join("1-2-4.part"), b"x").unwrap();
+        std::fs::write(dir.join("1-2-5.snap"), b"x").unwrap();
+        std::fs::write(dir.join("other"), b"x").unwrap();
+        clear_spool(&dir);
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, vec!["other".to_string()]);
     }
 }

@@ -546,3 +546,41 @@ async fn checkpoints_carry_remaining_ttls_across_leaders_and_renewals_clear_them
     // Lease 2 was renewed after its checkpoint: the new leader gives it its full TTL.
     assert!(node.lease(2).is_some(), "lease 2 lost its renewal");
 }
+
+// Proves that recovery checks the term, not only the index, of an interrupted snapshot
+// install: a log whose entry at the state machine's index is a deposed leader's (another
+// term) records the snapshot instead of keeping that divergent tail as committed.
+#[test]
+fn an_interrupted_install_over_a_divergent_tail_is_completed() {
+    let log = MemLogStore::new();
+    let entries: Vec<consensus::Entry> = (1..=10)
+        .map(|index| consensus::Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        })
+        .collect();
+    log.write(
+        vec![ShardLogWrite {
+            shard: FIRST_SHARD,
+            entries,
+            ..Default::default()
+        }],
+        true,
+    )
+    .unwrap();
+    let cluster_config = TestCluster::with_checkpoints(0, 100, DEFAULT_LEASE_CHECKPOINT_INTERVAL);
+    let config = cluster_config.config(1);
+    let installed = mvcc::AppliedIndex { index: 8, term: 2 };
+    recover_log(&config, &log, FIRST_SHARD, installed).unwrap();
+    assert_eq!(log.term(FIRST_SHARD, 8).unwrap(), 2);
+    assert_eq!(
+        log.last_index(FIRST_SHARD),
+        8,
+        "the divergent tail survived"
+    );
+    // A log that agrees is left alone.
+    recover_log(&config, &log, FIRST_SHARD, installed).unwrap();
+    assert_eq!(log.last_index(FIRST_SHARD), 8);
+    assert_eq!(log.state(FIRST_SHARD).unwrap().hard_state.commit, 8);
+}

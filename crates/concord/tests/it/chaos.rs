@@ -209,13 +209,22 @@ async fn leases_never_expire_early_and_always_expire() {
     if !enabled("leases_never_expire_early_and_always_expire") {
         return;
     }
-    let scenarios: Vec<Scenario> = std::iter::once((500, NemesisKind::None))
+    let mut scenarios: Vec<Scenario> = std::iter::once((500, NemesisKind::None))
         .chain(faults(501))
         .map(|(seed, nemesis)| {
             let config = LeaseConfig::new(nemesis != NemesisKind::None);
             scenario(seed, nemesis, Workload::Lease(config))
         })
         .collect();
+    // etcd's minimum TTL (2 s) while the leader is killed again and again: keepalives must
+    // be answered by each new leader before the client gives its lease up.
+    let mut shortest = LeaseConfig::new(true);
+    shortest.ttl = 2;
+    scenarios.push(scenario(
+        520,
+        NemesisKind::KillLeader,
+        Workload::Lease(shortest),
+    ));
     // Each judged lease lives several seconds: 10 to 40 per run (fewest while the leader is
     // cut off again and again, when a member's clients wait out every partition).
     run_all_with(&scenarios, |(_, judged, _, _)| judged >= 8).await;
