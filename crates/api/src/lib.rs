@@ -10,6 +10,7 @@
 pub mod authority;
 pub mod cluster;
 pub mod convert;
+pub mod corruption;
 pub mod errors;
 pub mod kv;
 pub mod lease;

@@ -303,6 +303,18 @@ impl LeaderLink {
         })
     }
 
+    /// Every other member's id with a client to its peer service.
+    pub(crate) fn peers(
+        &self,
+    ) -> impl Iterator<Item = (NodeId, PeerClient<tonic::transport::Channel>)> + '_ {
+        self.peers.iter().map(|(id, client)| (*id, client.clone()))
+    }
+
+    /// The cluster id peer requests carry.
+    pub(crate) fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
     /// Renews lease `id` at the leader; returns the granted TTL.
     ///
     /// # Errors
@@ -504,6 +516,26 @@ impl pb::peer_server::Peer for PeerService {
             Err(e) => return Err(crate::errors::to_status(e)),
         };
         Ok(Response::new(pb::LeaseRenewResponse { ttl }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.cluster_id, request.to)?;
+        let node = self.node.clone();
+        // A full scan of the state machine: off the async workers.
+        let (hash, compact_revision, revision) =
+            tokio::task::spawn_blocking(move || node.hash_kv(request.revision))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(crate::errors::to_status)?;
+        Ok(Response::new(pb::HashKvResponse {
+            hash,
+            compact_revision,
+            revision,
+        }))
     }
 
     async fn lease_remaining(

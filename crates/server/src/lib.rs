@@ -141,6 +141,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let routes = api::peer_routes(&node, config.cluster_id);
         peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
     }
+    if config.initial_corrupt_check {
+        api::corruption::check_at_startup(&node, &leader_link)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!("initial corruption check passed");
+    }
+    if let Some(interval) = config.corrupt_check_interval {
+        tokio::spawn(api::corruption::monitor(
+            node.clone(),
+            leader_link.clone(),
+            interval,
+        ));
+    }
     for listener in client_listeners {
         let routes = api::client_routes(&node, members.clone(), api_config, leader_link.clone());
         servers.spawn(serve_clients(listener, routes, stop_rx.clone()));

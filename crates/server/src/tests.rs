@@ -87,6 +87,41 @@ fn defaults_are_valid() {
     assert_eq!(named.data_dir, std::path::PathBuf::from("x.etcd"));
 }
 
+// Proves etcd's corruption-check flags are read as etcd writes them: the startup check as a
+// bare flag or with a value, the period as a duration, 0 turning the periodic check off.
+#[test]
+fn corruption_check_flags_are_accepted() {
+    let defaults = parse(&[]).unwrap();
+    assert!(!defaults.initial_corrupt_check);
+    assert_eq!(
+        defaults.corrupt_check_interval,
+        Some(Duration::from_secs(300))
+    );
+    assert!(
+        parse(&["--experimental-initial-corrupt-check"])
+            .unwrap()
+            .initial_corrupt_check
+    );
+    assert!(
+        parse(&["--experimental-initial-corrupt-check=true"])
+            .unwrap()
+            .initial_corrupt_check
+    );
+    assert!(
+        !parse(&["--experimental-initial-corrupt-check=false"])
+            .unwrap()
+            .initial_corrupt_check
+    );
+    let interval = |value: &str| {
+        parse(&["--experimental-corrupt-check-time", value])
+            .map(|config| config.corrupt_check_interval)
+    };
+    assert_eq!(interval("1m30s"), Ok(Some(Duration::from_secs(90))));
+    assert_eq!(interval("0"), Ok(None));
+    assert_eq!(interval("0s"), Ok(None));
+    assert!(interval("soon").is_err());
+}
+
 // Proves the flags etcd users write are read as etcd reads them: lists, several listeners,
 // IPv6, a name given twice (one member, two URLs), localhost equal to 127.0.0.1 when the
 // advertised URLs are compared.

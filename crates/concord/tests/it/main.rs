@@ -8,6 +8,7 @@
 
 mod chaos;
 mod cli;
+mod corruption;
 mod diff;
 mod etcdctl;
 mod faults;
