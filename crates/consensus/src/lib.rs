@@ -205,28 +205,21 @@ fn logger() -> slog::Logger {
 /// and quorum checks must stay on time.
 #[derive(Clone, Debug)]
 pub struct ElectionJitter {
-    state: u64,
+    rng: seeded::Rng,
 }
 
 impl ElectionJitter {
     /// A jitter source from `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self {
+            rng: seeded::Rng::new(seed),
+        }
     }
 
     /// Whether a replica in `role` receives this tick.
     pub fn should_tick(&mut self, role: StateRole) -> bool {
-        role == StateRole::Leader || !self.next_u64().is_multiple_of(3)
-    }
-
-    /// SplitMix64: small, fast, and good enough for timing jitter.
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        role == StateRole::Leader || !self.rng.next_u64().is_multiple_of(3)
     }
 }
 

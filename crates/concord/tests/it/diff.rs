@@ -7,6 +7,7 @@
 //! `random_sequences` runs seeded random cases; a failure prints the case's seed and the
 //! command that runs that case alone (`DIFF_SEED=<n>`). `DIFF_CASES=<n>` runs more cases.
 
+use seeded::Rng;
 use std::fmt::Write as _;
 
 use proto::etcdserverpb as pb;
@@ -639,31 +640,6 @@ async fn hand_written_requests_match_etcd() {
     }
 }
 
-/// splitmix64: a tiny seeded generator, so a case is a pure function of its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// Generates the requests of one random case. Keys live under the case's own prefix; the
 /// revisions it names are relative to the store's revision when the request is made.
 struct Gen {
@@ -942,7 +918,7 @@ async fn random_sequences_match_etcd() {
     for &seed in &seeds {
         pair.transcript.clear();
         let mut generator = Gen {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             prefix: format!("rnd/{seed:06}/").into_bytes(),
         };
         let member = (seed % 3) as usize;
