@@ -1244,3 +1244,92 @@ fn entries_must_follow_the_applied_index_one_by_one() {
         assert!(applied.is_err(), "entry {bad} applied after entry 1");
     }
 }
+
+/// A command of the batching test: every kind the log carries, some of which fail.
+fn batch_command_strategy() -> impl Strategy<Value = Command> {
+    let key = (0u8..5).prop_map(|k| vec![b'a' + k]);
+    let lease = prop_oneof![Just(0i64), 1i64..4];
+    prop_oneof![
+        4 => (key.clone(), any::<u8>(), lease.clone()).prop_map(|(key, v, lease)| {
+            Command::Put(PutRequest { key, value: vec![v], lease, prev_kv: true, ..Default::default() })
+        }),
+        // Fails when the key does not exist: an etcd error in the middle of a batch.
+        1 => key.clone().prop_map(|key| {
+            Command::Put(PutRequest { key, ignore_value: true, ..Default::default() })
+        }),
+        1 => (key.clone(), 0u8..3).prop_map(|(key, n)| {
+            let range_end = if n == 0 { Vec::new() } else { vec![key[0] + n] };
+            Command::DeleteRange(DeleteRangeRequest { key, range_end, prev_kv: true })
+        }),
+        2 => (key.clone(), any::<u8>(), 0i64..3, lease).prop_map(|(key, v, version, lease)| {
+            let put = |value: u8| RequestOp::Put(PutRequest { key: key.clone(), value: vec![value], lease, ..Default::default() });
+            Command::Txn(TxnRequest {
+                compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(version), key: key.clone(), range_end: vec![] }],
+                success: vec![put(v), RequestOp::Range(RangeRequest { key: key.clone(), ..Default::default() })],
+                failure: vec![RequestOp::DeleteRange(DeleteRangeRequest { key: key.clone(), ..Default::default() }), put(v.wrapping_add(1))],
+            })
+        }),
+        1 => (1i64..4, 1i64..100).prop_map(|(id, ttl)| Command::LeaseGrant(LeaseGrantRequest { id, ttl })),
+        1 => (1i64..4).prop_map(Command::LeaseRevoke),
+        1 => (1i64..4, 0i64..50).prop_map(|(id, remaining_ttl)| Command::LeaseCheckpoint(vec![LeaseCheckpoint { id, remaining_ttl }])),
+        1 => (0i64..30).prop_map(|revision| Command::Compact(CompactRequest { revision, physical: false })),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    // Proves that batching changes nothing: the same commands (puts, txns that write,
+    // deletes, leases, checkpoints, compactions, and commands that fail in the middle) give
+    // the same results, events, revisions, leases and stored bytes whether each is applied
+    // in a batch of its own or many share one batch, as the apply task merges them.
+    #[test]
+    fn batches_apply_as_one_command_at_a_time(
+        commands in proptest::collection::vec(batch_command_strategy(), 1..80),
+        cuts in proptest::collection::vec(1usize..25, 1..20),
+    ) {
+        let mut single = Harness::new();
+        let mut one_by_one = Vec::new();
+        for command in &commands {
+            one_by_one.push(single.apply_with_events(command.clone()));
+        }
+
+        let batched = Harness::new();
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        let mut next = 0;
+        let mut index = 0;
+        for cut in cuts.iter().cycle() {
+            if next >= commands.len() {
+                break;
+            }
+            let end = (next + cut).min(commands.len());
+            let entries: Vec<ApplyEntry<'_>> = commands[next..end]
+                .iter()
+                .map(|command| {
+                    index += 1;
+                    ApplyEntry { index, term: 1, command: Some(command) }
+                })
+                .collect();
+            let (applied, made) = batched
+                .store
+                .apply_batch_with_events(&entries, false, EventsWanted::WithPrevKv)
+                .unwrap();
+            results.extend(applied);
+            events.extend(made);
+            next = end;
+        }
+        let expected_results: Vec<Applied> = one_by_one.iter().map(|(a, _)| a.clone()).collect();
+        let expected_events: Vec<Event> = one_by_one.into_iter().flat_map(|(_, e)| e).collect();
+        prop_assert_eq!(results, expected_results);
+        prop_assert_eq!(events, expected_events);
+        prop_assert_eq!(batched.store.current_revision(), single.store.current_revision());
+        prop_assert_eq!(batched.store.leases(), single.store.leases());
+        prop_assert_eq!(batched.store.hash_kv(0).unwrap(), single.store.hash_kv(0).unwrap());
+        prop_assert_eq!(batched.store.bytes_in_use(), single.store.bytes_in_use());
+        let reopened = Store::open(batched.kv.clone()).unwrap();
+        prop_assert_eq!(reopened.leases(), single.store.leases());
+        let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        prop_assert_eq!(reopened.range(&all).unwrap(), single.store.range(&all).unwrap());
+    }
+}
