@@ -27,11 +27,14 @@ pub enum NemesisKind {
     Mixed,
     /// kill -9 whoever leads, then restart it: elections, again and again.
     KillLeader,
+    /// Faults that pile up: groups of two or three of the above, each struck before the
+    /// previous one healed; the run ends with the leader paused for 5.5 s.
+    Overlapping,
 }
 
 impl NemesisKind {
     /// Every kind, for listing and parsing.
-    pub const ALL: [NemesisKind; 8] = [
+    pub const ALL: [NemesisKind; 9] = [
         NemesisKind::None,
         NemesisKind::Kill,
         NemesisKind::Pause,
@@ -40,6 +43,7 @@ impl NemesisKind {
         NemesisKind::OneWay,
         NemesisKind::Mixed,
         NemesisKind::KillLeader,
+        NemesisKind::Overlapping,
     ];
 
     /// The name used on the command line and in reports.
@@ -54,6 +58,7 @@ impl NemesisKind {
             NemesisKind::OneWay => "one-way",
             NemesisKind::Mixed => "mixed",
             NemesisKind::KillLeader => "kill-leader",
+            NemesisKind::Overlapping => "overlapping",
         }
     }
 
@@ -95,9 +100,15 @@ pub struct Step {
     pub wait: Duration,
     /// The fault.
     pub fault: Fault,
-    /// How long it lasts before everything is healed.
+    /// How long it lasts before the next step, or before everything is healed.
     pub hold: Duration,
+    /// Whether everything is healed after the hold; otherwise the next step's fault strikes
+    /// while this one still holds.
+    pub heal: bool,
 }
+
+/// How long the leader stays paused at the end of an [`NemesisKind::Overlapping`] run.
+const FINAL_PAUSE: Duration = Duration::from_millis(5500);
 
 /// The steps a run of `duration` injects into `members` members.
 #[must_use]
@@ -107,6 +118,9 @@ pub fn schedule(kind: NemesisKind, seed: u64, members: usize, duration: Duration
     let mut elapsed = Duration::ZERO;
     if kind == NemesisKind::None {
         return steps;
+    }
+    if kind == NemesisKind::Overlapping {
+        return overlapping(&mut rng, members, duration);
     }
     loop {
         let wait = rng.millis(800, 2000);
@@ -151,10 +165,79 @@ pub fn schedule(kind: NemesisKind, seed: u64, members: usize, duration: Duration
                 }
                 Fault::Cut(links)
             }
-            NemesisKind::None | NemesisKind::Mixed => unreachable!("resolved above"),
+            NemesisKind::None | NemesisKind::Mixed | NemesisKind::Overlapping => {
+                unreachable!("resolved above")
+            }
         };
-        steps.push(Step { wait, fault, hold });
+        steps.push(Step {
+            wait,
+            fault,
+            hold,
+            heal: true,
+        });
     }
+}
+
+/// One fault of a kind from kill to one-way, drawn at random.
+fn any_fault(rng: &mut Rng, members: usize) -> Fault {
+    let target = |rng: &mut Rng| {
+        if rng.chance(50) {
+            Target::Leader
+        } else {
+            Target::Member(rng.below(members as u64) as usize)
+        }
+    };
+    match 1 + rng.below(5) {
+        1 => Fault::Kill(target(rng)),
+        2 => Fault::Pause(target(rng)),
+        3 => Fault::Isolate(Target::Leader),
+        4 => Fault::Split(vec![rng.below(members as u64) as usize]),
+        _ => {
+            let to = rng.below(members as u64) as usize;
+            Fault::Cut(vec![(target(rng), to)])
+        }
+    }
+}
+
+/// Groups of two or three faults struck one after another without a heal in between, then
+/// the leader paused at the end (what once left a paused leader stale for a minute).
+fn overlapping(rng: &mut Rng, members: usize, duration: Duration) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let final_wait = Duration::from_millis(1000);
+    let budget = duration.saturating_sub(final_wait + FINAL_PAUSE);
+    let mut elapsed = Duration::ZERO;
+    'groups: loop {
+        let group = 2 + rng.below(2) as usize;
+        let mut planned = Vec::new();
+        let mut group_time = Duration::ZERO;
+        for i in 0..group {
+            let wait = if i == 0 {
+                rng.millis(800, 2000)
+            } else {
+                rng.millis(100, 600)
+            };
+            let hold = rng.millis(300, 1500);
+            group_time += wait + hold;
+            planned.push(Step {
+                wait,
+                fault: any_fault(rng, members),
+                hold,
+                heal: i + 1 == group,
+            });
+        }
+        if elapsed + group_time > budget {
+            break 'groups;
+        }
+        elapsed += group_time;
+        steps.extend(planned);
+    }
+    steps.push(Step {
+        wait: final_wait,
+        fault: Fault::Pause(Target::Leader),
+        hold: FINAL_PAUSE,
+        heal: true,
+    });
+    steps
 }
 
 #[cfg(test)]
@@ -178,6 +261,7 @@ mod tests {
                     (Fault::Split(minority), NemesisKind::PartitionHalves | NemesisKind::Mixed) => {
                         assert_eq!(minority.len(), 2);
                     }
+                    (_, NemesisKind::Overlapping) => {}
                     (Fault::Kill(Target::Leader), NemesisKind::KillLeader)
                     | (Fault::Kill(_), NemesisKind::Kill | NemesisKind::Mixed)
                     | (Fault::Pause(_), NemesisKind::Pause | NemesisKind::Mixed)
@@ -191,5 +275,11 @@ mod tests {
             schedule(NemesisKind::Mixed, 1, 3, run),
             schedule(NemesisKind::Mixed, 2, 3, run)
         );
+        // Overlapping runs pile faults up and end with the leader paused.
+        let piled = schedule(NemesisKind::Overlapping, 3, 3, Duration::from_secs(60));
+        assert!(piled.iter().filter(|s| !s.heal).count() >= 5, "{piled:?}");
+        let last = piled.last().unwrap();
+        assert_eq!(last.fault, Fault::Pause(Target::Leader));
+        assert_eq!((last.hold, last.heal), (FINAL_PAUSE, true));
     }
 }
