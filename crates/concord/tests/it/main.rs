@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod diff;
 mod etcdctl;
+mod failover;
 mod faults;
 mod kv;
 mod lease;
