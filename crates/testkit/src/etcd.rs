@@ -7,15 +7,15 @@
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use proto::etcdserverpb::kv_client::KvClient;
 use proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::{free_ports, pdeathsig_wrapper, tail, MAX_RESPONSE_BYTES, START_TIMEOUT};
+use crate::{free_ports, tail, without_env_prefix, wrapped, MAX_RESPONSE_BYTES, START_TIMEOUT};
 
 /// A single-member etcd owned by one test.
 pub struct Etcd {
@@ -42,14 +42,7 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", ports[1]);
         let log = dir.path().join("etcd.log");
         let log_file = File::create(&log).context("create etcd's log")?;
-        let mut command = match pdeathsig_wrapper() {
-            Some(wrapper) => {
-                let mut command = Command::new(wrapper);
-                command.args(["--pdeathsig", "KILL", "--", "etcd"]);
-                command
-            }
-            None => Command::new("etcd"),
-        };
+        let mut command = wrapped("etcd");
         command
             .args(["--name", "reference"])
             .arg("--data-dir")
@@ -63,11 +56,7 @@ impl Etcd {
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         // etcd reads ETCD_* variables as flags: the test's environment must not change it.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD") {
-                command.env_remove(&key);
-            }
-        }
+        without_env_prefix(&mut command, "ETCD");
         let child = command
             .spawn()
             .context("spawn etcd (is Debian's etcd-server package installed?)")?;
@@ -93,11 +82,7 @@ impl Etcd {
     /// Never for the URL this fixture makes.
     #[must_use]
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.client_url())
-            .expect("a valid URL")
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy()
+        crate::channel(&self.client_url())
     }
 
     /// A KV client that accepts responses up to [`MAX_RESPONSE_BYTES`].

@@ -1,4 +1,4 @@
-//! Fixtures for tests against real `concord` processes.
+//! Fixtures for tests against real `concord` processes, and real etcd ones to compare with.
 //!
 //! [`Cluster::start`] launches the members of a new cluster as child processes of the test,
 //! on 127.0.0.1 with free ports, each with its own data directory that survives restarts. A
@@ -11,6 +11,9 @@
 //! tail of every member's log and keeps the cluster's directory, naming its path, so a
 //! failure can be read after the fact. Set `TESTKIT_KEEP=1` to keep the directory always,
 //! and `TESTKIT_RUST_LOG` to pass a `RUST_LOG` filter to the members.
+//!
+//! [`EtcdCluster`] does the same for Debian's `etcd`, and [`Etcd`] runs a single etcd member.
+//! Both cluster fixtures implement [`Members`], so that one trial can run against either.
 //!
 //! Every wait in this crate has a deadline: nothing here can hang a test forever.
 //!
@@ -26,6 +29,7 @@
 //! # }
 //! ```
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::future::Future;
@@ -44,7 +48,11 @@ use proto::etcdserverpb::{HashKvRequest, HashKvResponse, StatusRequest, StatusRe
 use tonic::transport::{Channel, Endpoint};
 
 mod etcd;
+mod etcd_cluster;
+mod members;
 pub use etcd::Etcd;
+pub use etcd_cluster::EtcdCluster;
+pub use members::Members;
 
 /// How long one `Maintenance.Status` or `HashKV` call made by the fixture may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,6 +107,25 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> anyhow::R
             .context("write etcdctl's input")?;
     }
     child.wait_with_output().context("wait for etcdctl")
+}
+
+/// Starts `etcdctl` (API v3) against `endpoints` (comma-separated) with `args`, its stdout
+/// and stderr piped, and leaves it running: for commands that run until stopped, such as
+/// `lease keep-alive`. It dies with the thread that started it (see [`pdeathsig_wrapper`]);
+/// the caller kills it.
+///
+/// # Errors
+/// etcdctl cannot be run.
+pub fn spawn_etcdctl(endpoints: &str, args: &[&str]) -> anyhow::Result<Child> {
+    wrapped("etcdctl")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run etcdctl (is the etcd-client package installed?)")
 }
 
 /// `n` distinct ports that were free a moment ago.
@@ -168,6 +195,8 @@ where
     }
 }
 
+/// One process of a cluster (Concord's or etcd's): its ports, its process while it runs, and
+/// the log every start of it appends to.
 struct Member {
     name: String,
     client_port: u16,
@@ -175,6 +204,109 @@ struct Member {
     child: Option<Child>,
     log: PathBuf,
     starts: usize,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_)) | Err(_)) | None => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn current_log(&self) -> String {
+        let log = self.log();
+        match log.rfind("==== testkit: start") {
+            Some(at) => log[at..].to_string(),
+            None => log,
+        }
+    }
+
+    fn describe_log(&self) -> String {
+        format!(
+            "its log ({}) ends with:\n{}",
+            self.log.display(),
+            tail(&self.current_log())
+        )
+    }
+
+    /// Starts `program` with `args`, appending its output to the member's log after a marker
+    /// line; `configure` adjusts the command's environment.
+    fn spawn(
+        &mut self,
+        program: &Path,
+        args: &[String],
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<()> {
+        self.starts += 1;
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        writeln!(
+            log,
+            "==== testkit: start #{} of {}: {} {}",
+            self.starts,
+            self.name,
+            program.display(),
+            args.join(" ")
+        )?;
+        let mut command = wrapped(program);
+        command.args(args).stdin(Stdio::null());
+        configure(&mut command);
+        let child = command
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the member accepts TCP connections on its client port; `who` names it in
+    /// the error.
+    fn wait_listening(&mut self, who: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        loop {
+            if !self.is_running() {
+                bail!(
+                    "{who} exited before listening on {addr}; {}",
+                    self.describe_log()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{who} not listening on {addr} after {timeout:?}; {}",
+                    self.describe_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A cluster of `concord serve` processes on 127.0.0.1, owned by one test.
@@ -268,13 +400,13 @@ impl Cluster {
     /// The client URL of member `i`, such as `http://127.0.0.1:43121`.
     #[must_use]
     pub fn client_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        self.members[i].client_url()
     }
 
     /// The peer URL of member `i`.
     #[must_use]
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+        self.members[i].peer_url()
     }
 
     /// Every member's client URL, comma separated (etcdctl's `--endpoints`).
@@ -343,17 +475,13 @@ impl Cluster {
     /// Everything member `i` has written so far, over all its starts.
     #[must_use]
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
+        self.members[i].log()
     }
 
     /// What member `i` has written since it was last started.
     #[must_use]
     pub fn current_log(&self, i: usize) -> String {
-        let log = self.log(i);
-        match log.rfind("==== testkit: start") {
-            Some(at) => log[at..].to_string(),
-            None => log,
-        }
+        self.members[i].current_log()
     }
 
     /// The process id of member `i`, if the fixture started it and has not reaped it.
@@ -364,19 +492,13 @@ impl Cluster {
 
     /// Whether member `i`'s process is running (reaps it if it has exited).
     pub fn is_running(&mut self, i: usize) -> bool {
-        match self.members[i].child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(_)) | Err(_)) | None => false,
-        }
+        self.members[i].is_running()
     }
 
     /// Kills member `i` with SIGKILL, sent to its process id, and reaps it. Does nothing if
     /// it is not running.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.members[i].kill();
     }
 
     /// Kills every member with SIGKILL.
@@ -460,26 +582,7 @@ impl Cluster {
     /// # Errors
     /// The member exits or is not listening within `timeout`; the error carries its log.
     pub fn wait_listening(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.members[i].client_port));
-        loop {
-            if !self.is_running(i) {
-                bail!(
-                    "member {i} exited before listening on {addr}; {}",
-                    self.describe_log(i)
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "member {i} not listening on {addr} after {timeout:?}; {}",
-                    self.describe_log(i)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.members[i].wait_listening(&format!("member {i}"), timeout)
     }
 
     fn wait_all_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -496,59 +599,17 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let args = self.args(i);
-        let member = &mut self.members[i];
-        member.starts += 1;
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(&member.log)
-            .with_context(|| format!("open {}", member.log.display()))?;
-        writeln!(
-            log,
-            "==== testkit: start #{} of {}: {} {}",
-            member.starts,
-            member.name,
-            self.binary.display(),
-            args.join(" ")
-        )?;
-        let mut command = match pdeathsig_wrapper() {
-            Some(wrapper) => {
-                let mut command = Command::new(wrapper);
-                command
-                    .args(["--pdeathsig", "KILL", "--"])
-                    .arg(&self.binary);
-                command
-            }
-            None => Command::new(&self.binary),
-        };
-        command.args(&args).stdin(Stdio::null());
-        // The members' behaviour comes from their flags alone, not from the test's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CONCORD_") {
-                command.env_remove(&key);
-            }
-        }
-        // Plain text in the log files.
-        command.env("NO_COLOR", "1");
-        match std::env::var_os("TESTKIT_RUST_LOG") {
-            Some(filter) => command.env("RUST_LOG", filter),
-            None => command.env_remove("RUST_LOG"),
-        };
-        let child = command
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", self.binary.display()))?;
-        member.child = Some(child);
-        Ok(())
-    }
-
-    fn describe_log(&self, i: usize) -> String {
-        format!(
-            "its log ({}) ends with:\n{}",
-            self.members[i].log.display(),
-            tail(&self.current_log(i))
-        )
+        self.members[i].spawn(&self.binary, &args, |command| {
+            // The members' behaviour comes from their flags alone, not from the test's
+            // environment.
+            without_env_prefix(command, "CONCORD_");
+            // Plain text in the log files.
+            command.env("NO_COLOR", "1");
+            match std::env::var_os("TESTKIT_RUST_LOG") {
+                Some(filter) => command.env("RUST_LOG", filter),
+                None => command.env_remove("RUST_LOG"),
+            };
+        })
     }
 
     /// A gRPC channel to member `i`: connects lazily, 1 s connect timeout, 10 s per request.
@@ -557,11 +618,7 @@ impl Cluster {
     /// Never for the URLs this cluster makes.
     #[must_use]
     pub fn channel(&self, i: usize) -> Channel {
-        Endpoint::from_shared(self.client_url(i))
-            .expect("a valid URL")
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy()
+        channel(&self.client_url(i))
     }
 
     /// A KV client for member `i` that accepts responses up to [`MAX_RESPONSE_BYTES`].
@@ -587,12 +644,7 @@ impl Cluster {
     /// # Errors
     /// The member does not answer in time.
     pub async fn status(&self, i: usize) -> anyhow::Result<StatusResponse> {
-        let mut client = self.maintenance(i);
-        let response = tokio::time::timeout(RPC_TIMEOUT, client.status(StatusRequest {}))
-            .await
-            .with_context(|| format!("status of member {i}: timed out"))?
-            .with_context(|| format!("status of member {i}"))?;
-        Ok(response.into_inner())
+        status(self.channel(i), i).await
     }
 
     /// `Maintenance.HashKV` of member `i` at `revision` (0: the latest), within
@@ -617,32 +669,9 @@ impl Cluster {
     /// name is not a running member of this cluster.
     pub async fn leader(&mut self) -> anyhow::Result<usize> {
         let running: Vec<usize> = (0..self.size()).filter(|&i| self.is_running(i)).collect();
-        if running.is_empty() {
-            bail!("no member is running");
-        }
-        let mut ids = vec![None; self.size()];
-        let mut leader = None;
-        for &i in &running {
-            let status = self.status(i).await?;
-            let header = status.header.context("a status without a header")?;
-            ids[i] = Some(header.member_id);
-            if status.leader == 0 {
-                bail!("member {i} has no leader");
-            }
-            match leader {
-                Some(l) if l != status.leader => {
-                    bail!(
-                        "members disagree on the leader: {l:x} and {:x}",
-                        status.leader
-                    )
-                }
-                _ => leader = Some(status.leader),
-            }
-        }
-        let leader = leader.expect("at least one running member");
-        ids.iter()
-            .position(|id| *id == Some(leader))
-            .with_context(|| format!("the leader {leader:x} is not a running member"))
+        let running: Vec<(usize, Channel)> =
+            running.into_iter().map(|i| (i, self.channel(i))).collect();
+        agreed_leader(&running).await
     }
 
     /// Waits until every running member names the same running member as leader; its index.
@@ -708,10 +737,48 @@ impl Cluster {
                     Some(pid) => format!("pid {pid}"),
                     None => "not running".to_string(),
                 },
-                self.describe_log(i)
+                self.members[i].describe_log()
             );
         }
         report
+    }
+}
+
+impl Members for Cluster {
+    fn system(&self) -> &'static str {
+        "concord"
+    }
+
+    fn size(&self) -> usize {
+        Cluster::size(self)
+    }
+
+    fn client_url(&self, i: usize) -> String {
+        Cluster::client_url(self, i)
+    }
+
+    fn is_running(&mut self, i: usize) -> bool {
+        Cluster::is_running(self, i)
+    }
+
+    fn kill(&mut self, i: usize) {
+        Cluster::kill(self, i);
+    }
+
+    fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        Cluster::restart(self, i)
+    }
+
+    async fn leader(&mut self) -> anyhow::Result<usize> {
+        Cluster::leader(self).await
+    }
+
+    async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
+        Cluster::wait_for_leader(self, timeout).await
+    }
+
+    fn report(&self) -> String {
+        Cluster::report(self)
     }
 }
 
@@ -728,6 +795,83 @@ impl Drop for Cluster {
             eprintln!("testkit: kept {}", dir.keep().display());
         } else if keep {
             eprintln!("testkit: kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// A gRPC channel to `url`: connects lazily, 1 s connect timeout, 10 s per request.
+///
+/// # Panics
+/// If `url` is not a valid URL.
+#[must_use]
+pub fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_string())
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+/// `Maintenance.Status` through `channel` (to member `i`), within [`RPC_TIMEOUT`].
+async fn status(channel: Channel, i: usize) -> anyhow::Result<StatusResponse> {
+    let mut client = MaintenanceClient::new(channel);
+    let response = tokio::time::timeout(RPC_TIMEOUT, client.status(StatusRequest {}))
+        .await
+        .with_context(|| format!("status of member {i}: timed out"))?
+        .with_context(|| format!("status of member {i}"))?;
+    Ok(response.into_inner())
+}
+
+/// The member that every one of `running` (member index and channel) names as leader,
+/// asking each once; Concord and etcd answer `Maintenance.Status` alike.
+async fn agreed_leader(running: &[(usize, Channel)]) -> anyhow::Result<usize> {
+    if running.is_empty() {
+        bail!("no member is running");
+    }
+    let mut ids = Vec::new();
+    let mut leader = None;
+    for (i, channel) in running {
+        let status = status(channel.clone(), *i).await?;
+        let header = status.header.context("a status without a header")?;
+        ids.push((*i, header.member_id));
+        if status.leader == 0 {
+            bail!("member {i} has no leader");
+        }
+        match leader {
+            Some(l) if l != status.leader => {
+                bail!(
+                    "members disagree on the leader: {l:x} and {:x}",
+                    status.leader
+                )
+            }
+            _ => leader = Some(status.leader),
+        }
+    }
+    let leader = leader.expect("at least one running member");
+    ids.iter()
+        .find(|(_, id)| *id == leader)
+        .map(|(i, _)| *i)
+        .with_context(|| format!("the leader {leader:x} is not a running member"))
+}
+
+/// A command that runs `program` under [`pdeathsig_wrapper`] when there is one.
+fn wrapped(program: impl AsRef<OsStr>) -> Command {
+    match pdeathsig_wrapper() {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Removes every environment variable whose name starts with `prefix` from `command`'s
+/// environment.
+fn without_env_prefix(command: &mut Command, prefix: &str) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(prefix) {
+            command.env_remove(&key);
         }
     }
 }

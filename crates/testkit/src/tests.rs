@@ -168,3 +168,32 @@ async fn eventually_returns_the_value_or_the_last_error() {
     );
     assert!(format!("{error:#}").contains("still not"), "{error:#}");
 }
+
+// Proves the etcd cluster fixture works as `Members` says, with Debian's etcd: a leader is
+// agreed on at start, a new one among the others after the leader is killed, and the
+// restarted member rejoins on its data directory and names the same leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cluster_fails_over_and_takes_a_restarted_member_back() {
+    let mut etcd = EtcdCluster::start(3).await.unwrap();
+    assert_eq!(etcd.system(), "etcd");
+    let urls: Vec<String> = (0..3).map(|i| etcd.client_url(i)).collect();
+    assert_eq!(etcd.endpoints(), urls.join(","));
+    let leader = etcd.leader().await.unwrap();
+    let log_before = etcd.log(leader);
+
+    etcd.kill(leader);
+    assert!(!etcd.is_running(leader));
+    let next = etcd.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+    assert_ne!(next, leader);
+
+    etcd.restart(leader).unwrap();
+    etcd.wait_listening(leader, Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(
+        etcd.wait_for_leader(Duration::from_secs(20)).await.unwrap(),
+        next
+    );
+    assert!(etcd.log(leader).len() > log_before.len());
+    assert_eq!(etcd.log(leader).matches("==== testkit: start").count(), 2);
+    assert!(etcd.report().contains("etcd member 2"));
+}

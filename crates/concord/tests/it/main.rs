@@ -11,6 +11,7 @@ mod cli;
 mod corruption;
 mod diff;
 mod etcdctl;
+mod failover;
 mod faults;
 mod kv;
 mod lease;
