@@ -74,7 +74,10 @@ impl RaftConfig {
     ///   leader, and an isolated leader steps down.
     /// - Reads use ReadIndex (`ReadOnlyOption::Safe`), never a clock-based lease.
     /// - `max_election_tick = min_election_tick + 1` removes raft's own randomisation (it
-    ///   draws from a global RNG); [`ElectionJitter`] supplies seeded jitter instead.
+    ///   draws from a global RNG); [`ElectionJitter`] supplies seeded jitter instead. The
+    ///   campaign timeout is one tick past the election timeout, so that a follower's lease
+    ///   on its leader (the CheckQuorum vote guard, measured in the same ticks) has expired
+    ///   on every follower by the time the first one campaigns.
     fn to_raft(&self) -> raft::Config {
         raft::Config {
             id: self.id,
@@ -85,8 +88,8 @@ impl RaftConfig {
             max_inflight_msgs: self.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
-            min_election_tick: self.election_ticks,
-            max_election_tick: self.election_ticks + 1,
+            min_election_tick: self.election_ticks + 1,
+            max_election_tick: self.election_ticks + 2,
             read_only_option: raft::ReadOnlyOption::Safe,
             max_committed_size_per_ready: self.max_committed_size_per_ready,
             max_uncommitted_size: self.max_uncommitted_size,
@@ -195,17 +198,21 @@ fn logger() -> slog::Logger {
     slog::Logger::root(drain.ignore_res(), slog::o!())
 }
 
-/// Seeded election jitter.
+/// Seeded election jitter, one per shard replica.
 ///
-/// With raft's own randomisation off, every follower would time out after exactly
-/// `election_ticks` and split votes forever. Instead the driver withholds ticks from
-/// non-leaders at random: each tick is skipped with probability 1/3, which stretches the
-/// timeout to about 1.5x its nominal value on average with a spread of a few ticks, like
-/// etcd's `[T, 2T)` range, but decided by our seed. Leaders always tick: their heartbeats
-/// and quorum checks must stay on time.
+/// With raft's own randomisation off, every follower would time out after exactly the same
+/// number of ticks and split votes forever. Instead a replica ticks normally until its
+/// election timeout has passed (so every follower's lease on the dead leader ends at the
+/// same time, and none refuses a pre-vote because it is still in lease), then withholds a
+/// random number of ticks, drawn once from our seed in `0..election_ticks - 1`, before the
+/// tick that makes it campaign: campaigns start between `T + 1` and `2T - 1` ticks after
+/// the last word from the leader, like etcd's `[T, 2T)`, and a simulation replays them.
+/// Leaders always tick: their heartbeats and quorum checks must stay on time.
 #[derive(Clone, Debug)]
 pub struct ElectionJitter {
     rng: seeded::Rng,
+    /// Ticks still withheld before this replica's campaign, once its timeout has passed.
+    hold: Option<u64>,
 }
 
 impl ElectionJitter {
@@ -214,12 +221,48 @@ impl ElectionJitter {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: seeded::Rng::new(seed),
+            hold: None,
         }
     }
 
-    /// Whether a replica in `role` receives this tick.
-    pub fn should_tick(&mut self, role: StateRole) -> bool {
-        role == StateRole::Leader || !self.rng.next_u64().is_multiple_of(3)
+    /// Ticks `peer` unless this tick is withheld; returns whether raft has something to do.
+    pub fn tick<L: LogStore>(&mut self, peer: &mut Peer<L>) -> bool {
+        let raft = &peer.raft;
+        let tick = self.should_tick(raft.state, raft.election_elapsed, raft.election_timeout());
+        tick && peer.tick()
+    }
+
+    /// Whether a replica in `role`, `elapsed` ticks since it last heard from a leader (or
+    /// since it campaigned) with an election timeout of `timeout` ticks, gets this tick.
+    pub fn should_tick(&mut self, role: StateRole, elapsed: usize, timeout: usize) -> bool {
+        if role == StateRole::Leader || elapsed < timeout {
+            self.hold = None;
+            return true;
+        }
+        let span = (timeout as u64).saturating_sub(1).max(1);
+        let rng = &mut self.rng;
+        let hold = self.hold.get_or_insert_with(|| rng.below(span));
+        if *hold == 0 {
+            self.hold = None;
+            return true;
+        }
+        *hold -= 1;
+        false
+    }
+}
+
+/// The transport lost `to`: its connection broke, or was refused. Raft hears of it (a
+/// replicating leader slows down to probing); and a follower whose leader it is stops
+/// waiting out its lease on it: the leader's process is most likely gone, and waiting a
+/// whole election timeout for silence to prove it would double the failover time. Safe
+/// whatever the truth: leases only keep disruptive candidates out, and if the leader is
+/// alive, its next heartbeat restores the lease, and the other followers, still hearing it,
+/// refuse this one's pre-votes.
+pub fn report_unreachable<L: LogStore>(peer: &mut Peer<L>, to: u64) {
+    peer.report_unreachable(to);
+    let raft = &mut peer.raft;
+    if raft.state == StateRole::Follower && raft.leader_id == to {
+        raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
     }
 }
 

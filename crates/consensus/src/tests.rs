@@ -108,20 +108,35 @@ fn three_replicas_elect_and_commit_through_log_store() {
     }
 }
 
-// Proves jitter is a pure function of the seed (simulations replay) and that leaders always
-// tick while followers lose about a third of their ticks.
+// Proves the jitter: a follower ticks freely until its election timeout, then withholds a
+// seeded number of ticks in `0..T - 1` before its campaign tick; the same seed withholds the
+// same, and leaders always tick.
 #[test]
-fn jitter_is_seeded_and_spares_leaders() {
-    let draw = |seed| {
+fn jitter_is_seeded_and_spares_leaders_and_leases() {
+    const T: usize = 10;
+    // Ticks from the timeout until the campaign tick passes, for each of `rounds` elections.
+    let waits = |seed| {
         let mut jitter = ElectionJitter::new(seed);
-        (0..300)
-            .map(|_| jitter.should_tick(StateRole::Follower))
-            .collect::<Vec<_>>()
+        (0..200)
+            .map(|_| {
+                for elapsed in 0..T {
+                    assert!(jitter.should_tick(StateRole::Follower, elapsed, T));
+                }
+                let mut withheld = 0;
+                while !jitter.should_tick(StateRole::Follower, T, T) {
+                    withheld += 1;
+                }
+                withheld
+            })
+            .collect::<Vec<usize>>()
     };
-    assert_eq!(draw(7), draw(7));
-    assert_ne!(draw(7), draw(8));
-    let skipped = draw(7).iter().filter(|tick| !**tick).count();
-    assert!((60..140).contains(&skipped), "skipped {skipped} of 300");
+    assert_eq!(waits(7), waits(7));
+    assert_ne!(waits(7), waits(8));
+    let drawn = waits(7);
+    assert!(drawn.iter().all(|w| *w < T - 1), "{drawn:?}");
+    for w in 0..T - 1 {
+        assert!(drawn.contains(&w), "{w} ticks never withheld: {drawn:?}");
+    }
     let mut jitter = ElectionJitter::new(7);
-    assert!((0..100).all(|_| jitter.should_tick(StateRole::Leader)));
+    assert!((0..100).all(|i| jitter.should_tick(StateRole::Leader, T + i, T)));
 }

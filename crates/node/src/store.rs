@@ -73,6 +73,8 @@ struct Replica<L: LogStore> {
     reported_applied: u64,
     /// A log compaction to include in the next write.
     compact_to: Option<(u64, u64)>,
+    /// This replica's election jitter.
+    jitter: ElectionJitter,
     /// The term in which this replica's commit index last reached an entry of the current
     /// term (0: not yet in the current term). A leader ignores ReadIndex requests until it
     /// has committed an entry of its term, so rounds sent before that are re-sent the moment
@@ -86,7 +88,6 @@ pub(crate) struct StoreLoop<L: LogStore> {
     replicas: BTreeMap<ShardId, Replica<L>>,
     inbox: Receiver<StoreMsg>,
     apply: SyncSender<ApplyTask>,
-    jitter: ElectionJitter,
     read_rounds: HashMap<Vec<u8>, ReadRound>,
     read_seq: u64,
     stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
@@ -115,6 +116,8 @@ impl<L: LogStore> StoreLoop<L> {
             .map(|(shard, peer)| {
                 let reported_applied = peer.raft.raft_log.applied;
                 let replica = Replica {
+                    // Each replica draws its own jitter, so shards do not campaign in step.
+                    jitter: ElectionJitter::new(shared.config.seed ^ shard.0.rotate_left(32)),
                     peer,
                     reported_applied,
                     compact_to: None,
@@ -127,7 +130,6 @@ impl<L: LogStore> StoreLoop<L> {
             .next_request_id
             .load(std::sync::atomic::Ordering::Relaxed);
         Self {
-            jitter: ElectionJitter::new(shared.config.seed),
             next_tick: shared.config.clock.now() + tick,
             shared,
             log,
@@ -220,7 +222,7 @@ impl<L: LogStore> StoreLoop<L> {
             StoreMsg::ReadWake => {}
             StoreMsg::Unreachable { to } => {
                 for replica in self.replicas.values_mut() {
-                    replica.peer.report_unreachable(to.0);
+                    consensus::report_unreachable(&mut replica.peer, to.0);
                 }
             }
             StoreMsg::SnapshotSent {
@@ -306,10 +308,7 @@ impl<L: LogStore> StoreLoop<L> {
             self.next_tick = now + tick;
         }
         for replica in self.replicas.values_mut() {
-            let role = replica.peer.raft.state;
-            if self.jitter.should_tick(role) {
-                replica.peer.tick();
-            }
+            replica.jitter.tick(&mut replica.peer);
         }
         self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
