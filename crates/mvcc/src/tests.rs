@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use storage::MemKvStore;
+use storage::{MemKvStore, WriteOp};
 
 use super::*;
 
