@@ -38,6 +38,13 @@ const SNAPSHOT_READ_AHEAD: usize = 4;
 /// Largest peer message accepted (a snapshot chunk or a batch of appends).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer connection that answers no HTTP/2 ping within [`PEER_PING_TIMEOUT`] of one sent
+/// every [`PEER_PING_INTERVAL`] is dropped and made anew: a stream to a peer that was paused,
+/// or cut off without a reset, is replaced within seconds instead of waiting on TCP's
+/// retransmission backoff (which can reach a minute).
+pub const PEER_PING_INTERVAL: Duration = Duration::from_secs(2);
+/// See [`PEER_PING_INTERVAL`].
+pub const PEER_PING_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Pause before asking again while there is no leader, or the leader did not answer.
@@ -151,8 +158,9 @@ async fn connect(url: &str) -> Result<PeerClient<tonic::transport::Channel>, Str
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(PEER_PING_INTERVAL)
+        .keep_alive_timeout(PEER_PING_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| e.to_string())?;

@@ -113,6 +113,10 @@ impl<S: KvStore> ApplyLoop<S> {
             return false;
         }
         if durable {
+            let last = entries.last().map_or(0, |entry| entry.index);
+            self.shared
+                .durable_index
+                .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
             self.since_durable = 0;
             self.last_durable = now;
         }
@@ -207,6 +211,9 @@ impl<S: KvStore> ApplyLoop<S> {
         self.shared.lessor.applied_term(applied.term);
         // The snapshot may skip revisions: watchers catch up from the new history.
         self.shared.watch_hub.reset(self.store.current_revision());
+        self.shared
+            .durable_index
+            .store(applied.index, std::sync::atomic::Ordering::Release);
         self.shared.publish_applied(applied.index);
         Ok(applied)
     }

@@ -207,6 +207,9 @@ pub const FIRST_SHARD: ShardId = ShardId(1);
 const INBOX_CAPACITY: usize = 16 * 1024;
 /// Apply queue capacity, in batches of committed entries.
 const APPLY_QUEUE_CAPACITY: usize = 1024;
+/// Committed entries apply may trail by before new proposals are refused with `too many
+/// requests` (etcd's `maxGapBetweenApplyAndCommitIndex`).
+const MAX_APPLY_GAP: u64 = 5000;
 
 /// Answers one linearizable read waiter with the read index.
 pub(crate) type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
@@ -224,6 +227,9 @@ pub(crate) struct Shared {
     reads: Mutex<Vec<ReadWaiter>>,
     next_request_id: AtomicU64,
     applied_index: AtomicU64,
+    /// The applied index the state machine has made durable: the log is never compacted
+    /// past it. Published by apply, so the store loop never waits on the state machine.
+    durable_index: AtomicU64,
     applied_tx: watch::Sender<u64>,
     leader: AtomicU64,
     term: AtomicU64,
@@ -471,6 +477,7 @@ impl Node {
             reads: Mutex::new(Vec::new()),
             next_request_id: AtomicU64::new(first_request_id),
             applied_index: AtomicU64::new(durable.index),
+            durable_index: AtomicU64::new(durable.index),
             applied_tx,
             leader: AtomicU64::new(0),
             term: AtomicU64::new(0),
@@ -931,6 +938,10 @@ fn submit_command(
 ) -> Result<(u64, oneshot::Receiver<Result<Applied, NodeError>>), NodeError> {
     if shared.is_stopped() {
         return Err(NodeError::Stopped);
+    }
+    let committed = shared.commit_index.load(Ordering::Acquire);
+    if committed > shared.applied_index() + MAX_APPLY_GAP {
+        return Err(NodeError::TooManyRequests);
     }
     let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();

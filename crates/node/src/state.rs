@@ -13,7 +13,6 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), MvccError>;
     fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision, Revision), MvccError>;
     fn current_revision(&self) -> Revision;
-    fn durable_applied(&self) -> AppliedIndex;
     fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError>;
     fn size_bytes(&self) -> u64;
     fn bytes_in_use(&self) -> u64;
@@ -37,10 +36,6 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn current_revision(&self) -> Revision {
         Store::current_revision(self)
-    }
-
-    fn durable_applied(&self) -> AppliedIndex {
-        Store::durable_applied(self)
     }
 
     fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError> {

@@ -12,10 +12,14 @@
 //! 5. after that write, sends the messages that had to wait for it and advances the replicas.
 //!
 //! Messages are batched per destination node across shards. Nothing here blocks on the
-//! network; the apply queue is bounded and pushes back on the loop when apply falls behind.
+//! network, nor on apply: committed entries the apply queue has no room for wait in a backlog
+//! of the loop's own, so that a long apply (a compaction, a slow disk) never stops the
+//! loop's ticks and heartbeats. The backlog is bounded: past [`APPLY_BACKLOG_MAX`] entries
+//! the loop waits for apply after all (memory first), and a leader refuses new proposals
+//! once apply trails commit by more than `MAX_APPLY_GAP` (see `submit_command`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +37,9 @@ use crate::{Envelope, NodeError, OutgoingSnapshot, ReadWaiter, Shared};
 const INBOX_BATCH: usize = 4096;
 /// Proposals kept while there is no leader, re-proposed when one appears.
 const STALLED_PROPOSALS_MAX: usize = 10_000;
+/// Committed entries held back while the apply queue is full, at most; beyond, the loop
+/// waits for apply.
+const APPLY_BACKLOG_MAX: usize = 100_000;
 
 /// What the store loop is asked to do.
 pub(crate) enum StoreMsg {
@@ -91,6 +98,9 @@ pub(crate) struct StoreLoop<L: LogStore> {
     read_rounds: HashMap<Vec<u8>, ReadRound>,
     read_seq: u64,
     stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
+    /// Committed entries waiting for room in the apply queue, in log order.
+    apply_backlog: VecDeque<Vec<consensus::Entry>>,
+    apply_backlog_entries: usize,
     /// Ordered, so that messages go out in the same order run after run.
     outbox: BTreeMap<u64, Vec<Envelope>>,
     next_tick: Instant,
@@ -142,6 +152,8 @@ impl<L: LogStore> StoreLoop<L> {
             // ids start from the wall clock at every start (see `Node::build`).
             read_seq,
             stalled: VecDeque::new(),
+            apply_backlog: VecDeque::new(),
+            apply_backlog_entries: 0,
             outbox: BTreeMap::new(),
             read_retry: election / 2,
             inline_apply: None,
@@ -187,7 +199,10 @@ impl<L: LogStore> StoreLoop<L> {
             self.tick();
         }
         self.start_read_round();
-        if let Err(e) = self.handle_readies() {
+        if let Err(e) = self
+            .flush_apply_backlog(false)
+            .and_then(|()| self.handle_readies())
+        {
             self.shared.fail(e);
             return false;
         }
@@ -369,7 +384,10 @@ impl<L: LogStore> StoreLoop<L> {
     /// make the state machine replay.
     fn plan_log_compaction(&mut self) {
         let config = &self.shared.config;
-        let durable = self.shared.state.durable_applied().index;
+        let durable = self
+            .shared
+            .durable_index
+            .load(std::sync::atomic::Ordering::Acquire);
         for (shard, replica) in &mut self.replicas {
             let truncated = self.log.first_index(*shard) - 1;
             if durable < truncated + config.snapshot_count + config.snapshot_catchup_entries {
@@ -445,13 +463,65 @@ impl<L: LogStore> StoreLoop<L> {
         }
     }
 
-    fn submit_committed(&self, entries: Vec<consensus::Entry>) -> Result<(), String> {
-        if entries.is_empty() {
-            return Ok(());
+    /// Hands committed entries to the apply task, behind any backlog, without waiting
+    /// unless the backlog is full.
+    fn submit_committed(&mut self, entries: Vec<consensus::Entry>) -> Result<(), String> {
+        if !entries.is_empty() {
+            self.apply_backlog_entries += entries.len();
+            self.apply_backlog.push_back(entries);
         }
-        self.apply
-            .send(ApplyTask::Entries(entries))
-            .map_err(|_| "apply task stopped".to_string())
+        let wait = self.apply_backlog_entries > APPLY_BACKLOG_MAX;
+        self.flush_apply_backlog(wait)
+    }
+
+    /// Moves the backlog into the apply queue: as much as fits, or all of it if `wait`.
+    fn flush_apply_backlog(&mut self, wait: bool) -> Result<(), String> {
+        while let Some(entries) = self.apply_backlog.pop_front() {
+            let count = entries.len();
+            match self.apply.try_send(ApplyTask::Entries(entries)) {
+                Ok(()) => self.apply_backlog_entries -= count,
+                Err(TrySendError::Full(task)) => {
+                    let ApplyTask::Entries(entries) = task else {
+                        unreachable!("entries were sent")
+                    };
+                    self.apply_backlog.push_front(entries);
+                    if !wait {
+                        return Ok(());
+                    }
+                    self.wait_for_apply()?;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err("apply task stopped".into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `task` to apply, waiting for room: only for what must not wait in the backlog.
+    fn send_to_apply(&mut self, mut task: ApplyTask) -> Result<(), String> {
+        loop {
+            match self.apply.try_send(task) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    task = back;
+                    self.wait_for_apply()?;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err("apply task stopped".into()),
+            }
+        }
+    }
+
+    /// Gives apply time to make room in its queue: runs it here when the node is driven on
+    /// one thread, else waits a moment for the apply thread.
+    fn wait_for_apply(&mut self) -> Result<(), String> {
+        match &mut self.inline_apply {
+            Some(drain) => {
+                if !drain() {
+                    return Err("apply failed".into());
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+        Ok(())
     }
 
     /// Installs a snapshot Raft accepted: the state machine first, durably; the caller then
@@ -465,13 +535,13 @@ impl<L: LogStore> StoreLoop<L> {
             .lock()
             .remove(&key)
             .ok_or_else(|| format!("raft accepted snapshot {key:?} that was never spooled"))?;
+        // The restore follows every entry committed before it.
+        self.flush_apply_backlog(true)?;
         let (reply, result) = std::sync::mpsc::sync_channel(1);
-        self.apply
-            .send(ApplyTask::Restore {
-                path: path.clone(),
-                reply,
-            })
-            .map_err(|_| "apply task stopped".to_string())?;
+        self.send_to_apply(ApplyTask::Restore {
+            path: path.clone(),
+            reply,
+        })?;
         if let Some(drain) = &mut self.inline_apply {
             if !drain() {
                 return Err("apply failed before the snapshot install".into());

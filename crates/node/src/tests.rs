@@ -91,6 +91,42 @@ impl Transport for LocalTransport {
 struct Member {
     log: Arc<FaultyLogStore>,
     kv: Arc<FaultyKvStore>,
+    /// Milliseconds every state machine write takes (a slow disk, a long compaction).
+    write_delay: Arc<AtomicU64>,
+}
+
+/// The state machine store of a member, slowed down at will.
+#[derive(Clone)]
+struct SlowKv {
+    inner: Arc<FaultyKvStore>,
+    delay: Arc<AtomicU64>,
+}
+
+impl storage::KvStore for SlowKv {
+    type Snapshot = <FaultyKvStore as storage::KvStore>::Snapshot;
+
+    fn write(&self, ops: Vec<storage::WriteOp>, durable: bool) -> storage::Result<()> {
+        let delay = self.delay.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        self.inner.write(ops, durable)
+    }
+
+    fn snapshot(&self) -> storage::Result<Self::Snapshot> {
+        self.inner.snapshot()
+    }
+
+    fn restore(
+        &self,
+        records: &mut dyn Iterator<Item = storage::Result<(storage::Table, Vec<u8>, Vec<u8>)>>,
+    ) -> storage::Result<()> {
+        self.inner.restore(records)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
 }
 
 struct TestCluster {
@@ -126,6 +162,7 @@ impl TestCluster {
                     let member = Member {
                         log: Arc::new(FaultyLogStore::new()),
                         kv: Arc::new(FaultyKvStore::new()),
+                        write_delay: Arc::new(AtomicU64::new(0)),
                     };
                     (id, member)
                 })
@@ -168,13 +205,12 @@ impl TestCluster {
             from: id,
             net: self.net.clone(),
         });
-        let node = Node::start(
-            self.config(id),
-            member.log.clone(),
-            member.kv.clone(),
-            transport,
-        )
-        .expect("node starts");
+        let kv = SlowKv {
+            inner: member.kv.clone(),
+            delay: member.write_delay.clone(),
+        };
+        let node =
+            Node::start(self.config(id), member.log.clone(), kv, transport).expect("node starts");
         self.net.nodes.lock().insert(id, node);
     }
 
@@ -592,4 +628,67 @@ fn an_interrupted_install_over_a_divergent_tail_is_completed() {
     recover_log(&config, &log, FIRST_SHARD, installed).unwrap();
     assert_eq!(log.last_index(FIRST_SHARD), 8);
     assert_eq!(log.state(FIRST_SHARD).unwrap().hard_state.commit, 8);
+}
+
+// Proves the store loop never waits for apply: with the leader's state machine writes taking
+// two seconds each (a long compaction, a slow disk, with the state machine's lock held) and
+// writes arriving one per store-loop iteration, the leader keeps its heartbeats going
+// and stays leader in the same term; then, with many writes at once, it refuses proposals
+// once apply trails too far (etcd's too many requests); and it applies everything once its
+// disk is fast again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_apply_does_not_cost_the_leader_its_leadership() {
+    let cluster = TestCluster::new(3, 100_000);
+    cluster.put(1, "warm", "up").await;
+    let leader = cluster.leader().await;
+    let term = cluster.node(leader).status().term;
+    cluster.members[&leader]
+        .write_delay
+        .store(2000, Ordering::Relaxed);
+    let node = cluster.node(leader);
+    let started = tokio::time::Instant::now();
+    let mut refused = 0;
+    let mut accepted = Vec::new();
+    // Many store-loop iterations, each committing one entry: thousands of batches for an
+    // apply task that takes two seconds per write; then bursts, until apply trails too far.
+    while started.elapsed() < Duration::from_secs(5) {
+        let burst = if started.elapsed() < Duration::from_secs(3) {
+            1
+        } else {
+            100
+        };
+        for _ in 0..burst {
+            let command = Command::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            });
+            match node.submit(&command) {
+                Ok(receiver) => accepted.push(receiver),
+                Err(NodeError::TooManyRequests) => refused += 1,
+                Err(e) => panic!("proposal failed: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for id in &cluster.ids {
+        let status = cluster.node(*id).status();
+        assert_eq!(
+            (status.leader, status.term),
+            (leader, term),
+            "member {id} saw an election while the leader's apply was slow"
+        );
+    }
+    assert!(refused > 0, "no proposal was refused with apply far behind");
+    cluster.members[&leader]
+        .write_delay
+        .store(0, Ordering::Relaxed);
+    for (_, receiver) in accepted {
+        let applied = tokio::time::timeout(Duration::from_secs(30), receiver)
+            .await
+            .expect("applied once the disk is fast again")
+            .expect("not dropped")
+            .expect("applied");
+        assert!(applied.result.is_ok());
+    }
 }

@@ -265,7 +265,11 @@ async fn serve_peers(
 ) -> anyhow::Result<()> {
     use tokio_stream::StreamExt as _;
     let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(nodelay));
+    // Peers are pinged more often than clients: a stalled peer stream must be replaced
+    // within seconds (see `api::peer::PEER_PING_INTERVAL`).
     server_builder()
+        .http2_keepalive_interval(Some(api::peer::PEER_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(api::peer::PEER_PING_TIMEOUT))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

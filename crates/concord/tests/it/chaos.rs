@@ -42,6 +42,18 @@ fn scenario(seed: u64, nemesis: NemesisKind, workload: Workload) -> Scenario {
     }
 }
 
+/// A minute of faults that pile up and end with the leader paused (what once left a paused
+/// leader stale for a minute): every member must serve again within seconds of the heal.
+fn long_overlapping(seed: u64) -> Scenario {
+    let mut long = scenario(
+        seed,
+        NemesisKind::Overlapping,
+        Workload::Register(RegisterConfig::default()),
+    );
+    long.duration = Duration::from_secs(60);
+    long
+}
+
 /// Every fault kind, each with its own seed counting up from `first_seed`.
 fn faults(first_seed: u64) -> Vec<(u64, NemesisKind)> {
     NemesisKind::ALL
@@ -103,9 +115,10 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-// Proves the register workload stays linearizable, and the cluster serves again after the
-// heal, under each fault: kill -9, SIGSTOP, an isolated leader, a split into majority and
-// minority, one-way link cuts, and a mix. Seeds are fixed so a failure replays.
+// Proves the register workload stays linearizable, and every member serves again within
+// seconds of the heal, under each fault: kill -9, SIGSTOP, an isolated leader, a split into
+// majority and minority, one-way link cuts, a mix, leader kills, faults that pile up, and a
+// minute of those ending with the leader paused. Seeds are fixed so a failure replays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_is_linearizable_under_every_fault() {
     if !enabled("register_is_linearizable_under_every_fault") {
@@ -116,6 +129,7 @@ async fn register_is_linearizable_under_every_fault() {
         .map(|(seed, nemesis)| {
             scenario(seed, nemesis, Workload::Register(RegisterConfig::default()))
         })
+        .chain(std::iter::once(long_overlapping(120)))
         .collect::<Vec<_>>();
     run_all(&scenarios).await;
 }
