@@ -102,17 +102,25 @@ impl Index {
 
     /// Live keys in the range at revision `at`, in key order.
     pub(crate) fn live(&self, start: &[u8], end: &[u8], at: i64) -> Vec<(&Vec<u8>, Version)> {
-        let Some(range) = bounds(start, end) else {
-            return Vec::new();
-        };
-        self.keys
-            .range::<[u8], _>(range)
-            .filter_map(|(key, versions)| {
+        self.live_iter(start, end, at).collect()
+    }
+
+    /// [`Index::live`] one key at a time: a limited read walks the range without collecting
+    /// it.
+    pub(crate) fn live_iter<'a>(
+        &'a self,
+        start: &[u8],
+        end: &[u8],
+        at: i64,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, Version)> + 'a {
+        let keys = bounds(start, end).map(|range| self.keys.range::<[u8], _>(range));
+        keys.into_iter()
+            .flatten()
+            .filter_map(move |(key, versions)| {
                 let position = versions.partition_point(|v| v.rev.0 <= at);
                 let version = versions[..position].last()?;
                 (!version.tombstone).then_some((key, *version))
             })
-            .collect()
     }
 }
 

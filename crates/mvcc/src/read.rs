@@ -70,38 +70,40 @@ pub(crate) fn range_at(
     if at < index.compacted {
         return Err(MvccError::Compacted);
     }
-    let live = index.live(&req.key, &req.range_end, at);
+    let mut live = index.live_iter(&req.key, &req.range_end, at);
     // As etcd (server/etcdserver/txn/range.go): `count` is every live key in the range at
     // that revision, before filters and limit.
-    let count = live.len() as i64;
     if req.count_only {
         return Ok(RangeResponse {
             revision: current,
             kvs: Vec::new(),
             more: false,
-            count,
+            count: live.count() as i64,
         });
     }
     let filters = req.max_mod_revision != 0
         || req.min_mod_revision != 0
         || req.max_create_revision != 0
         || req.min_create_revision != 0;
-    let filtered = live.into_iter().filter(|(_, v)| {
-        (req.max_mod_revision == 0 || v.rev.0 <= req.max_mod_revision)
-            && (req.min_mod_revision == 0 || v.rev.0 >= req.min_mod_revision)
-            && (req.max_create_revision == 0 || v.create_revision <= req.max_create_revision)
-            && (req.min_create_revision == 0 || v.create_revision >= req.min_create_revision)
-    });
     let limit = usize::try_from(req.limit).unwrap_or(0);
     // etcd (server/etcdserver/txn/range.go) reads everything when a sort order or a filter is
     // given, and otherwise only `limit + 1` keys in key order, which it then sorts: a request
     // with no sort order but a non-key sort target sorts just that first page. Clients see
-    // the difference, so it is kept.
+    // the difference, so it is kept. Only what is read is held: the rest of the range is
+    // counted as it is walked, never collected.
     let fetch = if req.sort_order != SortOrder::None || filters || limit == 0 {
         usize::MAX
     } else {
         limit + 1
     };
+    let first: Vec<(&Vec<u8>, Version)> = live.by_ref().take(fetch).collect();
+    let count = (first.len() + live.count()) as i64;
+    let filtered = first.into_iter().filter(|(_, v)| {
+        (req.max_mod_revision == 0 || v.rev.0 <= req.max_mod_revision)
+            && (req.min_mod_revision == 0 || v.rev.0 >= req.min_mod_revision)
+            && (req.max_create_revision == 0 || v.create_revision <= req.max_create_revision)
+            && (req.min_create_revision == 0 || v.create_revision >= req.min_create_revision)
+    });
     let sort_order = match (req.sort_order, req.sort_target) {
         (SortOrder::None, SortTarget::Key) => SortOrder::None,
         (SortOrder::None, _) => SortOrder::Ascend,
@@ -110,7 +112,7 @@ pub(crate) fn range_at(
     let needs_value =
         !req.keys_only || (sort_order != SortOrder::None && req.sort_target == SortTarget::Value);
     let mut kvs = Vec::new();
-    for (key, version) in filtered.take(fetch) {
+    for (key, version) in filtered {
         kvs.push(values.key_value(key, &version, needs_value)?);
     }
     // Stable sorts, the descending one by a reversed comparison: equal elements stay in key
