@@ -13,6 +13,10 @@
 //! value it replaces, so the server's HPACK dynamic table only ever holds entries no larger
 //! than the client's copy: it evicts no earlier than the client does, and every index the
 //! client sends still names the same entry.
+//!
+//! Only header blocks are held whole (at most [`HEADER_BLOCK_MAX`]); every other frame's
+//! payload streams through as it arrives, so a connection that announces a large frame and
+//! then sends nothing holds nothing.
 
 use std::io;
 use std::pin::Pin;
@@ -53,6 +57,8 @@ pub struct AuthorityFix<T> {
     output_at: usize,
     preface_left: usize,
     pending: Option<PendingHeaders>,
+    /// Payload bytes of the current non-header frame still to copy through.
+    passthrough: usize,
     eof: bool,
 }
 
@@ -66,6 +72,7 @@ impl<T> AuthorityFix<T> {
             output_at: 0,
             preface_left: PREFACE_BYTES,
             pending: None,
+            passthrough: 0,
             eof: false,
         }
     }
@@ -85,30 +92,48 @@ impl<T> AuthorityFix<T> {
             }
         }
         let mut at = 0;
-        while self.input.len() - at >= FRAME_HEADER_BYTES {
+        loop {
+            if self.passthrough > 0 {
+                let n = self.passthrough.min(self.input.len() - at);
+                self.output.extend_from_slice(&self.input[at..at + n]);
+                at += n;
+                self.passthrough -= n;
+                if self.passthrough > 0 {
+                    break;
+                }
+            }
+            if self.input.len() - at < FRAME_HEADER_BYTES {
+                break;
+            }
             let header = &self.input[at..at + FRAME_HEADER_BYTES];
             let length =
                 usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-            if self.input.len() - at < FRAME_HEADER_BYTES + length {
-                break;
-            }
             let kind = header[3];
             let flags = header[4];
             let stream_id: [u8; 4] = header[5..9].try_into().expect("4 bytes");
+            let header_block =
+                kind == FRAME_HEADERS || (kind == FRAME_CONTINUATION && self.pending.is_some());
+            if !header_block {
+                // Any other frame goes through as its bytes arrive.
+                self.output.extend_from_slice(header);
+                at += FRAME_HEADER_BYTES;
+                self.passthrough = length;
+                continue;
+            }
+            if length > HEADER_BLOCK_MAX {
+                return Err(malformed("header block too large"));
+            }
+            if self.input.len() - at < FRAME_HEADER_BYTES + length {
+                break;
+            }
             let payload =
                 self.input[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + length].to_vec();
-            let frame_end = at + FRAME_HEADER_BYTES + length;
-            match kind {
-                FRAME_HEADERS => self.headers(flags, stream_id, &payload)?,
-                FRAME_CONTINUATION if self.pending.is_some() => {
-                    self.continuation(flags, &payload)?
-                }
-                _ => {
-                    let frame = self.input[at..frame_end].to_vec();
-                    self.output.extend_from_slice(&frame);
-                }
+            at += FRAME_HEADER_BYTES + length;
+            if kind == FRAME_HEADERS {
+                self.headers(flags, stream_id, &payload)?;
+            } else {
+                self.continuation(flags, &payload)?;
             }
-            at = frame_end;
         }
         self.input.drain(..at);
         Ok(())
@@ -435,6 +460,31 @@ mod tests {
         expected.extend_from_slice(&[0, 0, 1, 0x0, 0x1, 0, 0, 0, 1, b'x']);
         assert_eq!(fix.output, expected);
         assert!(fix.input.is_empty());
+    }
+
+    // Proves that only header blocks are held: a DATA frame announcing 16 MiB streams through
+    // as its bytes arrive (nothing waits in the input), and a HEADERS frame announcing more
+    // than a header block may hold fails the connection at once.
+    #[test]
+    fn only_header_blocks_are_buffered() {
+        let mut fix = AuthorityFix::new(());
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend_from_slice(&[0xff, 0xff, 0xff, 0x0, 0x0, 0, 0, 0, 1]);
+        input.extend_from_slice(b"first bytes");
+        fix.input = input;
+        fix.process().unwrap();
+        assert!(fix.input.is_empty(), "a partial DATA frame was held back");
+        assert!(fix.output.ends_with(b"first bytes"));
+        fix.input.extend_from_slice(b"more");
+        fix.process().unwrap();
+        assert!(fix.input.is_empty() && fix.output.ends_with(b"more"));
+        assert_eq!(fix.passthrough, 0xff_ffff - b"first bytesmore".len());
+
+        let mut fix = AuthorityFix::new(());
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend_from_slice(&[0xff, 0xff, 0xff, FRAME_HEADERS, 0x0, 0, 0, 0, 1]);
+        fix.input = input;
+        assert!(fix.process().is_err());
     }
 
     // Proves malformed blocks are errors, not panics.
