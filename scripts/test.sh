@@ -5,7 +5,7 @@
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 # Environment:
-#   TEST_TIMEOUT     upper bound for each test phase, as for timeout(1) (default: 20m)
+#   TEST_TIMEOUT     upper bound for each test phase, as for timeout(1) (default: 30m)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,14 +41,26 @@ fi
 
 export RUN_SLOW_TESTS=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-test_timeout="${TEST_TIMEOUT:-20m}"
+test_timeout="${TEST_TIMEOUT:-30m}"
+
+# Each phase prints how long it took, so a run that grows slower shows where.
+phase_started=$SECONDS
+phase_name=""
+phase() {
+  if [ -n "$phase_name" ]; then
+    echo "== $phase_name: $((SECONDS - phase_started)) s"
+  fi
+  phase_name="$1"
+  phase_started=$SECONDS
+  [ -z "$1" ] || echo "== $1"
+}
 
 # --- checks --------------------------------------------------------------------------------
-echo "== cargo fmt"
+phase "cargo fmt"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (tests)"
+phase "cargo build (tests)"
 cargo test --workspace --locked --no-run
 # Each phase is bounded. Without a terminal, timeout(1) signals its whole process group at the
 # deadline, cluster members included; on a terminal it stays in the foreground so that Ctrl-C
@@ -57,10 +69,12 @@ bounded=(timeout --kill-after=30s)
 if [ -t 0 ]; then bounded+=(--foreground); fi
 bounded+=("$test_timeout")
 failed=()
-echo "== cargo test (unit and in-process tests)"
+phase "cargo test (unit and in-process tests)"
 "${bounded[@]}" cargo test --workspace --locked --no-fail-fast --exclude concord || failed+=("unit and in-process tests")
-echo "== cargo test (real-process cluster tests, one at a time: each runs its own cluster)"
+phase "cargo test (real-process cluster tests, one at a time: each runs its own cluster)"
 "${bounded[@]}" cargo test -p concord --locked --no-fail-fast -- --test-threads=1 || failed+=("cluster tests")
+phase ""
+echo "== total: $SECONDS s"
 if [ ${#failed[@]} -gt 0 ]; then
   printf '== FAILED: %s\n' "${failed[@]}" >&2
   exit 1
