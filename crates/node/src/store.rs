@@ -465,7 +465,22 @@ impl<L: LogStore> StoreLoop<L> {
 
     /// Hands committed entries to the apply task, behind any backlog, without waiting
     /// unless the backlog is full.
-    fn submit_committed(&mut self, entries: Vec<consensus::Entry>) -> Result<(), String> {
+    ///
+    /// # Panics
+    /// If an entry is past `persisted`, the end of the local durable log: persist before
+    /// apply is what makes an acknowledged write survive a crash.
+    fn submit_committed(
+        &mut self,
+        entries: Vec<consensus::Entry>,
+        persisted: u64,
+    ) -> Result<(), String> {
+        if let Some(last) = entries.last() {
+            assert!(
+                last.index <= persisted,
+                "entry {} committed for apply before it was persisted (log ends at {persisted})",
+                last.index
+            );
+        }
         if !entries.is_empty() {
             self.apply_backlog_entries += entries.len();
             self.apply_backlog.push_back(entries);
@@ -610,7 +625,14 @@ impl<L: LogStore> StoreLoop<L> {
                 // A compaction planned against the old log no longer applies.
                 write.compact_to = None;
             }
-            self.submit_committed(ready.take_committed_entries())?;
+            // With a snapshot in the ready, the log is replaced by the write below; raft hands
+            // out no entry past it before then.
+            let persisted = if ready.snapshot().is_empty() {
+                self.log.last_index(shard)
+            } else {
+                u64::MAX
+            };
+            self.submit_committed(ready.take_committed_entries(), persisted)?;
             self.resolve_reads(ready.take_read_states());
             write.entries = ready.take_entries();
             write.hard_state = ready.hs().cloned();
@@ -621,6 +643,18 @@ impl<L: LogStore> StoreLoop<L> {
         // Leader messages go out before the fsync: replication overlaps the local write.
         self.flush_outbox();
         if !writes.is_empty() {
+            let durable = self
+                .shared
+                .durable_index
+                .load(std::sync::atomic::Ordering::Acquire);
+            for write in &writes {
+                if let Some((index, _)) = write.compact_to {
+                    assert!(
+                        index <= durable,
+                        "log compaction to {index} past the durable applied index {durable}"
+                    );
+                }
+            }
             let compacted = writes.iter().any(|w| w.compact_to.is_some());
             self.log
                 .write(writes, sync)
@@ -640,7 +674,8 @@ impl<L: LogStore> StoreLoop<L> {
             let messages = light.take_messages();
             let committed = light.take_committed_entries();
             self.send(shard, messages);
-            self.submit_committed(committed)?;
+            let persisted = self.log.last_index(shard);
+            self.submit_committed(committed, persisted)?;
         }
         self.flush_outbox();
         self.retry_stalled();
