@@ -251,6 +251,44 @@ impl ElectionJitter {
     }
 }
 
+/// What the driver knows of a replica's Raft state, so that no other crate reads the raft
+/// crate's internals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: StateRole,
+    /// The leader this replica knows of, 0 if none.
+    pub leader_id: u64,
+    /// The current term.
+    pub term: u64,
+    /// The commit index.
+    pub committed: u64,
+    /// The last index in the log (persisted or not).
+    pub last_index: u64,
+    /// The applied index Raft was told of.
+    pub applied: u64,
+}
+
+/// The replica's Raft state.
+pub fn status<L: LogStore>(peer: &Peer<L>) -> RaftStatus {
+    let raft = &peer.raft;
+    RaftStatus {
+        role: raft.state,
+        leader_id: raft.leader_id,
+        term: raft.term,
+        committed: raft.raft_log.committed,
+        last_index: raft.raft_log.last_index(),
+        applied: raft.raft_log.applied,
+    }
+}
+
+/// Whether the replica's commit index has reached an entry of its current term: from then on
+/// the leader of that term answers ReadIndex requests (it ignores them before).
+pub fn committed_in_current_term<L: LogStore>(peer: &Peer<L>) -> bool {
+    let raft = &peer.raft;
+    raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+}
+
 /// The transport lost `to`: its connection broke, or was refused. Raft hears of it (a
 /// replicating leader slows down to probing); and a follower whose leader it is stops
 /// waiting out its lease on it: the leader's process is most likely gone, and waiting a

@@ -124,7 +124,7 @@ impl<L: LogStore> StoreLoop<L> {
         let replicas = replicas
             .into_iter()
             .map(|(shard, peer)| {
-                let reported_applied = peer.raft.raft_log.applied;
+                let reported_applied = consensus::status(&peer).applied;
                 let replica = Replica {
                     // Each replica draws its own jitter, so shards do not campaign in step.
                     jitter: ElectionJitter::new(shared.config.seed ^ shard.0.rotate_left(32)),
@@ -275,7 +275,7 @@ impl<L: LogStore> StoreLoop<L> {
         };
         match replica.peer.propose(Vec::new(), data.clone()) {
             Ok(()) => {}
-            Err(RaftError::ProposalDropped) if replica.peer.raft.leader_id == 0 => {
+            Err(RaftError::ProposalDropped) if consensus::status(&replica.peer).leader_id == 0 => {
                 // No leader yet: keep it until one is elected (as etcd blocks proposals
                 // during an election) rather than fail a request that could succeed.
                 if self.stalled.len() < STALLED_PROPOSALS_MAX {
@@ -302,7 +302,7 @@ impl<L: LogStore> StoreLoop<L> {
         let has_leader = self
             .replicas
             .values()
-            .all(|replica| replica.peer.raft.leader_id != 0);
+            .all(|replica| consensus::status(&replica.peer).leader_id != 0);
         if self.stalled.is_empty() || !has_leader {
             return;
         }
@@ -691,12 +691,11 @@ impl<L: LogStore> StoreLoop<L> {
     fn leader_committed_in_new_term(&mut self) -> bool {
         let mut reached = false;
         for replica in self.replicas.values_mut() {
-            let raft = &replica.peer.raft;
+            let raft = consensus::status(&replica.peer);
             if replica.committed_in_term == raft.term || raft.leader_id == 0 {
                 continue;
             }
-            let committed = raft.raft_log.committed;
-            if raft.raft_log.term(committed).ok() == Some(raft.term) {
+            if consensus::committed_in_current_term(&replica.peer) {
                 replica.committed_in_term = raft.term;
                 reached = true;
             }
@@ -706,13 +705,10 @@ impl<L: LogStore> StoreLoop<L> {
 
     fn publish_status(&self) {
         for (shard, replica) in &self.replicas {
-            let raft = &replica.peer.raft;
-            self.shared.observe_role(*shard, raft.leader_id, raft.state);
-            self.shared.observe_log(
-                raft.term,
-                raft.raft_log.committed,
-                raft.raft_log.last_index(),
-            );
+            let raft = consensus::status(&replica.peer);
+            self.shared.observe_role(*shard, raft.leader_id, raft.role);
+            self.shared
+                .observe_log(raft.term, raft.committed, raft.last_index);
         }
     }
 }
