@@ -1,11 +1,30 @@
 //! Protobuf <-> domain conversions, with etcd's request checks (etcd: v3rpc/key.go) applied
 //! on the way in, so the node only ever sees valid commands.
+//!
+//! A client's request is converted here once, by the one function the KV service calls for
+//! it (`range_request`, `put_request`, `delete_request`, `txn_request`), which also makes
+//! every check made before consensus, in the order that decides which error a client sees:
+//! the request's size, its own rules, and for a txn then the rule that no key is written
+//! twice. A write that adds data also comes back with its quota cost, charged before all of
+//! them.
 
 use mvcc as m;
 use proto::etcdserverpb as pb;
 use proto::mvccpb;
 
 use crate::errors::RequestError;
+use crate::ApiConfig;
+
+/// A write that adds data, as the KV service proposes it.
+#[derive(Debug)]
+pub struct Checked<T> {
+    /// etcd's quota cost. The service charges it before it looks at `request`: etcd's quota
+    /// check runs before every other one, so a write over the quota is refused for space
+    /// (and raises the alarm) even when it is also invalid.
+    pub cost: u64,
+    /// The domain request, or the first check it failed.
+    pub request: Result<T, RequestError>,
+}
 
 fn require_key(key: &[u8]) -> Result<(), RequestError> {
     if key.is_empty() {
@@ -15,11 +34,88 @@ fn require_key(key: &[u8]) -> Result<(), RequestError> {
     }
 }
 
-/// Converts and checks a range request.
+/// The request size limit, checked on the message as it arrived: etcd limits the encoded
+/// request it proposes.
+fn require_size(message: &impl prost::Message, limits: &ApiConfig) -> Result<(), RequestError> {
+    if message.encoded_len() > limits.max_request_bytes {
+        Err(RequestError::TooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// A client's range: size, then the range's own rules.
 ///
 /// # Errors
-/// Empty key, unknown sort order or target.
-pub fn range_request(r: &pb::RangeRequest) -> Result<m::RangeRequest, RequestError> {
+/// Too large, empty key, unknown sort order or target.
+pub fn range_request(
+    r: pb::RangeRequest,
+    limits: &ApiConfig,
+) -> Result<m::RangeRequest, RequestError> {
+    require_size(&r, limits)?;
+    range_op(r)
+}
+
+/// A client's put: its quota cost; size, then the put's own rules.
+#[must_use]
+pub fn put_request(r: pb::PutRequest, limits: &ApiConfig) -> Checked<m::PutRequest> {
+    Checked {
+        cost: put_cost(&r),
+        request: require_size(&r, limits).and_then(|()| put_op(r)),
+    }
+}
+
+/// A client's delete: size, then the delete's own rules.
+///
+/// # Errors
+/// Too large, empty key.
+pub fn delete_request(
+    r: pb::DeleteRangeRequest,
+    limits: &ApiConfig,
+) -> Result<m::DeleteRangeRequest, RequestError> {
+    require_size(&r, limits)?;
+    delete_op(r)
+}
+
+/// A client's txn: its quota cost; size, then, in one walk, the operation budget (counted as
+/// etcd does, nested txns drawing on what their parent left), keys and empty operations;
+/// then, on the converted txn, the rule that no key is written twice.
+#[must_use]
+pub fn txn_request(r: pb::TxnRequest, limits: &ApiConfig) -> Checked<m::TxnRequest> {
+    let cost = txn_cost(&r);
+    let request = require_size(&r, limits).and_then(|()| {
+        let txn = txn_op(r, limits.max_txn_ops as i64)?;
+        // After the whole txn, as etcd does: the budget bounds the work this check does.
+        check_intervals(&txn.success)?;
+        check_intervals(&txn.failure)?;
+        Ok(txn)
+    });
+    Checked { cost, request }
+}
+
+/// etcd's quota cost of a put (`server/etcdserver/quota.go`): its key and value plus a
+/// fixed overhead.
+fn put_cost(r: &pb::PutRequest) -> u64 {
+    const KV_OVERHEAD: u64 = 256;
+    KV_OVERHEAD + r.key.len() as u64 + r.value.len() as u64
+}
+
+/// etcd's quota cost of a txn: the costlier branch's puts. Only puts at the top level
+/// count, as in etcd. Counted on the message, not the converted txn: the cost is charged
+/// before the checks, so a txn that fails them has one too.
+fn txn_cost(r: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(put)) => put_cost(put),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&r.success).max(branch(&r.failure))
+}
+
+fn range_op(r: pb::RangeRequest) -> Result<m::RangeRequest, RequestError> {
     require_key(&r.key)?;
     let sort_order = match pb::range_request::SortOrder::try_from(r.sort_order) {
         Ok(pb::range_request::SortOrder::None) => m::SortOrder::None,
@@ -36,8 +132,8 @@ pub fn range_request(r: &pb::RangeRequest) -> Result<m::RangeRequest, RequestErr
         Err(_) => return Err(RequestError::InvalidSortOption),
     };
     Ok(m::RangeRequest {
-        key: r.key.clone(),
-        range_end: r.range_end.clone(),
+        key: r.key,
+        range_end: r.range_end,
         limit: r.limit,
         revision: r.revision,
         sort_order,
@@ -52,11 +148,7 @@ pub fn range_request(r: &pb::RangeRequest) -> Result<m::RangeRequest, RequestErr
     })
 }
 
-/// Converts and checks a put.
-///
-/// # Errors
-/// Empty key, `ignore_value` with a value, `ignore_lease` with a lease.
-pub fn put_request(r: &pb::PutRequest) -> Result<m::PutRequest, RequestError> {
+fn put_op(r: pb::PutRequest) -> Result<m::PutRequest, RequestError> {
     require_key(&r.key)?;
     if r.ignore_value && !r.value.is_empty() {
         return Err(RequestError::ValueProvided);
@@ -65,8 +157,8 @@ pub fn put_request(r: &pb::PutRequest) -> Result<m::PutRequest, RequestError> {
         return Err(RequestError::LeaseProvided);
     }
     Ok(m::PutRequest {
-        key: r.key.clone(),
-        value: r.value.clone(),
+        key: r.key,
+        value: r.value,
         lease: r.lease,
         prev_kv: r.prev_kv,
         ignore_value: r.ignore_value,
@@ -74,55 +166,41 @@ pub fn put_request(r: &pb::PutRequest) -> Result<m::PutRequest, RequestError> {
     })
 }
 
-/// Converts and checks a delete.
-///
-/// # Errors
-/// Empty key.
-pub fn delete_request(r: &pb::DeleteRangeRequest) -> Result<m::DeleteRangeRequest, RequestError> {
+fn delete_op(r: pb::DeleteRangeRequest) -> Result<m::DeleteRangeRequest, RequestError> {
     require_key(&r.key)?;
     Ok(m::DeleteRangeRequest {
-        key: r.key.clone(),
-        range_end: r.range_end.clone(),
+        key: r.key,
+        range_end: r.range_end,
         prev_kv: r.prev_kv,
     })
 }
 
-/// Converts and checks a txn: operation budget (counted as etcd does, nested txns drawing on
-/// what their parent left), keys, and the rule that no key is written twice.
-///
-/// # Errors
-/// The first rule broken.
-pub fn txn_request(r: &pb::TxnRequest, max_ops: usize) -> Result<m::TxnRequest, RequestError> {
-    let txn = txn_checked(r, max_ops as i64)?;
-    check_intervals(&txn.success)?;
-    check_intervals(&txn.failure)?;
-    Ok(txn)
-}
-
-fn txn_checked(r: &pb::TxnRequest, max_ops: i64) -> Result<m::TxnRequest, RequestError> {
+/// etcd's `checkTxnRequest` and the conversion in one walk: the budget of this level, the
+/// compares' keys, then every operation of success and failure in order.
+fn txn_op(r: pb::TxnRequest, max_ops: i64) -> Result<m::TxnRequest, RequestError> {
     let ops = r.compare.len().max(r.success.len()).max(r.failure.len()) as i64;
     if ops > max_ops {
         return Err(RequestError::TooManyOps);
     }
     let compare = r
         .compare
-        .iter()
+        .into_iter()
         .map(compare)
         .collect::<Result<Vec<_>, _>>()?;
-    let branch = |ops_in: &[pb::RequestOp]| {
+    let branch = |ops_in: Vec<pb::RequestOp>| {
         ops_in
-            .iter()
+            .into_iter()
             .map(|op| request_op(op, max_ops - ops))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(m::TxnRequest {
         compare,
-        success: branch(&r.success)?,
-        failure: branch(&r.failure)?,
+        success: branch(r.success)?,
+        failure: branch(r.failure)?,
     })
 }
 
-fn compare(c: &pb::Compare) -> Result<m::Compare, RequestError> {
+fn compare(c: pb::Compare) -> Result<m::Compare, RequestError> {
     use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
     require_key(&c.key)?;
     let result = match R::try_from(c.result) {
@@ -133,35 +211,35 @@ fn compare(c: &pb::Compare) -> Result<m::Compare, RequestError> {
     };
     // The operand is read according to `target`, as etcd does; a missing or mismatched
     // union member reads as zero.
-    let int = |u: &Option<U>| match u {
+    let int = match &c.target_union {
         Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
         _ => 0,
     };
     let target = match T::try_from(c.target) {
-        Ok(T::Version) | Err(_) => m::CompareTarget::Version(int(&c.target_union)),
-        Ok(T::Create) => m::CompareTarget::Create(int(&c.target_union)),
-        Ok(T::Mod) => m::CompareTarget::Mod(int(&c.target_union)),
-        Ok(T::Lease) => m::CompareTarget::Lease(int(&c.target_union)),
-        Ok(T::Value) => m::CompareTarget::Value(match &c.target_union {
-            Some(U::Value(v)) => v.clone(),
+        Ok(T::Version) | Err(_) => m::CompareTarget::Version(int),
+        Ok(T::Create) => m::CompareTarget::Create(int),
+        Ok(T::Mod) => m::CompareTarget::Mod(int),
+        Ok(T::Lease) => m::CompareTarget::Lease(int),
+        Ok(T::Value) => m::CompareTarget::Value(match c.target_union {
+            Some(U::Value(v)) => v,
             _ => Vec::new(),
         }),
     };
     Ok(m::Compare {
         result,
         target,
-        key: c.key.clone(),
-        range_end: c.range_end.clone(),
+        key: c.key,
+        range_end: c.range_end,
     })
 }
 
-fn request_op(op: &pb::RequestOp, max_ops: i64) -> Result<m::RequestOp, RequestError> {
+fn request_op(op: pb::RequestOp, max_ops: i64) -> Result<m::RequestOp, RequestError> {
     use pb::request_op::Request;
-    match &op.request {
-        Some(Request::RequestRange(r)) => Ok(m::RequestOp::Range(range_request(r)?)),
-        Some(Request::RequestPut(r)) => Ok(m::RequestOp::Put(put_request(r)?)),
-        Some(Request::RequestDeleteRange(r)) => Ok(m::RequestOp::DeleteRange(delete_request(r)?)),
-        Some(Request::RequestTxn(r)) => Ok(m::RequestOp::Txn(txn_checked(r, max_ops)?)),
+    match op.request {
+        Some(Request::RequestRange(r)) => Ok(m::RequestOp::Range(range_op(r)?)),
+        Some(Request::RequestPut(r)) => Ok(m::RequestOp::Put(put_op(r)?)),
+        Some(Request::RequestDeleteRange(r)) => Ok(m::RequestOp::DeleteRange(delete_op(r)?)),
+        Some(Request::RequestTxn(r)) => Ok(m::RequestOp::Txn(txn_op(r, max_ops)?)),
         None => Err(RequestError::EmptyRequestOp),
     }
 }
@@ -282,35 +360,14 @@ pub fn txn_response(r: m::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnRe
 }
 
 /// Whether every operation of both branches is a serializable range (etcd's
-/// `isTxnSerializable`): such a read-only txn is served without a ReadIndex round.
+/// `isTxnSerializable`; a nested txn is not a range): such a read-only txn is served without
+/// a ReadIndex round.
 #[must_use]
-pub fn txn_is_serializable(r: &pb::TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| {
-        matches!(&op.request, Some(pb::request_op::Request::RequestRange(range)) if range.serializable)
-    })
-}
-
-/// etcd's quota cost of a put (`server/etcdserver/quota.go`): its key and value plus a
-/// fixed overhead.
-#[must_use]
-pub fn put_cost(r: &pb::PutRequest) -> u64 {
-    const KV_OVERHEAD: u64 = 256;
-    KV_OVERHEAD + r.key.len() as u64 + r.value.len() as u64
-}
-
-/// etcd's quota cost of a txn: the costlier branch's puts. Only puts at the top level
-/// count, as in etcd.
-#[must_use]
-pub fn txn_cost(r: &pb::TxnRequest) -> u64 {
-    let branch = |ops: &[pb::RequestOp]| -> u64 {
-        ops.iter()
-            .map(|op| match &op.request {
-                Some(pb::request_op::Request::RequestPut(put)) => put_cost(put),
-                _ => 0,
-            })
-            .sum()
-    };
-    branch(&r.success).max(branch(&r.failure))
+pub fn txn_is_serializable(t: &m::TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(op, m::RequestOp::Range(range) if range.serializable))
 }
 
 /// What an alarm request asks, or `None` for a request that can match nothing (an alarm

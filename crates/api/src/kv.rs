@@ -8,7 +8,7 @@ use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
-use crate::errors::{to_status, RequestError};
+use crate::errors::to_status;
 use crate::{header, ApiConfig};
 
 /// The KV service.
@@ -22,13 +22,6 @@ impl KvService {
     #[must_use]
     pub fn new(node: Node, config: ApiConfig) -> Self {
         Self { node, config }
-    }
-
-    fn check_size(&self, message: &impl prost::Message) -> Result<(), Status> {
-        if message.encoded_len() > self.config.max_request_bytes {
-            return Err(to_status(RequestError::TooLarge));
-        }
-        Ok(())
     }
 
     async fn check_quota(&self, cost: u64) -> Result<(), Status> {
@@ -94,9 +87,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let request = request.into_inner();
-        self.check_size(&request)?;
-        let range = convert::range_request(&request).map_err(to_status)?;
+        let range =
+            convert::range_request(request.into_inner(), &self.config).map_err(to_status)?;
         if !range.serializable {
             self.node.read_index().await.map_err(to_status)?;
         }
@@ -112,10 +104,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let request = request.into_inner();
-        self.check_quota(convert::put_cost(&request)).await?;
-        self.check_size(&request)?;
-        let put = convert::put_request(&request).map_err(to_status)?;
+        let put = convert::put_request(request.into_inner(), &self.config);
+        self.check_quota(put.cost).await?;
+        let put = put.request.map_err(to_status)?;
         match self.propose(Command::Put(put)).await? {
             (CommandResponse::Put(result), header) => Ok(Response::new(pb::PutResponse {
                 header: Some(header),
@@ -130,9 +121,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let request = request.into_inner();
-        self.check_size(&request)?;
-        let delete = convert::delete_request(&request).map_err(to_status)?;
+        let delete =
+            convert::delete_request(request.into_inner(), &self.config).map_err(to_status)?;
         match self.propose(Command::DeleteRange(delete)).await? {
             (CommandResponse::DeleteRange(result), header) => {
                 Ok(Response::new(pb::DeleteRangeResponse {
@@ -149,14 +139,13 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let request = request.into_inner();
-        self.check_quota(convert::txn_cost(&request)).await?;
-        self.check_size(&request)?;
-        let txn = convert::txn_request(&request, self.config.max_txn_ops).map_err(to_status)?;
+        let txn = convert::txn_request(request.into_inner(), &self.config);
+        self.check_quota(txn.cost).await?;
+        let txn = txn.request.map_err(to_status)?;
         // As etcd: a txn that writes nothing is a read, served from local state after a
         // ReadIndex round unless every operation is a serializable range.
         if txn.is_read_only() {
-            if !convert::txn_is_serializable(&request) {
+            if !convert::txn_is_serializable(&txn) {
                 self.node.read_index().await.map_err(to_status)?;
             }
             let (result, revision) = self.node.read_txn(&txn).map_err(to_status)?;
