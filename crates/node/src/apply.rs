@@ -40,6 +40,9 @@ pub(crate) struct ApplyLoop<S: KvStore> {
     store: Arc<Store<S>>,
     shared: Arc<Shared>,
     tasks: Receiver<ApplyTask>,
+    /// A task taken off the queue to see whether there was one (driven nodes only), handled
+    /// before anything behind it.
+    peeked: Option<ApplyTask>,
     /// Entries applied since the last durable commit.
     since_durable: u64,
     last_durable: Instant,
@@ -56,6 +59,7 @@ impl<S: KvStore> ApplyLoop<S> {
             store,
             shared,
             tasks,
+            peeked: None,
             since_durable: 0,
             last_durable,
         }
@@ -68,17 +72,40 @@ impl<S: KvStore> ApplyLoop<S> {
 
     /// Applies tasks as they arrive until the store loop goes away or applying fails.
     pub(crate) fn run(mut self) {
-        while let Ok(task) = self.tasks.recv() {
+        while let Some(task) = self.peeked.take().or_else(|| self.tasks.recv().ok()) {
             if !self.handle(task) {
                 return;
             }
         }
     }
 
+    /// The next queued task, without waiting.
+    fn try_next(&mut self) -> Option<ApplyTask> {
+        self.peeked.take().or_else(|| self.tasks.try_recv().ok())
+    }
+
+    /// Whether work is queued for apply.
+    pub(crate) fn has_queued(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.tasks.try_recv().ok();
+        }
+        self.peeked.is_some()
+    }
+
+    /// One iteration of the apply thread, without waiting: the next queued task and the
+    /// entries queued behind it, up to [`APPLY_BATCH_ENTRIES`] and never past a restore.
+    /// Returns false if applying failed (the member has then failed).
+    pub(crate) fn step(&mut self) -> bool {
+        match self.try_next() {
+            Some(task) => self.handle(task),
+            None => true,
+        }
+    }
+
     /// Applies every task already queued, without waiting. Returns false if applying failed
     /// (the member has then failed).
     pub(crate) fn drain(&mut self) -> bool {
-        while let Ok(task) = self.tasks.try_recv() {
+        while let Some(task) = self.try_next() {
             if !self.handle(task) {
                 return false;
             }
@@ -95,13 +122,13 @@ impl<S: KvStore> ApplyLoop<S> {
         // Merge what else is queued, up to a bound, but never past a restore.
         let mut pending_restore = None;
         while entries.len() < APPLY_BATCH_ENTRIES {
-            match self.tasks.try_recv() {
-                Ok(ApplyTask::Entries(more)) => entries.extend(more),
-                Ok(restore) => {
+            match self.try_next() {
+                Some(ApplyTask::Entries(more)) => entries.extend(more),
+                Some(restore) => {
                     pending_restore = Some(restore);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         self.since_durable += entries.len() as u64;

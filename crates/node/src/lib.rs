@@ -185,9 +185,11 @@ pub struct NodeStatus {
     pub db_size_in_use: u64,
 }
 
-/// Runs a node started with [`Node::start_driven`], one loop iteration at a time.
+/// Runs a node started with [`Node::start_driven`] one step at a time, on the caller's
+/// thread. The store loop and the apply task are stepped separately, so that a caller can
+/// let apply trail the store loop by any number of iterations, as the apply thread may.
 pub struct Driver {
-    step: Box<dyn FnMut() -> bool + Send>,
+    inner: Box<dyn Driven>,
 }
 
 impl Driver {
@@ -195,7 +197,111 @@ impl Driver {
     /// readies and the log write), then applies everything committed. Returns false once the
     /// node has stopped or failed.
     pub fn step(&mut self) -> bool {
-        (self.step)()
+        self.inner.step()
+    }
+
+    /// One iteration of the store loop alone (and a lessor tick): committed entries are
+    /// queued for apply, not applied. A snapshot install still waits for its restore, as the
+    /// store loop does: it runs the apply queue up to and including the restore. Returns
+    /// false once the node has stopped or failed.
+    pub fn step_store(&mut self) -> bool {
+        self.inner.step_store()
+    }
+
+    /// One iteration of the apply task (the next queued task and the entries queued behind
+    /// it, in one bounded batch; nothing if the queue is empty), and a pass of the watch
+    /// catch-up. Returns false once the node has stopped or failed.
+    pub fn step_apply(&mut self) -> bool {
+        self.inner.step_apply()
+    }
+
+    /// Whether work waits in the apply queue.
+    pub fn apply_pending(&mut self) -> bool {
+        self.inner.apply_pending()
+    }
+
+    /// Store-loop iterations that ended with work waiting for apply since the apply queue was
+    /// last empty: how far apply trails the store loop.
+    pub fn apply_lag(&self) -> u64 {
+        self.inner.apply_lag()
+    }
+}
+
+/// A node's loops, driven by [`Driver`].
+trait Driven: Send {
+    fn step(&mut self) -> bool;
+    fn step_store(&mut self) -> bool;
+    fn step_apply(&mut self) -> bool;
+    fn apply_pending(&mut self) -> bool;
+    fn apply_lag(&self) -> u64;
+}
+
+/// The apply task of a driven node and how far it trails the store loop. Shared by the
+/// driver and the store loop, which runs the queue itself while it installs a snapshot.
+struct DrivenApply<S: storage::KvStore> {
+    apply_loop: ApplyLoop<S>,
+    lag: u64,
+}
+
+impl<S: storage::KvStore> DrivenApply<S> {
+    fn drain(&mut self) -> bool {
+        let drained = self.apply_loop.drain();
+        self.lag = 0;
+        drained
+    }
+}
+
+struct DrivenNode<L: LogStore, S: storage::KvStore> {
+    shared: Arc<Shared>,
+    store_loop: StoreLoop<L>,
+    apply: Arc<Mutex<DrivenApply<S>>>,
+    state: Arc<mvcc::Store<S>>,
+}
+
+impl<L: LogStore, S: storage::KvStore> Driven for DrivenNode<L, S> {
+    fn step(&mut self) -> bool {
+        let stepped = self.store_loop.iterate()
+            && self.apply.lock().drain()
+            && watching::step(&self.shared, self.state.as_ref());
+        leases::tick(&self.shared);
+        stepped
+    }
+
+    fn step_store(&mut self) -> bool {
+        let stepped = self.store_loop.iterate();
+        {
+            let mut apply = self.apply.lock();
+            if apply.apply_loop.has_queued() {
+                apply.lag += 1;
+            } else {
+                apply.lag = 0;
+            }
+        }
+        leases::tick(&self.shared);
+        stepped
+    }
+
+    fn step_apply(&mut self) -> bool {
+        if self.shared.is_stopped() {
+            return false;
+        }
+        let applied = {
+            let mut apply = self.apply.lock();
+            let applied = apply.apply_loop.step();
+            if !apply.apply_loop.has_queued() {
+                apply.lag = 0;
+            }
+            applied
+        };
+        applied && watching::step(&self.shared, self.state.as_ref())
+    }
+
+    fn apply_pending(&mut self) -> bool {
+        self.apply.lock().apply_loop.has_queued()
+    }
+
+    fn apply_lag(&self) -> u64 {
+        self.apply.lock().lag
     }
 }
 
@@ -403,7 +509,8 @@ impl Node {
     }
 
     /// Opens the node as [`Node::start`] does but runs no thread of its own: the caller
-    /// drives it with [`Driver::step`], on a manual clock (`config.clock`), so that a whole
+    /// drives it with [`Driver::step`] (or its halves, [`Driver::step_store`] and
+    /// [`Driver::step_apply`]), on a manual clock (`config.clock`), so that a whole
     /// cluster can run in one thread, the same way every time.
     ///
     /// # Errors
@@ -415,24 +522,22 @@ impl Node {
         transport: Arc<dyn Transport>,
     ) -> Result<(Node, Driver), NodeError> {
         let (node, mut store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
-        // The store loop runs the apply queue itself while it installs a snapshot, so the
-        // two share the apply loop.
-        let store = apply_loop.store();
-        let shared = node.shared.clone();
-        let apply_loop = Arc::new(Mutex::new(apply_loop));
-        let inline = apply_loop.clone();
+        let state = apply_loop.store();
+        // The store loop runs the apply queue itself while it installs a snapshot (it waits
+        // for the restore, and no other thread would apply), so the two share the apply loop.
+        let apply = Arc::new(Mutex::new(DrivenApply { apply_loop, lag: 0 }));
+        let inline = apply.clone();
         store_loop.set_inline_apply(Box::new(move || inline.lock().drain()));
-        let step = move || {
-            let stepped = store_loop.iterate()
-                && apply_loop.lock().drain()
-                && watching::step(&shared, store.as_ref());
-            leases::tick(&shared);
-            stepped
+        let driven = DrivenNode {
+            shared: node.shared.clone(),
+            store_loop,
+            apply,
+            state,
         };
         Ok((
             node,
             Driver {
-                step: Box::new(step),
+                inner: Box::new(driven),
             },
         ))
     }

@@ -692,3 +692,56 @@ async fn a_slow_apply_does_not_cost_the_leader_its_leadership() {
         assert!(applied.result.is_ok());
     }
 }
+
+// Proves a driven node's apply runs only when it is stepped: store-loop steps alone commit a
+// write without applying it (apply trails by as many iterations), and one apply step applies
+// it and answers the proposal.
+#[test]
+fn a_driven_nodes_apply_trails_its_store_loop_until_stepped() {
+    let cluster = TestCluster::with_checkpoints(0, 100, DEFAULT_LEASE_CHECKPOINT_INTERVAL);
+    let mut config = cluster.config(1);
+    config.initial_voters = vec![NodeId(1)];
+    config.clock = Clock::manual();
+    let clock = config.clock.clone();
+    let tick = config.tick_interval;
+    let transport = Arc::new(LocalTransport {
+        from: 1,
+        net: cluster.net.clone(),
+    });
+    let (node, mut driver) = Node::start_driven(
+        config,
+        Arc::new(MemLogStore::new()),
+        storage::MemKvStore::new(),
+        transport,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if node.leader() == 1 && node.applied_index() == node.status().commit_index {
+            break;
+        }
+        clock.advance(tick);
+        assert!(driver.step());
+    }
+    assert_eq!(node.leader(), 1, "a single member elects itself");
+    let before = node.applied_index();
+    let command = Command::Put(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    let (_, mut answer) = node.submit(&command).unwrap();
+    for _ in 0..3 {
+        assert!(driver.step_store());
+    }
+    assert!(node.status().commit_index > before, "the write committed");
+    assert_eq!(node.applied_index(), before, "apply ran without a step");
+    assert!(answer.try_recv().is_err(), "answered before it was applied");
+    assert!(driver.apply_pending());
+    assert_eq!(driver.apply_lag(), 3);
+    assert!(driver.step_apply());
+    assert_eq!(node.applied_index(), node.status().commit_index);
+    assert!(answer.try_recv().unwrap().unwrap().result.is_ok());
+    assert!(!driver.apply_pending());
+    assert_eq!(driver.apply_lag(), 0);
+    node.shutdown();
+}

@@ -6,6 +6,14 @@
 //! kept. The same seed gives the same run, step for step, so a failure replays exactly:
 //! `SIM_SEED=<n> cargo test -p sim`.
 //!
+//! A member's store loop and apply task are stepped separately, in an order the seed picks
+//! (see `Pace`): for stretches of time apply runs only now and then, or not at all, so it
+//! trails the store loop by many iterations (entries committed but not applied, reads
+//! waiting for apply, a leader asked for a snapshot while its apply is behind), or the store
+//! loop is the slow one. Now and then a member crashes in the middle of a snapshot install:
+//! after its state machine has durably taken the snapshot, on the log write that records it,
+//! which either reaches the disk or not; it must restart with the snapshot installed.
+//!
 //! After every step the run checks election safety, state machine safety (every member's log
 //! holds the same entries up to its commit index), log matching (one entry per index and term
 //! on every member) and leader completeness (a new leader holds every committed entry); at the end, after healing, liveness (a new write commits),
@@ -23,6 +31,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +39,7 @@ use linearizability::checker::{self, Verdict};
 use mvcc::{Command, CommandResponse, PutRequest, RangeRequest};
 use node::{Applied, Clock, Driver, Node, NodeConfig, NodeError, NodeId, ShardId};
 use storage::faulty::{Faulty, FaultyKvStore, FaultyLogStore};
+use storage::LogStore as _;
 use tokio::sync::oneshot;
 
 pub use checks::{ElectionSafety, LogChecks};
@@ -87,7 +97,9 @@ impl Default for SimConfig {
             partitions: true,
             crashes: true,
             disk_faults: true,
-            snapshot_count: 400,
+            // Small: a member down or cut off for a few hundred milliseconds catches up
+            // through a snapshot, so installs (and crashes in their middle) are frequent.
+            snapshot_count: 100,
             log_ignores_sync: false,
             register_clients: 4,
             checker_budget: 5_000_000,
@@ -118,6 +130,40 @@ pub struct Report {
     /// Register operations checked for linearizability, and how many of them had an unknown
     /// outcome.
     pub register_ops: (usize, usize),
+    /// Snapshots installed in members' state machines.
+    pub installs: u64,
+    /// Apply steps that ran while work had waited for them through two or more store-loop
+    /// iterations, and the most iterations any work waited.
+    pub lagging_applies: (u64, u64),
+    /// Crashes in the middle of a snapshot install (after the state machine took it, on the
+    /// log write that records it): the write was lost, or it reached the disk.
+    pub install_crashes: (u64, u64),
+}
+
+/// How a member's store loop and apply task are scheduled for a while: the simulation's
+/// stand-in for the OS scheduler and for slow disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    /// Both run every millisecond, in a random order.
+    Even,
+    /// Apply runs in one millisecond out of this many (a slow state-machine disk).
+    ApplySlow(u64),
+    /// Apply does not run (a long state-machine write or compaction).
+    ApplyStalled,
+    /// The store loop runs in half the milliseconds (a slow log disk); apply in every one.
+    StoreSlow,
+}
+
+impl Pace {
+    /// A new pace and how long it lasts.
+    fn draw(rng: &mut Rng) -> (Pace, Duration) {
+        match rng.below(8) {
+            0..=3 => (Pace::Even, rng.millis(50, 500)),
+            4 | 5 => (Pace::ApplySlow(2 + rng.below(7)), rng.millis(20, 300)),
+            6 => (Pace::ApplyStalled, rng.millis(5, 150)),
+            _ => (Pace::StoreSlow, rng.millis(10, 100)),
+        }
+    }
 }
 
 /// A write a client is waiting on.
@@ -136,6 +182,15 @@ struct Member {
     restart_at: Option<Duration>,
     /// Times started.
     generation: u64,
+    /// How its two loops are scheduled, until when.
+    pace: (Pace, Duration),
+    /// Set when a crash planned for the middle of a snapshot install is under way: the state
+    /// machine has taken the snapshot and the log's next write (the one that records it)
+    /// fails.
+    install_fault: Arc<AtomicBool>,
+    /// The index of a snapshot it had installed in its state machine when it crashed in the
+    /// middle of the install: it must restart at least there.
+    installed: Option<u64>,
 }
 
 /// A cluster being simulated.
@@ -154,6 +209,12 @@ struct Sim {
     crashes: u64,
     disk_failures: u64,
     snapshots: u64,
+    /// Picks the order of every member's steps; apart from the faults' randomness, so that
+    /// the fault schedule does not depend on it.
+    schedule: Rng,
+    lagging_applies: u64,
+    max_apply_lag: u64,
+    install_crashes: (u64, u64),
 }
 
 impl Sim {
@@ -173,6 +234,10 @@ impl Sim {
             crashes: 0,
             disk_failures: 0,
             snapshots: 0,
+            schedule: Rng::new(seed ^ 0x7363_6865_6475_6c65),
+            lagging_applies: 0,
+            max_apply_lag: 0,
+            install_crashes: (0, 0),
         };
         for id in 1..=config.members as u64 {
             let log = Arc::new(FaultyLogStore::new());
@@ -185,6 +250,9 @@ impl Sim {
                 running: None,
                 restart_at: None,
                 generation: 0,
+                pace: (Pace::Even, Duration::ZERO),
+                install_fault: Arc::new(AtomicBool::new(false)),
+                installed: None,
             });
         }
         for i in 0..sim.members.len() {
@@ -228,6 +296,16 @@ impl Sim {
             self.net.transport(id),
         )
         .map_err(|e| format!("at {:?}: start member {id}: {e}", self.clock.elapsed()))?;
+        if let Some(index) = member.installed.take() {
+            let applied = started.0.applied_index();
+            if applied < index {
+                return Err(format!(
+                    "at {:?}: snapshot install: member {id} restarted at applied index \
+                     {applied}, before the snapshot at {index} its state machine had taken",
+                    self.clock.elapsed()
+                ));
+            }
+        }
         member.running = Some(started);
         member.restart_at = None;
         member.generation += 1;
@@ -238,12 +316,19 @@ impl Sim {
     /// Power cut on member `i`: its disks keep what they synced and some prefix of what
     /// followed. It restarts after `down`.
     fn crash(&mut self, i: usize, down: Duration) {
+        let unsynced = self.members[i].log.unsynced_writes() as u64;
+        let keep_log = self.rng.below(unsynced + 1) as usize;
+        self.crash_keeping(i, down, keep_log);
+    }
+
+    /// [`Sim::crash`], keeping the first `keep_log` unsynced writes of the log.
+    fn crash_keeping(&mut self, i: usize, down: Duration, keep_log: usize) {
         let now = self.now();
         let member = &mut self.members[i];
         if let Some((node, _)) = member.running.take() {
             node.shutdown();
         }
-        let keep_log = self.rng.below(member.log.unsynced_writes() as u64 + 1) as usize;
+        member.install_fault.store(false, Ordering::Release);
         let keep_kv = self.rng.below(member.kv.unsynced_writes() as u64 + 1) as usize;
         member.log.crash(keep_log);
         member.kv.crash(keep_kv);
@@ -314,8 +399,22 @@ impl Sim {
         Ok(())
     }
 
-    /// Delivers due messages, steps every running member, restarts those due.
-    fn step_members(&mut self) -> Result<(), String> {
+    /// Plans a crash of member `i` in the middle of its next snapshot install: right after
+    /// its state machine has durably taken the snapshot, the log write that records it fails
+    /// (the member stops, and the simulation cuts its power).
+    fn plan_install_crash(&mut self, i: usize) {
+        let member = &self.members[i];
+        let log = member.log.clone();
+        let fired = member.install_fault.clone();
+        member.kv.after_next_restore(Box::new(move || {
+            log.fail_write_after(1);
+            fired.store(true, Ordering::Release);
+        }));
+    }
+
+    /// Delivers due messages, steps every running member, restarts those due. `faults`:
+    /// whether faults are still injected.
+    fn step_members(&mut self, faults: bool) -> Result<(), String> {
         let now = self.now();
         for i in 0..self.members.len() {
             if self.members[i].running.is_none()
@@ -346,6 +445,9 @@ impl Sim {
                     if delivered {
                         self.snapshots += 1;
                         (to, from, "snapshot").hash(&mut self.trace);
+                        if faults && self.config.crashes && self.rng.below(3) == 0 {
+                            self.plan_install_crash((to - 1) as usize);
+                        }
                     }
                     if let Some(node) = sender {
                         node.report_snapshot(NodeId(to), shard, delivered);
@@ -360,16 +462,39 @@ impl Sim {
             }
         }
         for i in 0..self.members.len() {
-            let member = &mut self.members[i];
-            let Some((_, driver)) = &mut member.running else {
+            if self.members[i].running.is_none() {
                 continue;
-            };
+            }
+            let (apply_first, store, apply) = self.plan_steps(i, now);
+            let member = &mut self.members[i];
+            let (_, driver) = member.running.as_mut().expect("checked above");
             // A panic is a member stopping on a broken invariant: report it as a failure of
             // the run, with the member and the time, rather than unwind through the sim.
-            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.step()));
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut lag = None;
+                let mut run_apply = |driver: &mut Driver| {
+                    if driver.apply_pending() {
+                        lag = Some(driver.apply_lag());
+                    }
+                    driver.step_apply()
+                };
+                let stepped = (!apply || !apply_first || run_apply(driver))
+                    && (!store || driver.step_store())
+                    && (!apply || apply_first || run_apply(driver));
+                (stepped, lag)
+            }));
             match stepped {
-                Ok(true) => continue,
-                Ok(false) => {}
+                Ok((stepped, lag)) => {
+                    if let Some(lag) = lag {
+                        self.max_apply_lag = self.max_apply_lag.max(lag);
+                        if lag >= 2 {
+                            self.lagging_applies += 1;
+                        }
+                    }
+                    if stepped {
+                        continue;
+                    }
+                }
                 Err(panic) => {
                     let message = panic
                         .downcast_ref::<String>()
@@ -382,16 +507,57 @@ impl Sim {
                     ));
                 }
             }
-            if member.log.has_failed() || member.kv.has_failed() {
+            let down = Duration::from_millis(10 + self.rng.below(500));
+            if member.install_fault.load(Ordering::Acquire) && member.log.has_failed() {
+                // The planned crash in the middle of a snapshot install: the state machine
+                // holds the snapshot; the log write that records it reached the disk or not.
+                let installed = member
+                    .running
+                    .as_ref()
+                    .map(|(node, _)| node.applied_index());
+                let unsynced = member.log.unsynced_writes();
+                let recorded = self.rng.below(2) == 0;
+                let keep = if recorded {
+                    unsynced
+                } else {
+                    self.rng.below(unsynced.max(1) as u64) as usize
+                };
+                self.crash_keeping(i, down, keep);
+                self.members[i].installed = installed;
+                let log = &self.members[i].log;
+                let holds = installed.is_some_and(|index| log.first_index(ShardId(1)) > index);
+                if holds {
+                    self.install_crashes.1 += 1;
+                } else {
+                    self.install_crashes.0 += 1;
+                }
+            } else if member.log.has_failed() || member.kv.has_failed() {
                 // The injected disk failure stopped it, as it must: restart from the disk.
                 self.disk_failures += 1;
-                let down = Duration::from_millis(10 + self.rng.below(500));
                 self.crash(i, down);
             } else {
                 return Err(format!("at {now:?}: member {} stopped", member.id));
             }
         }
         Ok(())
+    }
+
+    /// Which of member `i`'s steps run in this millisecond, by its pace: `(apply first,
+    /// store loop, apply)`.
+    fn plan_steps(&mut self, i: usize, now: Duration) -> (bool, bool, bool) {
+        let rng = &mut self.schedule;
+        let member = &mut self.members[i];
+        if now >= member.pace.1 {
+            let (pace, lasts) = Pace::draw(rng);
+            member.pace = (pace, now + lasts);
+        }
+        let apply_first = rng.below(2) == 0;
+        match member.pace.0 {
+            Pace::Even => (apply_first, true, true),
+            Pace::ApplySlow(n) => (apply_first, true, rng.below(n) == 0),
+            Pace::ApplyStalled => (false, true, false),
+            Pace::StoreSlow => (apply_first, rng.below(2) == 0, true),
+        }
     }
 
     /// The checks after every step.
@@ -555,7 +721,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
             sim.heal()?;
             healed = true;
         }
-        sim.step_members()?;
+        sim.step_members(now < config.duration)?;
         sim.check_step()?;
         // Clients: a write every few milliseconds, to a random member, while faults last.
         if now < config.duration && sim.rng.below(5) == 0 {
@@ -621,7 +787,7 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
     let converge_by = sim.now() + config.settle;
     loop {
         sim.clock.advance(step);
-        sim.step_members()?;
+        sim.step_members(false)?;
         sim.check_step()?;
         let statuses: Vec<_> = sim.nodes().iter().map(Node::status).collect();
         let commit = statuses.iter().map(|s| s.commit_index).max().unwrap_or(0);
@@ -630,12 +796,9 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
         }
         if sim.now() >= converge_by {
             return Err(format!(
-                "liveness: members did not all apply the commit index {commit} within {:?}: {:?}",
+                "liveness: members did not all apply the commit index {commit} within {:?}: {}",
                 config.settle,
-                statuses
-                    .iter()
-                    .map(|s| (s.member_id, s.applied_index))
-                    .collect::<Vec<_>>()
+                sim.describe()
             ));
         }
     }
@@ -676,6 +839,9 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, String> {
         disk_failures: sim.disk_failures,
         committed: sim.logs.committed_len(),
         snapshots: sim.snapshots,
+        installs: sim.members.iter().map(|m| m.kv.restores()).sum(),
+        lagging_applies: (sim.lagging_applies, sim.max_apply_lag),
+        install_crashes: sim.install_crashes,
         register_ops: (
             history.ops().len(),
             history

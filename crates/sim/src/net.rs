@@ -108,7 +108,8 @@ impl Net {
     }
 
     /// Takes the messages due at `now` (virtual time since the start), in delivery order:
-    /// `(to, from, what)`. Messages on a link cut meanwhile are lost.
+    /// `(to, from, what)`. Messages on a link cut meanwhile are lost; a snapshot lost so is
+    /// reported to its sender, as a broken stream is.
     pub fn due(&self, now: Duration) -> Vec<(u64, u64, Delivery)> {
         let mut state = self.0.lock();
         state.now_ns = now.as_nanos() as u64;
@@ -121,6 +122,12 @@ impl Net {
             if report || !state.cut.contains(&(from, to)) {
                 state.delivered += 1;
                 out.push((to, from, what));
+            } else if let Delivery::Snapshot { shard, .. } = what {
+                // The peer transport reports a broken stream; without the report the sender's
+                // Raft waits for the snapshot forever (a follower in snapshot state is sent
+                // nothing else). Seed 8373 lost it once: its follower never caught up.
+                state.delivered += 1;
+                out.push((from, to, Delivery::SnapshotFailed { shard }));
             }
         }
         out

@@ -1,7 +1,8 @@
 use super::*;
 
 /// Seeds CI runs: each a 3-member cluster for 10 s of virtual time under drops, duplicates,
-/// reordering, partitions, crashes, disk failures and snapshots.
+/// reordering, partitions, crashes, disk failures and snapshots, with apply trailing the store
+/// loop at times and crashes in the middle of snapshot installs.
 const SEEDS: std::ops::Range<u64> = 1..21;
 /// Seeds CI runs with 5 members. Seed 101 once showed a put applied at two revisions, when
 /// the network delivered a forwarded proposal twice (see `net::may_duplicate`).
@@ -23,19 +24,24 @@ fn seeds(fixed: std::ops::Range<u64>) -> Vec<u64> {
 
 /// Runs `seeds` and returns their reports; a failure names the command that replays it.
 fn run_all(seeds: &[u64], config: &SimConfig) -> Vec<Report> {
-    seeds
+    let reports: Vec<Report> = seeds
         .iter()
         .map(|&seed| match run(seed, config) {
             Ok(report) => {
                 eprintln!(
                     "seed {seed}: {} acknowledged, {} committed, {} leaders, {} crashes, \
-                     {} disk failures, {} snapshots, {:?} register ops (all, unknown)",
+                     {} disk failures, {} snapshots ({} installed), {:?} crashes mid-install \
+                     (log lost it, log kept it), {:?} applies 2+ loop iterations behind \
+                     (count, most iterations), {:?} register ops (all, unknown)",
                     report.acknowledged,
                     report.committed,
                     report.leaders.len(),
                     report.crashes,
                     report.disk_failures,
                     report.snapshots,
+                    report.installs,
+                    report.install_crashes,
+                    report.lagging_applies,
                     report.register_ops
                 );
                 assert!(report.acknowledged > 20, "seed {seed}: {report:?}");
@@ -45,7 +51,25 @@ fn run_all(seeds: &[u64], config: &SimConfig) -> Vec<Report> {
                 panic!("seed {seed}: {failure}\nreplay: SIM_SEED={seed} cargo test -p sim")
             }
         })
-        .collect()
+        .collect();
+    let total = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    eprintln!(
+        "{} seeds of {} members: {} snapshots installed, {} crashes mid-install (log lost it: \
+         {}, log kept it: {}), {} applies 2+ store-loop iterations behind (at most {})",
+        reports.len(),
+        config.members,
+        total(|r| r.installs),
+        total(|r| r.install_crashes.0 + r.install_crashes.1),
+        total(|r| r.install_crashes.0),
+        total(|r| r.install_crashes.1),
+        total(|r| r.lagging_applies.0),
+        reports
+            .iter()
+            .map(|r| r.lagging_applies.1)
+            .max()
+            .unwrap_or(0),
+    );
+    reports
 }
 
 // Proves a 3-member cluster keeps every safety property and stays live across a fixed list of
@@ -61,6 +85,15 @@ fn seeded_runs_keep_every_property() {
             "too few disk failures: {reports:?}"
         );
         assert!(total(|r| r.snapshots) > 3, "too few snapshots: {reports:?}");
+        assert!(total(|r| r.installs) > 20, "too few installs: {reports:?}");
+        assert!(
+            total(|r| r.lagging_applies.0) > 1000,
+            "apply seldom trailed the store loop: {reports:?}"
+        );
+        assert!(
+            total(|r| r.install_crashes.0) > 3 && total(|r| r.install_crashes.1) > 3,
+            "too few crashes in the middle of a snapshot install: {reports:?}"
+        );
     }
 }
 

@@ -78,7 +78,14 @@ struct Disk<M: Medium> {
     failed: bool,
     /// Syncs return without making anything durable: a disk that lies about fsync.
     ignore_sync: bool,
+    /// Runs once, right after the next restore is durable (state machines only).
+    after_restore: Option<RestoreHook>,
+    /// Restores completed (state machines only).
+    restores: u64,
 }
+
+/// What runs right after a state machine's restore; see [`FaultyKvStore::after_next_restore`].
+pub type RestoreHook = Box<dyn FnOnce() + Send + Sync>;
 
 impl<M: Medium> Disk<M> {
     fn new(medium: M) -> Self {
@@ -90,6 +97,8 @@ impl<M: Medium> Disk<M> {
             fail_at: None,
             failed: false,
             ignore_sync: false,
+            after_restore: None,
+            restores: 0,
         }
     }
 
@@ -129,6 +138,7 @@ impl<M: Medium> Disk<M> {
         self.live = Arc::new(self.durable.copy());
         self.fail_at = None;
         self.failed = false;
+        self.after_restore = None;
     }
 }
 
@@ -137,14 +147,15 @@ pub trait Faulty {
     /// Makes the `n`-th write from now (1 = the next) fail with an IO error, as a full or
     /// broken disk would; every write after it fails too, until [`Faulty::crash`].
     fn fail_write_after(&self, n: u64);
-    /// Cancels a planned failure that has not happened yet.
+    /// Cancels a planned failure that has not happened yet (and a planned restore hook).
     fn cancel_failure(&self);
     /// Whether a planned failure has happened.
     fn has_failed(&self) -> bool;
     /// Writes since the last sync, which a crash may lose.
     fn unsynced_writes(&self) -> usize;
     /// A power cut: keeps what was synced and the first `keep` writes after it, loses the
-    /// rest. The store then reads as it would after a restart; a failure plan is cleared.
+    /// rest. The store then reads as it would after a restart; a failure plan (and a planned
+    /// restore hook) is cleared.
     fn crash(&self, keep: usize);
     /// With `true`, syncs make nothing durable (a disk that lies about fsync): only for tests
     /// that show a simulation catches lost acknowledged writes.
@@ -160,7 +171,9 @@ macro_rules! faulty_impl {
             }
 
             fn cancel_failure(&self) {
-                self.disk.write().fail_at = None;
+                let mut disk = self.disk.write();
+                disk.fail_at = None;
+                disk.after_restore = None;
             }
 
             fn has_failed(&self) -> bool {
@@ -262,6 +275,20 @@ impl FaultyKvStore {
             disk: RwLock::new(Disk::new(MemKvStore::new())),
         }
     }
+
+    /// Runs `then` once, right after the next restore (a snapshot install) is durable and
+    /// before the restore returns to its caller: where a test plans a fault in the middle of
+    /// an install, such as a failure of the Raft log's next write, which would have recorded
+    /// the install. A crash or [`Faulty::cancel_failure`] drops it unrun.
+    pub fn after_next_restore(&self, then: RestoreHook) {
+        self.disk.write().after_restore = Some(then);
+    }
+
+    /// Restores (snapshot installs) completed so far, across crashes.
+    #[must_use]
+    pub fn restores(&self) -> u64 {
+        self.disk.read().restores
+    }
 }
 
 faulty_impl!(FaultyKvStore);
@@ -282,9 +309,17 @@ impl KvStore for FaultyKvStore {
         entries: &mut dyn Iterator<Item = Result<(Table, Vec<u8>, Vec<u8>)>>,
     ) -> Result<()> {
         let entries = entries.collect::<Result<Vec<_>>>()?;
-        self.disk
-            .write()
-            .write(KvChange::Restore(Arc::new(entries)), true)
+        let then = {
+            let mut disk = self.disk.write();
+            disk.write(KvChange::Restore(Arc::new(entries)), true)?;
+            disk.restores += 1;
+            disk.after_restore.take()
+        };
+        // Outside the lock: the hook may reach other stores, or this one.
+        if let Some(then) = then {
+            then();
+        }
+        Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
@@ -388,5 +423,26 @@ mod tests {
         let snapshot = kv.snapshot().unwrap();
         assert!(snapshot.get(Table::Meta, b"new").unwrap().is_some());
         assert!(snapshot.get(Table::Meta, b"old").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_restore_hook_runs_once_after_the_restore_is_durable() {
+        let kv = Arc::new(FaultyKvStore::new());
+        let log = Arc::new(FaultyLogStore::new());
+        let (seen, fail) = (kv.clone(), log.clone());
+        kv.after_next_restore(Box::new(move || {
+            // The restore is durable when the hook runs: a crash now keeps it.
+            assert_eq!(seen.unsynced_writes(), 0);
+            fail.fail_write_after(1);
+        }));
+        let row = || vec![Ok((Table::Meta, b"k".to_vec(), b"v".to_vec()))].into_iter();
+        kv.restore(&mut row()).unwrap();
+        assert_eq!(kv.restores(), 1);
+        assert!(log.write(append(1), true).is_err(), "the hook planned it");
+        kv.restore(&mut row()).unwrap();
+        assert_eq!(kv.restores(), 2, "the hook ran once");
+        kv.after_next_restore(Box::new(|| panic!("a crash drops the hook")));
+        kv.crash(0);
+        kv.restore(&mut row()).unwrap();
     }
 }
