@@ -18,6 +18,8 @@ command -v timeout >/dev/null 2>&1 || need_packages+=(coreutils)
 command -v setpriv >/dev/null 2>&1 || need_packages+=(util-linux)
 # etcd-client builds its protobuf code with protoc.
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
+# ... and the well-known types it imports (descriptor.proto), which protoc alone lacks.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_packages+=(libprotobuf-dev)
 # The chaos scenarios put members in network namespaces and cut links with nftables.
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_packages+=(nftables)

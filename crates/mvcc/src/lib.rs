@@ -41,6 +41,7 @@ mod read;
 mod types;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 pub use types::*;
@@ -136,6 +137,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct Store<S: KvStore> {
     kv: S,
     index: RwLock<Index>,
+    /// The current revision and the bytes in use, as of the last batch or restore: read
+    /// without the index lock, which a long apply or a snapshot restore holds for its whole
+    /// duration, so that status and quota checks never wait for one.
+    current: AtomicI64,
+    bytes: AtomicU64,
 }
 
 impl<S: KvStore> Store<S> {
@@ -147,6 +153,8 @@ impl<S: KvStore> Store<S> {
         let index = load_index(&kv.snapshot()?)?;
         Ok(Self {
             kv,
+            current: AtomicI64::new(index.current),
+            bytes: AtomicU64::new(index.bytes),
             index: RwLock::new(index),
         })
     }
@@ -266,6 +274,7 @@ impl<S: KvStore> Store<S> {
         if durable {
             index.durable = index.applied;
         }
+        self.publish(&index);
         Ok((results, events))
     }
 
@@ -400,13 +409,19 @@ impl<S: KvStore> Store<S> {
 
     /// The current revision.
     pub fn current_revision(&self) -> Revision {
-        self.index.read().current
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Publishes what readers may see without the index lock; called with the write lock.
+    fn publish(&self, index: &Index) {
+        self.current.store(index.current, Ordering::Release);
+        self.bytes.store(index.bytes, Ordering::Release);
     }
 
     /// Bytes the stored records occupy (see [`Index`]'s `bytes`): what the backend quota
     /// counts, and what `Status` reports as the database size in use.
     pub fn bytes_in_use(&self) -> u64 {
-        self.index.read().bytes
+        self.bytes.load(Ordering::Acquire)
     }
 
     /// The active alarms, in (member, type) order.
@@ -458,6 +473,7 @@ impl<S: KvStore> Store<S> {
         let mut index = self.index.write();
         self.kv.restore(entries)?;
         *index = load_index(&self.kv.snapshot()?)?;
+        self.publish(&index);
         Ok(index.applied)
     }
 

@@ -161,6 +161,8 @@ impl<S: KvStore> ApplyLoop<S> {
         let restored = self.restore(path);
         let failed = restored.is_err();
         let _ = reply.send(restored);
+        // The store loop resumes the parked replica on its next iteration: wake it now.
+        let _ = self.shared.inbox.try_send(crate::store::StoreMsg::Wake);
         // A restore is durable: the count starts again.
         self.since_durable = 0;
         self.last_durable = self.shared.config.clock.now();

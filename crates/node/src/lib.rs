@@ -31,7 +31,7 @@ mod store;
 mod watching;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -183,6 +183,9 @@ pub struct NodeStatus {
     pub db_size: u64,
     /// Bytes of it the data occupies (what the backend quota counts).
     pub db_size_in_use: u64,
+    /// Ticks the store loop has taken since the member started: it advances every tick
+    /// interval while the loop is live, whatever apply or a snapshot install is doing.
+    pub ticks: u64,
 }
 
 /// Runs a node started with [`Node::start_driven`] one step at a time, on the caller's
@@ -201,9 +204,9 @@ impl Driver {
     }
 
     /// One iteration of the store loop alone (and a lessor tick): committed entries are
-    /// queued for apply, not applied. A snapshot install still waits for its restore, as the
-    /// store loop does: it runs the apply queue up to and including the restore. Returns
-    /// false once the node has stopped or failed.
+    /// queued for apply, not applied, and a snapshot install parks its replica until a later
+    /// apply step has restored it, as with the apply thread. Returns false once the node has
+    /// stopped or failed.
     pub fn step_store(&mut self) -> bool {
         self.inner.step_store()
     }
@@ -237,7 +240,7 @@ trait Driven: Send {
 }
 
 /// The apply task of a driven node and how far it trails the store loop. Shared by the
-/// driver and the store loop, which runs the queue itself while it installs a snapshot.
+/// driver and the store loop, which runs the queue itself when it must wait for room in it.
 struct DrivenApply<S: storage::KvStore> {
     apply_loop: ApplyLoop<S>,
     lag: u64,
@@ -331,6 +334,8 @@ pub(crate) struct Shared {
     proposals: Mutex<HashMap<u64, ProposalWaiter>>,
     /// Reads waiting for the next ReadIndex round.
     reads: Mutex<Vec<ReadWaiter>>,
+    /// Reads in ReadIndex rounds not answered yet (published by the store loop).
+    reads_in_flight: AtomicUsize,
     next_request_id: AtomicU64,
     applied_index: AtomicU64,
     /// The applied index the state machine has made durable: the log is never compacted
@@ -341,6 +346,8 @@ pub(crate) struct Shared {
     term: AtomicU64,
     commit_index: AtomicU64,
     last_index: AtomicU64,
+    /// Ticks taken by the store loop.
+    ticks: AtomicU64,
     stopped: AtomicBool,
     failure: watch::Sender<Option<String>>,
     outgoing_snapshots: Arc<OutgoingViews>,
@@ -564,10 +571,12 @@ impl Node {
         let state: Arc<dyn StateReader> = store.clone();
         let outgoing_snapshots = Arc::new(OutgoingViews::default());
         // Request ids must not repeat across restarts while old entries may still be
-        // applied: start from the wall clock, in nanoseconds; on a manual clock, from the
-        // seed and the manual time, so that a simulation repeats itself.
+        // applied, nor may ReadIndex contexts (taken from the same counter): start from the
+        // wall clock, in nanoseconds, past any id of an earlier run (which took fewer than one
+        // id per nanosecond); on a manual clock, from the manual time, which only moves
+        // forward, so that a simulation repeats itself.
         let first_request_id = if config.clock.is_manual() {
-            config.seed.rotate_left(32) ^ (config.clock.elapsed().as_nanos() as u64) ^ 1
+            config.clock.elapsed().as_nanos() as u64 + 1
         } else {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -580,6 +589,7 @@ impl Node {
             state: state.clone(),
             proposals: Mutex::new(HashMap::new()),
             reads: Mutex::new(Vec::new()),
+            reads_in_flight: AtomicUsize::new(0),
             next_request_id: AtomicU64::new(first_request_id),
             applied_index: AtomicU64::new(durable.index),
             durable_index: AtomicU64::new(durable.index),
@@ -587,6 +597,7 @@ impl Node {
             leader: AtomicU64::new(0),
             term: AtomicU64::new(0),
             commit_index: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
             last_index: AtomicU64::new(log.last_index(shard)),
             stopped: AtomicBool::new(false),
             failure,
@@ -636,7 +647,7 @@ impl Node {
     /// start.
     pub fn shutdown(&self) {
         self.shared.stopped.store(true, Ordering::Release);
-        let _ = self.shared.inbox.try_send(StoreMsg::ReadWake);
+        let _ = self.shared.inbox.try_send(StoreMsg::Wake);
         self.shared.watch_hub.wake();
         let threads = std::mem::take(&mut *self.shared.threads.lock());
         for thread in threads {
@@ -720,8 +731,8 @@ impl Node {
     /// with the wait and a deadline.
     ///
     /// # Errors
-    /// `TooManyRequests` when as many reads as proposals may wait already wait for the next
-    /// round; `Stopped`.
+    /// `TooManyRequests` when as many reads as proposals may wait already wait (for the next
+    /// round, or in rounds not answered yet); `Stopped`.
     pub fn submit_read(&self) -> Result<oneshot::Receiver<Result<u64, NodeError>>, NodeError> {
         let shared = &self.shared;
         if shared.is_stopped() {
@@ -730,13 +741,14 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         {
             let mut reads = shared.reads.lock();
-            if reads.len() >= shared.config.max_pending_proposals {
+            let in_flight = shared.reads_in_flight.load(Ordering::Acquire);
+            if reads.len() + in_flight >= shared.config.max_pending_proposals {
                 return Err(NodeError::TooManyRequests);
             }
             reads.push(tx);
         }
         // A full inbox is fine: the loop picks the read up on its next iteration anyway.
-        let _ = shared.inbox.try_send(StoreMsg::ReadWake);
+        let _ = shared.inbox.try_send(StoreMsg::Wake);
         Ok(rx)
     }
 
@@ -784,6 +796,7 @@ impl Node {
             revision: shared.state.current_revision(),
             db_size: shared.state.size_bytes(),
             db_size_in_use: shared.state.bytes_in_use(),
+            ticks: shared.ticks.load(Ordering::Acquire),
         }
     }
 

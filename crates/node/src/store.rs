@@ -17,16 +17,24 @@
 //! loop's ticks and heartbeats. The backlog is bounded: past [`APPLY_BACKLOG_MAX`] entries
 //! the loop waits for apply after all (memory first), and a leader refuses new proposals
 //! once apply trails commit by more than `MAX_APPLY_GAP` (see `submit_command`).
+//!
+//! A snapshot install does not stop the loop either. The replica that accepted a snapshot
+//! is *parked*: its `Ready` is kept aside while apply restores the state machine, and the
+//! replica is neither ticked nor stepped (what peers send it meanwhile is dropped, as a lossy
+//! network would; its proposals wait as they do without a leader). Every other shard goes on.
+//! Once the restore is done, the parked `Ready` is persisted (the log records the snapshot)
+//! and the replica resumes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consensus::{
-    ElectionJitter, Message, MessageType, Peer, ProtobufMessage, RaftError, Snapshot,
-    SnapshotStatus,
+    ElectionJitter, Message, MessageType, Peer, ProtobufMessage, RaftError, Ready, SnapshotStatus,
 };
+use mvcc::AppliedIndex;
 use storage::{LogStore, NodeId, ShardId, ShardLogWrite};
 
 use crate::apply::ApplyTask;
@@ -56,8 +64,8 @@ pub(crate) enum StoreMsg {
     },
     /// A snapshot arrived whole and is spooled; step its `MsgSnapshot`.
     SnapshotArrived { shard: ShardId, message: Message },
-    /// New reads are waiting in `Shared::reads`.
-    ReadWake,
+    /// Look again: new reads wait in `Shared::reads`, or apply finished a restore.
+    Wake,
     /// The transport could not reach a node.
     Unreachable { to: NodeId },
     /// The outcome of a snapshot sent to a node.
@@ -87,6 +95,24 @@ struct Replica<L: LogStore> {
     /// has committed an entry of its term, so rounds sent before that are re-sent the moment
     /// it has, instead of after the retry delay.
     committed_in_term: u64,
+    /// A snapshot install in progress: the replica is parked until apply has restored it.
+    installing: Option<Install>,
+}
+
+/// A snapshot Raft accepted, being restored into the state machine by apply.
+struct Install {
+    /// The `Ready` that carried the snapshot, persisted once the restore is done.
+    ready: Ready,
+    /// The spooled snapshot file.
+    path: PathBuf,
+    /// Apply's answer: the position the state machine was restored to.
+    restored: Receiver<Result<AppliedIndex, NodeError>>,
+}
+
+impl<L: LogStore> Replica<L> {
+    fn parked(&self) -> bool {
+        self.installing.is_some()
+    }
 }
 
 pub(crate) struct StoreLoop<L: LogStore> {
@@ -96,10 +122,11 @@ pub(crate) struct StoreLoop<L: LogStore> {
     inbox: Receiver<StoreMsg>,
     apply: SyncSender<ApplyTask>,
     read_rounds: HashMap<Vec<u8>, ReadRound>,
-    read_seq: u64,
+    /// Waiters in `read_rounds`, published in `Shared::reads_in_flight` for the bound.
+    reads_in_flight: usize,
     stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
-    /// Committed entries waiting for room in the apply queue, in log order.
-    apply_backlog: VecDeque<Vec<consensus::Entry>>,
+    /// Work waiting for room in the apply queue (committed entries, restores), in log order.
+    apply_backlog: VecDeque<ApplyTask>,
     apply_backlog_entries: usize,
     /// Ordered, so that messages go out in the same order run after run.
     outbox: BTreeMap<u64, Vec<Envelope>>,
@@ -107,7 +134,7 @@ pub(crate) struct StoreLoop<L: LogStore> {
     /// Resend an unanswered ReadIndex round (with a new context) after this long.
     read_retry: Duration,
     /// When the node is driven (no apply thread): runs the apply task's queued work on this
-    /// thread, so that a snapshot install can wait for its restore.
+    /// thread, for when the loop must wait for room in the apply queue.
     inline_apply: Option<Box<dyn FnMut() -> bool + Send>>,
 }
 
@@ -132,13 +159,11 @@ impl<L: LogStore> StoreLoop<L> {
                     reported_applied,
                     compact_to: None,
                     committed_in_term: 0,
+                    installing: None,
                 };
                 (shard, replica)
             })
             .collect();
-        let read_seq = shared
-            .next_request_id
-            .load(std::sync::atomic::Ordering::Relaxed);
         Self {
             next_tick: shared.config.clock.now() + tick,
             shared,
@@ -147,10 +172,7 @@ impl<L: LogStore> StoreLoop<L> {
             inbox,
             apply,
             read_rounds: HashMap::new(),
-            // Contexts must not repeat across restarts either: a late answer to a round of
-            // the previous run would otherwise answer a new round with an old index. Request
-            // ids start from the wall clock at every start (see `Node::build`).
-            read_seq,
+            reads_in_flight: 0,
             stalled: VecDeque::new(),
             apply_backlog: VecDeque::new(),
             apply_backlog_entries: 0,
@@ -160,8 +182,8 @@ impl<L: LogStore> StoreLoop<L> {
         }
     }
 
-    /// Makes snapshot installs run the apply task's queue with `drain` instead of waiting for
-    /// the apply thread: for a node driven on one thread.
+    /// Makes the loop run the apply task's queue with `drain` when it must wait for room in
+    /// it, instead of waiting for the apply thread: for a node driven on one thread.
     pub(crate) fn set_inline_apply(&mut self, drain: Box<dyn FnMut() -> bool + Send>) {
         self.inline_apply = Some(drain);
     }
@@ -207,7 +229,20 @@ impl<L: LogStore> StoreLoop<L> {
             return false;
         }
         self.publish_status();
+        self.publish_reads_in_flight();
         true
+    }
+
+    /// Publishes how many reads wait in rounds in flight: with those waiting for the next
+    /// round, they are bounded by `max_pending_proposals` (see `Node::submit_read`).
+    fn publish_reads_in_flight(&mut self) {
+        let in_flight = self.read_rounds.values().map(|r| r.waiters.len()).sum();
+        if in_flight != self.reads_in_flight {
+            self.reads_in_flight = in_flight;
+            self.shared
+                .reads_in_flight
+                .store(in_flight, std::sync::atomic::Ordering::Release);
+        }
     }
 
     fn handle(&mut self, msg: StoreMsg) {
@@ -234,9 +269,9 @@ impl<L: LogStore> StoreLoop<L> {
                 }
             }
             StoreMsg::SnapshotArrived { shard, message } => self.step(shard, message),
-            StoreMsg::ReadWake => {}
+            StoreMsg::Wake => {}
             StoreMsg::Unreachable { to } => {
-                for replica in self.replicas.values_mut() {
+                for replica in self.replicas.values_mut().filter(|r| !r.parked()) {
                     consensus::report_unreachable(&mut replica.peer, to.0);
                 }
             }
@@ -245,7 +280,7 @@ impl<L: LogStore> StoreLoop<L> {
                 shard,
                 delivered,
             } => {
-                if let Some(replica) = self.replicas.get_mut(&shard) {
+                if let Some(replica) = self.replicas.get_mut(&shard).filter(|r| !r.parked()) {
                     let status = if delivered {
                         SnapshotStatus::Finish
                     } else {
@@ -262,6 +297,17 @@ impl<L: LogStore> StoreLoop<L> {
             tracing::debug!(shard_id = shard.0, "message for an unknown shard");
             return;
         };
+        if replica.parked() {
+            // Raft must not be stepped with a snapshot not yet persisted; the sender retries.
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let metadata = message.get_snapshot().get_metadata();
+                let key = (shard, metadata.index, metadata.term);
+                if let Some(path) = self.shared.incoming_snapshots.lock().remove(&key) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            return;
+        }
         if let Err(e) = replica.peer.step(message) {
             tracing::debug!(shard_id = shard.0, error = %e, "raft rejected a message");
         }
@@ -273,11 +319,19 @@ impl<L: LogStore> StoreLoop<L> {
                 .finish_proposal(request_id, Err(NodeError::NoLeader));
             return;
         };
-        match replica.peer.propose(Vec::new(), data.clone()) {
+        let proposed = if replica.parked() {
+            Err(RaftError::ProposalDropped)
+        } else {
+            replica.peer.propose(Vec::new(), data.clone())
+        };
+        match proposed {
             Ok(()) => {}
-            Err(RaftError::ProposalDropped) if consensus::status(&replica.peer).leader_id == 0 => {
-                // No leader yet: keep it until one is elected (as etcd blocks proposals
-                // during an election) rather than fail a request that could succeed.
+            Err(RaftError::ProposalDropped)
+                if replica.parked() || consensus::status(&replica.peer).leader_id == 0 =>
+            {
+                // No leader yet, or the replica installs a snapshot: keep it until it can be
+                // proposed (as etcd blocks proposals during an election) rather than fail a
+                // request that could succeed.
                 if self.stalled.len() < STALLED_PROPOSALS_MAX {
                     self.stalled.push_back((shard, request_id, data));
                 } else {
@@ -302,7 +356,7 @@ impl<L: LogStore> StoreLoop<L> {
         let has_leader = self
             .replicas
             .values()
-            .all(|replica| consensus::status(&replica.peer).leader_id != 0);
+            .all(|replica| !replica.parked() && consensus::status(&replica.peer).leader_id != 0);
         if self.stalled.is_empty() || !has_leader {
             return;
         }
@@ -322,9 +376,12 @@ impl<L: LogStore> StoreLoop<L> {
             // missed ticks in a burst, which would trigger spurious elections.
             self.next_tick = now + tick;
         }
-        for replica in self.replicas.values_mut() {
+        for replica in self.replicas.values_mut().filter(|r| !r.parked()) {
             replica.jitter.tick(&mut replica.peer);
         }
+        self.shared
+            .ticks
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
     }
@@ -343,17 +400,27 @@ impl<L: LogStore> StoreLoop<L> {
         if waiters.is_empty() {
             return;
         }
-        self.read_seq += 1;
+        // Contexts must not repeat across restarts either: a late answer to a round of the
+        // previous run would otherwise answer a new round with an old index. They come from
+        // the request ids, which start past the previous run's at every start (see
+        // `Node::build`).
+        let seq = self
+            .shared
+            .next_request_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.shared.config.node_id.0.to_be_bytes());
-        context.extend_from_slice(&self.read_seq.to_be_bytes());
+        context.extend_from_slice(&seq.to_be_bytes());
         // Reads go to the first shard until reads are routed by key.
         let replica = self
             .replicas
             .values_mut()
             .next()
             .expect("a node has at least one shard");
-        replica.peer.read_index(context.clone());
+        // A parked replica cannot take the request: the round is sent once it resumes.
+        if !replica.parked() {
+            replica.peer.read_index(context.clone());
+        }
         self.read_rounds.insert(
             context,
             ReadRound {
@@ -388,7 +455,7 @@ impl<L: LogStore> StoreLoop<L> {
             .shared
             .durable_index
             .load(std::sync::atomic::Ordering::Acquire);
-        for (shard, replica) in &mut self.replicas {
+        for (shard, replica) in self.replicas.iter_mut().filter(|(_, r)| !r.parked()) {
             let truncated = self.log.first_index(*shard) - 1;
             if durable < truncated + config.snapshot_count + config.snapshot_catchup_entries {
                 continue;
@@ -483,7 +550,7 @@ impl<L: LogStore> StoreLoop<L> {
         }
         if !entries.is_empty() {
             self.apply_backlog_entries += entries.len();
-            self.apply_backlog.push_back(entries);
+            self.apply_backlog.push_back(ApplyTask::Entries(entries));
         }
         let wait = self.apply_backlog_entries > APPLY_BACKLOG_MAX;
         self.flush_apply_backlog(wait)
@@ -491,15 +558,15 @@ impl<L: LogStore> StoreLoop<L> {
 
     /// Moves the backlog into the apply queue: as much as fits, or all of it if `wait`.
     fn flush_apply_backlog(&mut self, wait: bool) -> Result<(), String> {
-        while let Some(entries) = self.apply_backlog.pop_front() {
-            let count = entries.len();
-            match self.apply.try_send(ApplyTask::Entries(entries)) {
+        while let Some(task) = self.apply_backlog.pop_front() {
+            let count = match &task {
+                ApplyTask::Entries(entries) => entries.len(),
+                ApplyTask::Restore { .. } => 0,
+            };
+            match self.apply.try_send(task) {
                 Ok(()) => self.apply_backlog_entries -= count,
                 Err(TrySendError::Full(task)) => {
-                    let ApplyTask::Entries(entries) = task else {
-                        unreachable!("entries were sent")
-                    };
-                    self.apply_backlog.push_front(entries);
+                    self.apply_backlog.push_front(task);
                     if !wait {
                         return Ok(());
                     }
@@ -509,20 +576,6 @@ impl<L: LogStore> StoreLoop<L> {
             }
         }
         Ok(())
-    }
-
-    /// Sends `task` to apply, waiting for room: only for what must not wait in the backlog.
-    fn send_to_apply(&mut self, mut task: ApplyTask) -> Result<(), String> {
-        loop {
-            match self.apply.try_send(task) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => {
-                    task = back;
-                    self.wait_for_apply()?;
-                }
-                Err(TrySendError::Disconnected(_)) => return Err("apply task stopped".into()),
-            }
-        }
     }
 
     /// Gives apply time to make room in its queue: runs it here when the node is driven on
@@ -539,10 +592,11 @@ impl<L: LogStore> StoreLoop<L> {
         Ok(())
     }
 
-    /// Installs a snapshot Raft accepted: the state machine first, durably; the caller then
-    /// records it in the log.
-    fn install_snapshot(&mut self, shard: ShardId, snapshot: &Snapshot) -> Result<(), String> {
-        let metadata = snapshot.get_metadata();
+    /// Starts installing the snapshot in `ready`, which Raft accepted: apply restores the
+    /// state machine from the spooled file, behind every entry committed before it, and the
+    /// replica stays parked with `ready` until then (see [`Self::finish_install`]).
+    fn start_install(&mut self, shard: ShardId, ready: Ready) -> Result<(), String> {
+        let metadata = ready.snapshot().get_metadata();
         let key = (shard, metadata.index, metadata.term);
         let path = self
             .shared
@@ -550,36 +604,57 @@ impl<L: LogStore> StoreLoop<L> {
             .lock()
             .remove(&key)
             .ok_or_else(|| format!("raft accepted snapshot {key:?} that was never spooled"))?;
-        // The restore follows every entry committed before it.
-        self.flush_apply_backlog(true)?;
-        let (reply, result) = std::sync::mpsc::sync_channel(1);
-        self.send_to_apply(ApplyTask::Restore {
+        tracing::info!(
+            shard_id = shard.0,
+            index = metadata.index,
+            term = metadata.term,
+            "installing snapshot"
+        );
+        let (reply, restored) = std::sync::mpsc::sync_channel(1);
+        self.apply_backlog.push_back(ApplyTask::Restore {
             path: path.clone(),
             reply,
-        })?;
-        if let Some(drain) = &mut self.inline_apply {
-            if !drain() {
-                return Err("apply failed before the snapshot install".into());
+        });
+        self.flush_apply_backlog(false)?;
+        let replica = self.replicas.get_mut(&shard).expect("a replica's ready");
+        replica.installing = Some(Install {
+            ready,
+            path,
+            restored,
+        });
+        Ok(())
+    }
+
+    /// The parked `Ready` of `shard` once apply has restored its snapshot; `None` while the
+    /// restore runs. A failed restore fails the member.
+    fn finish_install(&mut self, shard: ShardId) -> Result<Option<Ready>, String> {
+        let replica = self.replicas.get_mut(&shard).expect("listed");
+        let Some(install) = &replica.installing else {
+            return Ok(None);
+        };
+        let restored = match install.restored.try_recv() {
+            Ok(restored) => restored.map_err(|e| e.to_string())?,
+            Err(TryRecvError::Empty) => return Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                return Err("apply task stopped during snapshot install".into())
             }
-        }
-        let applied = result
-            .recv()
-            .map_err(|_| "apply task stopped during snapshot install".to_string())?
-            .map_err(|e| e.to_string())?;
-        if applied.index != metadata.index || applied.term != metadata.term {
+        };
+        let install = replica.installing.take().expect("checked above");
+        let metadata = install.ready.snapshot().get_metadata();
+        if restored.index != metadata.index || restored.term != metadata.term {
             return Err(format!(
                 "snapshot data is at index {} term {}, its metadata says index {} term {}",
-                applied.index, applied.term, metadata.index, metadata.term
+                restored.index, restored.term, metadata.index, metadata.term
             ));
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&install.path);
         tracing::info!(
             shard_id = shard.0,
             index = metadata.index,
             term = metadata.term,
             "installed snapshot"
         );
-        Ok(())
+        Ok(Some(install.ready))
     }
 
     fn handle_readies(&mut self) -> Result<(), String> {
@@ -587,43 +662,59 @@ impl<L: LogStore> StoreLoop<L> {
         let mut writes = Vec::new();
         let mut readies = Vec::new();
         let mut sync = false;
+        let mut resumed = false;
         for shard in shards {
-            let replica = self.replicas.get_mut(&shard).expect("listed above");
-            let applied = self.shared.applied_index();
-            if applied > replica.reported_applied {
-                replica.peer.advance_apply_to(applied);
-                replica.reported_applied = applied;
-            }
-            let compact_to = replica.compact_to.take();
-            if !replica.peer.has_ready() {
-                if compact_to.is_some() {
-                    writes.push(ShardLogWrite {
-                        shard,
-                        compact_to,
-                        ..Default::default()
-                    });
+            // A parked replica resumes with the `Ready` it was parked with, once restored.
+            let parked = self.replicas[&shard].parked();
+            let (mut ready, compact_to) = match self.finish_install(shard)? {
+                Some(ready) => {
+                    resumed = true;
+                    (ready, None)
                 }
-                continue;
-            }
-            let mut ready = replica.peer.ready();
-            if let Some(soft) = ready.ss() {
-                self.shared
-                    .observe_role(shard, soft.leader_id, soft.raft_state);
-            }
-            let messages = ready.take_messages();
-            self.send(shard, messages);
+                None if parked => continue,
+                None => {
+                    let replica = self.replicas.get_mut(&shard).expect("listed above");
+                    let applied = self.shared.applied_index();
+                    if applied > replica.reported_applied {
+                        replica.peer.advance_apply_to(applied);
+                        replica.reported_applied = applied;
+                    }
+                    let compact_to = replica.compact_to.take();
+                    if !replica.peer.has_ready() {
+                        if compact_to.is_some() {
+                            writes.push(ShardLogWrite {
+                                shard,
+                                compact_to,
+                                ..Default::default()
+                            });
+                        }
+                        continue;
+                    }
+                    let mut ready = replica.peer.ready();
+                    if let Some(soft) = ready.ss() {
+                        self.shared
+                            .observe_role(shard, soft.leader_id, soft.raft_state);
+                    }
+                    let messages = ready.take_messages();
+                    self.send(shard, messages);
+                    if !ready.snapshot().is_empty() {
+                        // The restore runs on apply; the replica waits for it, parked. A
+                        // compaction planned against the old log no longer applies.
+                        self.start_install(shard, ready)?;
+                        continue;
+                    }
+                    (ready, compact_to)
+                }
+            };
             let mut write = ShardLogWrite {
                 shard,
                 compact_to,
                 ..Default::default()
             };
             if !ready.snapshot().is_empty() {
-                self.install_snapshot(shard, ready.snapshot())?;
                 let metadata = ready.snapshot().get_metadata();
                 write.install_snapshot = Some((metadata.index, metadata.term));
                 write.conf_state = Some(metadata.get_conf_state().clone());
-                // A compaction planned against the old log no longer applies.
-                write.compact_to = None;
             }
             // With a snapshot in the ready, the log is replaced by the write below; raft hands
             // out no entry past it before then.
@@ -679,7 +770,9 @@ impl<L: LogStore> StoreLoop<L> {
         }
         self.flush_outbox();
         self.retry_stalled();
-        if self.leader_committed_in_new_term() && !self.read_rounds.is_empty() {
+        // Rounds held while a replica was parked, or that a new leader ignored until it had
+        // committed in its term, go out at once.
+        if (resumed || self.leader_committed_in_new_term()) && !self.read_rounds.is_empty() {
             let now = self.shared.config.clock.now();
             self.retry_read_rounds(now, Duration::ZERO);
         }
@@ -703,8 +796,10 @@ impl<L: LogStore> StoreLoop<L> {
         reached
     }
 
+    /// Publishes each replica's role and log positions. Not a parked replica's: Raft's
+    /// commit index already counts the snapshot that its log does not record yet.
     fn publish_status(&self) {
-        for (shard, replica) in &self.replicas {
+        for (shard, replica) in self.replicas.iter().filter(|(_, r)| !r.parked()) {
             let raft = consensus::status(&replica.peer);
             self.shared.observe_role(*shard, raft.leader_id, raft.role);
             self.shared

@@ -93,6 +93,10 @@ struct Member {
     kv: Arc<FaultyKvStore>,
     /// Milliseconds every state machine write takes (a slow disk, a long compaction).
     write_delay: Arc<AtomicU64>,
+    /// Milliseconds a snapshot restore takes (a large snapshot).
+    restore_delay: Arc<AtomicU64>,
+    /// Restores started and finished: a restore runs while they differ.
+    restores: Arc<(AtomicU64, AtomicU64)>,
 }
 
 /// The state machine store of a member, slowed down at will.
@@ -100,6 +104,8 @@ struct Member {
 struct SlowKv {
     inner: Arc<FaultyKvStore>,
     delay: Arc<AtomicU64>,
+    restore_delay: Arc<AtomicU64>,
+    restores: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl storage::KvStore for SlowKv {
@@ -121,7 +127,13 @@ impl storage::KvStore for SlowKv {
         &self,
         records: &mut dyn Iterator<Item = storage::Result<(storage::Table, Vec<u8>, Vec<u8>)>>,
     ) -> storage::Result<()> {
-        self.inner.restore(records)
+        self.restores.0.fetch_add(1, Ordering::AcqRel);
+        std::thread::sleep(Duration::from_millis(
+            self.restore_delay.load(Ordering::Relaxed),
+        ));
+        let restored = self.inner.restore(records);
+        self.restores.1.fetch_add(1, Ordering::AcqRel);
+        restored
     }
 
     fn size_bytes(&self) -> u64 {
@@ -163,6 +175,8 @@ impl TestCluster {
                         log: Arc::new(FaultyLogStore::new()),
                         kv: Arc::new(FaultyKvStore::new()),
                         write_delay: Arc::new(AtomicU64::new(0)),
+                        restore_delay: Arc::new(AtomicU64::new(0)),
+                        restores: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
                     };
                     (id, member)
                 })
@@ -208,6 +222,8 @@ impl TestCluster {
         let kv = SlowKv {
             inner: member.kv.clone(),
             delay: member.write_delay.clone(),
+            restore_delay: member.restore_delay.clone(),
+            restores: member.restores.clone(),
         };
         let node =
             Node::start(self.config(id), member.log.clone(), kv, transport).expect("node starts");
@@ -297,6 +313,33 @@ impl TestCluster {
         }
     }
 
+    /// Stops a follower and writes until the leader's log is compacted past what it has,
+    /// so that it can catch up only through a snapshot. Returns the leader, the stopped
+    /// member, and a running member to write through.
+    async fn leave_a_member_behind_the_log(&mut self) -> (u64, u64, u64) {
+        self.put(1, "first", "1").await;
+        let leader = self.node(1).status().leader;
+        let lagging = (1..=3).find(|id| *id != leader).unwrap();
+        self.stop(lagging);
+        let writer = (1..=3).find(|id| *id != lagging).unwrap();
+        for i in 0..1500 {
+            self.put(writer, &format!("key{i:05}"), &format!("{i}"))
+                .await;
+        }
+        // Make sure the log was compacted past what the lagging member has: the apply task
+        // makes its state durable at least every DURABLE_EVERY, then the loop compacts.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.members[&leader].log.first_index(FIRST_SHARD) < 300 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log was never compacted"
+            );
+            self.put(writer, "tick", "t").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (leader, lagging, writer)
+    }
+
     async fn wait_applied(&self, id: u64, index: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while self.node(id).status().applied_index < index {
@@ -381,27 +424,7 @@ async fn minority_is_cut_off_then_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_member_catches_up_through_a_snapshot() {
     let mut cluster = TestCluster::new(3, 200);
-    cluster.put(1, "first", "1").await;
-    let leader = cluster.node(1).status().leader;
-    let lagging = (1..=3).find(|id| *id != leader).unwrap();
-    cluster.stop(lagging);
-    let writer = (1..=3).find(|id| *id != lagging).unwrap();
-    for i in 0..1500 {
-        cluster
-            .put(writer, &format!("key{i:05}"), &format!("{i}"))
-            .await;
-    }
-    // Make sure the log was compacted past what the lagging member has: the apply task
-    // makes its state durable at least every DURABLE_EVERY, then the loop compacts.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while cluster.members[&leader].log.first_index(FIRST_SHARD) < 300 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "log was never compacted"
-        );
-        cluster.put(writer, "tick", "t").await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (leader, lagging, writer) = cluster.leave_a_member_behind_the_log().await;
     cluster.start(lagging);
     let target = cluster.node(leader).status().applied_index;
     cluster.wait_applied(lagging, target).await;
@@ -426,6 +449,73 @@ async fn lagging_member_catches_up_through_a_snapshot() {
     assert_eq!(
         cluster.get(lagging, "after").await,
         Some(b"snapshot".to_vec())
+    );
+}
+
+// Proves that a snapshot install does not stop the store loop: while a member restores a
+// snapshot slowly (2 s), its loop keeps ticking, a write sent through it waits and is then
+// applied, and the member ends with the leader's state. Before, the loop waited for the
+// restore, and every shard of the member stood still with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_loop_keeps_ticking_while_a_snapshot_is_restored() {
+    let mut cluster = TestCluster::new(3, 200);
+    let (leader, lagging, writer) = cluster.leave_a_member_behind_the_log().await;
+    cluster.members[&lagging]
+        .restore_delay
+        .store(2000, Ordering::Relaxed);
+    cluster.start(lagging);
+    let restores = cluster.members[&lagging].restores.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while restores.0.load(Ordering::Acquire) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot restore started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let node = cluster.node(lagging);
+    let ticks_before = node.status().ticks;
+    // Sent while the replica is parked: it must wait, not fail.
+    let during = tokio::spawn({
+        let node = node.clone();
+        async move {
+            node.propose(Command::Put(PutRequest {
+                key: b"during".to_vec(),
+                value: b"restore".to_vec(),
+                ..Default::default()
+            }))
+            .await
+        }
+    });
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        restores.1.load(Ordering::Acquire),
+        0,
+        "the restore finished too early to tell ({:?}, {} started)",
+        started.elapsed(),
+        restores.0.load(Ordering::Acquire)
+    );
+    let ticks = node.status().ticks - ticks_before;
+    // 50 ticks of 20 ms in that second; a loop that waits for the restore takes none.
+    assert!(ticks >= 25, "the store loop ticked {ticks} times in 1 s");
+    let applied = during
+        .await
+        .unwrap()
+        .expect("the write is applied after the restore");
+    assert!(applied.result.is_ok());
+    assert!(restores.1.load(Ordering::Acquire) >= 1);
+    let revision = cluster.node(leader).status().revision;
+    cluster
+        .wait_applied(lagging, cluster.node(leader).status().applied_index)
+        .await;
+    assert_eq!(
+        cluster.node(leader).hash_kv(revision).unwrap(),
+        cluster.node(lagging).hash_kv(revision).unwrap()
+    );
+    assert_eq!(
+        cluster.get(writer, "during").await,
+        Some(b"restore".to_vec())
     );
 }
 
@@ -456,6 +546,72 @@ async fn every_acknowledged_write_survives_a_full_crash() {
         let value = cluster.get(1 + (i + 1) % 3, &format!("k{i}")).await;
         assert_eq!(value, Some(i.to_string().into_bytes()));
     }
+}
+
+// Proves the bound on waiting reads: a member that cannot get its ReadIndex rounds answered
+// (cut off from the others) refuses reads with `TooManyRequests` once `max_pending_proposals`
+// wait, counting those in rounds already sent, instead of holding every one until it times
+// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_for_unanswered_rounds_are_bounded() {
+    let cluster = TestCluster::new(3, 100_000);
+    cluster.put(1, "k", "v").await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.net.isolate(follower, &cluster.ids);
+    let node = cluster.node(follower);
+    let max = cluster.config(follower).max_pending_proposals;
+    let mut waiting = Vec::new();
+    let mut refused = 0;
+    for i in 0..3 * max {
+        match node.submit_read() {
+            Ok(rx) => waiting.push(rx),
+            Err(NodeError::TooManyRequests) => refused += 1,
+            Err(e) => panic!("read {i}: {e}"),
+        }
+        if i % 1000 == 0 {
+            // Let the store loop move the waiting reads into rounds.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    assert!(
+        refused > 0,
+        "{} reads accepted, none refused",
+        waiting.len()
+    );
+    assert!(
+        waiting.len() <= max + 1000,
+        "{} reads accepted for a bound of {max}",
+        waiting.len()
+    );
+}
+
+// Proves that ReadIndex contexts (and request ids, which they are drawn from) never repeat
+// across restarts: a member restarted after many reads and writes starts past every id its
+// previous run used, so a late answer to an old round cannot answer a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_contexts_start_past_the_previous_run_after_a_restart() {
+    let mut cluster = TestCluster::new(1, 100_000);
+    for i in 0..200 {
+        cluster.put(1, &format!("k{i}"), "v").await;
+        cluster.get(1, &format!("k{i}")).await;
+    }
+    let used = cluster
+        .node(1)
+        .shared
+        .next_request_id
+        .load(Ordering::Acquire);
+    cluster.stop(1);
+    cluster.start(1);
+    let first = cluster
+        .node(1)
+        .shared
+        .next_request_id
+        .load(Ordering::Acquire);
+    assert!(
+        first > used,
+        "restarted at {first}, the last run reached {used}"
+    );
 }
 
 // Proves the bound on waiting proposals: past `max_pending_proposals` a write is refused with
