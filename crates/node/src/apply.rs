@@ -15,8 +15,9 @@ use consensus::{Entry, EntryType};
 use mvcc::{AppliedIndex, ApplyEntry, Store};
 use storage::KvStore;
 
+use crate::shared::Shared;
 use crate::snapshot::RecordReader;
-use crate::{proposal, NodeError, Shared};
+use crate::{proposal, NodeError};
 
 /// Entries applied between two durable state-machine commits.
 pub(crate) const DURABLE_EVERY_ENTRIES: u64 = 5_000;
@@ -141,9 +142,7 @@ impl<S: KvStore> ApplyLoop<S> {
         }
         if durable {
             let last = entries.last().map_or(0, |entry| entry.index);
-            self.shared
-                .durable_index
-                .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+            self.shared.progress.publish_durable(last);
             self.since_durable = 0;
             self.last_durable = now;
         }
@@ -208,23 +207,21 @@ impl<S: KvStore> ApplyLoop<S> {
         let mut results = results.into_iter();
         let node_id = self.shared.config.node_id.0;
         let now = self.shared.config.clock.now();
-        let mut proposals = self.shared.proposals.lock();
+        let mut answers = Vec::new();
         for proposal in decoded.iter().filter_map(|(_, _, p)| p.as_ref()) {
             let applied = results
                 .next()
                 .expect("apply_batch returns one result per command");
             self.shared.lessor.applied(now, &proposal.command, &applied);
             if proposal.origin == node_id {
-                if let Some(waiter) = proposals.remove(&proposal.request_id) {
-                    let _ = waiter.send(Ok(applied));
-                }
+                answers.push((proposal.request_id, applied));
             }
         }
-        drop(proposals);
+        self.shared.waiters.finish_applied(answers);
         // A leader becomes the primary lessor once it applied an entry of its own term.
         self.shared.lessor.applied_term(last.term);
         crate::leases::maybe_promote(&self.shared);
-        self.shared.publish_applied(last.index);
+        self.shared.progress.publish_applied(last.index);
         Ok(())
     }
 
@@ -240,10 +237,7 @@ impl<S: KvStore> ApplyLoop<S> {
         self.shared.lessor.applied_term(applied.term);
         // The snapshot may skip revisions: watchers catch up from the new history.
         self.shared.watch_hub.reset(self.store.current_revision());
-        self.shared
-            .durable_index
-            .store(applied.index, std::sync::atomic::Ordering::Release);
-        self.shared.publish_applied(applied.index);
+        self.shared.progress.restored(applied.index);
         Ok(applied)
     }
 }

@@ -35,7 +35,8 @@ use mvcc::{
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::{NodeError, Shared, FIRST_SHARD};
+use crate::shared::Shared;
+use crate::{NodeError, FIRST_SHARD};
 
 /// How often the leader looks for expired leases.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
@@ -335,8 +336,8 @@ fn poll_in_flight(slot: &mut Option<InFlight>) -> bool {
 
 /// Makes this member the primary lessor if it leads and has applied an entry of its term.
 pub(crate) fn maybe_promote(shared: &Shared) {
-    let term = shared.term.load(Ordering::Acquire);
-    let leads = shared.leader.load(Ordering::Acquire) == shared.config.node_id.0;
+    let term = shared.raft.term();
+    let leads = shared.raft.leader() == shared.config.node_id.0;
     if leads && term != 0 && shared.lessor.applied_term.load(Ordering::Acquire) == term {
         let now = shared.config.clock.now();
         shared.lessor.promote(term, now, || shared.state.leases());
@@ -348,10 +349,10 @@ pub(crate) fn maybe_promote(shared: &Shared) {
 pub(crate) fn tick(shared: &Shared) {
     let lessor = &shared.lessor;
     let now = shared.config.clock.now();
-    let leads = shared.leader.load(Ordering::Acquire) == shared.config.node_id.0;
+    let leads = shared.raft.leader() == shared.config.node_id.0;
     if !leads {
         for request_id in lessor.demote() {
-            shared.forget_proposal(request_id);
+            shared.waiters.forget_proposal(request_id);
         }
         return;
     }
@@ -366,7 +367,7 @@ pub(crate) fn tick(shared: &Shared) {
             .collect()
     };
     for request_id in expired_waiters {
-        shared.forget_proposal(request_id);
+        shared.waiters.forget_proposal(request_id);
     }
     for expire in lessor.due(now, EXPIRIES_PER_TICK) {
         match crate::submit_command(shared, FIRST_SHARD, &Command::LeaseExpire(expire)) {

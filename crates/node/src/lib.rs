@@ -8,6 +8,10 @@
 //!   stalls consensus.
 //! - `snapshot`: snapshot streaming, spooling and installation.
 //! - `proposal`: the encoding of a client request inside a log entry.
+//! - `shared`: what the threads share, in parts with one writer each (waiters, the Raft
+//!   view the store loop publishes, the progress apply publishes, the lifecycle, snapshot
+//!   files), reached only through their methods.
+//! - `leases`: the lessor (lease clocks on the leader); `watching`: the watch catch-up.
 //!
 //! Invariants:
 //! - **Persist before apply**: only entries durable in the local log are applied (the raft
@@ -25,25 +29,25 @@ mod apply;
 mod clock;
 mod leases;
 mod proposal;
+mod shared;
 mod snapshot;
 mod state;
 mod store;
 mod watching;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::collections::BTreeMap;
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use consensus::{Message, MessageType, PeerStorage, ProtobufMessage, RaftConfig, StateRole};
+use consensus::{Message, MessageType, PeerStorage, ProtobufMessage, RaftConfig};
 use parking_lot::Mutex;
 use storage::{LogStore, ShardLogWrite};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::apply::ApplyLoop;
-use crate::snapshot::{IncomingFiles, OutgoingViews, Spool, StateSnapshots};
+use crate::shared::{Lifecycle, Progress, RaftView, Shared, SnapshotFiles, Waiters};
+use crate::snapshot::{Spool, StateSnapshots};
 use crate::state::StateReader;
 use crate::store::{StoreLoop, StoreMsg};
 
@@ -320,108 +324,6 @@ const APPLY_QUEUE_CAPACITY: usize = 1024;
 /// requests` (etcd's `maxGapBetweenApplyAndCommitIndex`).
 const MAX_APPLY_GAP: u64 = 5000;
 
-/// Answers one linearizable read waiter with the read index.
-pub(crate) type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
-type ProposalWaiter = oneshot::Sender<Result<Applied, NodeError>>;
-
-/// State shared by the handle, the store loop and the apply task.
-pub(crate) struct Shared {
-    config: NodeConfig,
-    inbox: SyncSender<StoreMsg>,
-    transport: Arc<dyn Transport>,
-    state: Arc<dyn StateReader>,
-    /// Proposals of this node waiting to be applied, by request id.
-    proposals: Mutex<HashMap<u64, ProposalWaiter>>,
-    /// Reads waiting for the next ReadIndex round.
-    reads: Mutex<Vec<ReadWaiter>>,
-    /// Reads in ReadIndex rounds not answered yet (published by the store loop).
-    reads_in_flight: AtomicUsize,
-    next_request_id: AtomicU64,
-    applied_index: AtomicU64,
-    /// The applied index the state machine has made durable: the log is never compacted
-    /// past it. Published by apply, so the store loop never waits on the state machine.
-    durable_index: AtomicU64,
-    applied_tx: watch::Sender<u64>,
-    leader: AtomicU64,
-    term: AtomicU64,
-    commit_index: AtomicU64,
-    last_index: AtomicU64,
-    /// Ticks taken by the store loop.
-    ticks: AtomicU64,
-    stopped: AtomicBool,
-    failure: watch::Sender<Option<String>>,
-    outgoing_snapshots: Arc<OutgoingViews>,
-    incoming_snapshots: IncomingFiles,
-    snapshot_seq: AtomicU64,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The watchers of this member; the apply task publishes to it.
-    watch_hub: Arc<::watch::Hub>,
-    /// When this member's leases expire.
-    lessor: leases::Lessor,
-}
-
-impl Shared {
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Records a fatal error: the member stops serving.
-    fn fail(&self, error: String) {
-        tracing::error!(error = %error, "member failed");
-        self.failure.send_if_modified(|failure| {
-            if failure.is_none() {
-                *failure = Some(error);
-                true
-            } else {
-                false
-            }
-        });
-        self.stopped.store(true, Ordering::Release);
-        self.proposals.lock().clear();
-        self.reads.lock().clear();
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied_index.load(Ordering::Acquire)
-    }
-
-    fn publish_applied(&self, index: u64) {
-        self.applied_index.store(index, Ordering::Release);
-        self.applied_tx.send_replace(index);
-    }
-
-    fn finish_proposal(&self, request_id: u64, result: Result<Applied, NodeError>) {
-        if let Some(waiter) = self.proposals.lock().remove(&request_id) {
-            let _ = waiter.send(result);
-        }
-    }
-
-    /// Stops waiting for a proposal (its caller gave up; it may still be applied).
-    fn forget_proposal(&self, request_id: u64) {
-        self.proposals.lock().remove(&request_id);
-    }
-
-    fn proposal_waiting(&self, request_id: u64) -> bool {
-        self.proposals
-            .lock()
-            .get(&request_id)
-            .is_some_and(|waiter| !waiter.is_closed())
-    }
-
-    fn observe_role(&self, shard: ShardId, leader: u64, role: StateRole) {
-        let previous = self.leader.swap(leader, Ordering::AcqRel);
-        if previous != leader {
-            tracing::info!(shard_id = shard.0, leader_id = leader, role = ?role, "leader changed");
-        }
-    }
-
-    fn observe_log(&self, term: u64, commit_index: u64, last_index: u64) {
-        self.term.store(term, Ordering::Release);
-        self.commit_index.store(commit_index, Ordering::Release);
-        self.last_index.store(last_index, Ordering::Release);
-    }
-}
-
 /// Receives the chunks of an incoming snapshot and hands it to the store loop when complete.
 pub struct SnapshotSink {
     shared: Arc<Shared>,
@@ -448,9 +350,7 @@ impl SnapshotSink {
         let path = self.spool.complete()?;
         let metadata = self.message.get_snapshot().get_metadata();
         let key = (self.shard, metadata.index, metadata.term);
-        if let Some(stale) = self.shared.incoming_snapshots.lock().insert(key, path) {
-            let _ = std::fs::remove_file(stale);
-        }
+        self.shared.snapshots.add_incoming(key, path);
         let msg = StoreMsg::SnapshotArrived {
             shard: self.shard,
             message: self.message,
@@ -509,9 +409,8 @@ impl Node {
         let lessor_shared = shared.clone();
         let lessor_thread = spawn("lessor", Box::new(move || leases::run(&lessor_shared)))?;
         shared
-            .threads
-            .lock()
-            .extend([store_thread, apply_thread, watch_thread, lessor_thread]);
+            .life
+            .add_threads([store_thread, apply_thread, watch_thread, lessor_thread]);
         Ok(node)
     }
 
@@ -530,8 +429,8 @@ impl Node {
     ) -> Result<(Node, Driver), NodeError> {
         let (node, mut store_loop, apply_loop) = Self::build(config, log, kv, transport)?;
         let state = apply_loop.store();
-        // The store loop runs the apply queue itself while it installs a snapshot (it waits
-        // for the restore, and no other thread would apply), so the two share the apply loop.
+        // The store loop runs the apply queue itself when it must wait for room in it (no
+        // other thread would apply), so the two share the apply loop.
         let apply = Arc::new(Mutex::new(DrivenApply { apply_loop, lag: 0 }));
         let inline = apply.clone();
         store_loop.set_inline_apply(Box::new(move || inline.lock().drain()));
@@ -566,10 +465,7 @@ impl Node {
 
         let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(INBOX_CAPACITY);
         let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_CAPACITY);
-        let (applied_tx, _) = watch::channel(durable.index);
-        let (failure, _) = watch::channel(None);
         let state: Arc<dyn StateReader> = store.clone();
-        let outgoing_snapshots = Arc::new(OutgoingViews::default());
         // Request ids must not repeat across restarts while old entries may still be
         // applied, nor may ReadIndex contexts (taken from the same counter): start from the
         // wall clock, in nanoseconds, past any id of an earlier run (which took fewer than one
@@ -587,24 +483,11 @@ impl Node {
             inbox: inbox_tx,
             transport,
             state: state.clone(),
-            proposals: Mutex::new(HashMap::new()),
-            reads: Mutex::new(Vec::new()),
-            reads_in_flight: AtomicUsize::new(0),
-            next_request_id: AtomicU64::new(first_request_id),
-            applied_index: AtomicU64::new(durable.index),
-            durable_index: AtomicU64::new(durable.index),
-            applied_tx,
-            leader: AtomicU64::new(0),
-            term: AtomicU64::new(0),
-            commit_index: AtomicU64::new(0),
-            ticks: AtomicU64::new(0),
-            last_index: AtomicU64::new(log.last_index(shard)),
-            stopped: AtomicBool::new(false),
-            failure,
-            outgoing_snapshots: outgoing_snapshots.clone(),
-            incoming_snapshots: IncomingFiles::default(),
-            snapshot_seq: AtomicU64::new(0),
-            threads: Mutex::new(Vec::new()),
+            waiters: Waiters::new(config.max_pending_proposals, first_request_id),
+            raft: RaftView::new(log.last_index(shard)),
+            progress: Progress::new(durable.index),
+            life: Lifecycle::default(),
+            snapshots: SnapshotFiles::default(),
             watch_hub: ::watch::Hub::new(store.current_revision(), config.watch),
             lessor: leases::Lessor::default(),
         });
@@ -616,7 +499,7 @@ impl Node {
         let snapshots = Arc::new(StateSnapshots {
             state,
             log: log.clone(),
-            outgoing: outgoing_snapshots,
+            outgoing: shared.snapshots.outgoing(),
         });
         let peer = consensus::new_peer(
             &raft_config,
@@ -646,21 +529,17 @@ impl Node {
     /// applied but not yet durable in the state machine are replayed from the log at the next
     /// start.
     pub fn shutdown(&self) {
-        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.life.stop();
         let _ = self.shared.inbox.try_send(StoreMsg::Wake);
         self.shared.watch_hub.wake();
-        let threads = std::mem::take(&mut *self.shared.threads.lock());
-        for thread in threads {
-            let _ = thread.join();
-        }
-        self.shared.proposals.lock().clear();
-        self.shared.reads.lock().clear();
+        self.shared.life.join();
+        self.shared.waiters.clear();
     }
 
     /// Resolves when the member hits a fatal error (storage failure or corruption), with its
     /// description. The member no longer serves after that; the process should exit.
     pub async fn failed(&self) -> String {
-        let mut failure = self.shared.failure.subscribe();
+        let mut failure = self.shared.life.failure();
         let result = failure.wait_for(Option::is_some).await;
         match result {
             Ok(failure) => failure.clone().unwrap_or_default(),
@@ -681,7 +560,7 @@ impl Node {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(NodeError::Stopped),
             Err(_) => {
-                shared.proposals.lock().remove(&request_id);
+                shared.waiters.forget_proposal(request_id);
                 Err(NodeError::Timeout)
             }
         }
@@ -714,7 +593,7 @@ impl Node {
             Ok(Err(_)) => return Err(NodeError::Stopped),
             Err(_) => return Err(NodeError::Timeout),
         };
-        let mut applied = shared.applied_tx.subscribe();
+        let mut applied = shared.progress.subscribe();
         let reached = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index))
             .await
             .map(|waited| waited.is_ok());
@@ -739,14 +618,7 @@ impl Node {
             return Err(NodeError::Stopped);
         }
         let (tx, rx) = oneshot::channel();
-        {
-            let mut reads = shared.reads.lock();
-            let in_flight = shared.reads_in_flight.load(Ordering::Acquire);
-            if reads.len() + in_flight >= shared.config.max_pending_proposals {
-                return Err(NodeError::TooManyRequests);
-            }
-            reads.push(tx);
-        }
+        shared.waiters.add_read(tx)?;
         // A full inbox is fine: the loop picks the read up on its next iteration anyway.
         let _ = shared.inbox.try_send(StoreMsg::Wake);
         Ok(rx)
@@ -754,7 +626,7 @@ impl Node {
 
     /// The index of the last entry applied to this member's state machine.
     pub fn applied_index(&self) -> u64 {
-        self.shared.applied_index()
+        self.shared.progress.applied()
     }
 
     /// Reads local state (serializable). Call after [`Node::read_index`] for linearizable.
@@ -788,15 +660,15 @@ impl Node {
         NodeStatus {
             member_id: shared.config.node_id.0,
             cluster_id: shared.config.cluster_id,
-            leader: shared.leader.load(Ordering::Acquire),
-            term: shared.term.load(Ordering::Acquire),
-            raft_index: shared.last_index.load(Ordering::Acquire),
-            commit_index: shared.commit_index.load(Ordering::Acquire),
-            applied_index: shared.applied_index(),
+            leader: shared.raft.leader(),
+            term: shared.raft.term(),
+            raft_index: shared.raft.last_index(),
+            commit_index: shared.raft.commit_index(),
+            applied_index: shared.progress.applied(),
             revision: shared.state.current_revision(),
             db_size: shared.state.size_bytes(),
             db_size_in_use: shared.state.bytes_in_use(),
-            ticks: shared.ticks.load(Ordering::Acquire),
+            ticks: shared.raft.ticks(),
         }
     }
 
@@ -874,15 +746,15 @@ impl Node {
     /// lessor of its term; returns the term.
     async fn confirm_leadership(&self) -> Result<u64, NodeError> {
         let shared = &self.shared;
-        let is_leader = || shared.leader.load(Ordering::Acquire) == shared.config.node_id.0;
+        let is_leader = || shared.raft.leader() == shared.config.node_id.0;
         if !is_leader() {
             return Err(NodeError::NotLeader(self.leader()));
         }
-        let term = shared.term.load(Ordering::Acquire);
+        let term = shared.raft.term();
         self.read_index().await?;
         // The read index is at least the leader's first entry of its term, now applied.
         leases::maybe_promote(shared);
-        if !is_leader() || shared.term.load(Ordering::Acquire) != term {
+        if !is_leader() || shared.raft.term() != term {
             return Err(NodeError::NotLeader(self.leader()));
         }
         Ok(term)
@@ -896,7 +768,7 @@ impl Node {
     /// An id no other call on any member returns (for leases granted without one): this
     /// member's id in the top bits, a request counter below, always positive and non-zero.
     pub fn unique_id(&self) -> i64 {
-        let counter = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let counter = self.shared.waiters.next_id();
         let member = self.shared.config.node_id.0.rotate_left(48) & 0x7fff_0000_0000_0000;
         let id = (member ^ (counter & 0x0000_ffff_ffff_ffff)) & 0x7fff_ffff_ffff_ffff;
         (id.max(1)) as i64
@@ -904,7 +776,7 @@ impl Node {
 
     /// The leader this member knows of, 0 if none.
     pub fn leader(&self) -> u64 {
-        self.shared.leader.load(Ordering::Acquire)
+        self.shared.raft.leader()
     }
 
     /// The watchers of this member: the Watch API opens its streams here.
@@ -919,7 +791,7 @@ impl Node {
         (
             shared.config.cluster_id,
             shared.config.node_id.0,
-            shared.term.load(Ordering::Acquire),
+            shared.raft.term(),
         )
     }
 
@@ -963,7 +835,7 @@ impl Node {
                 "snapshot stream does not start with a snapshot message from its sender".into(),
             ));
         }
-        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.shared.snapshots.next_seq();
         let name = format!("{}-{}-{}.part", shard.0, from.0, seq);
         let spool = Spool::create(&self.shared.config.snapshot_dir, &name)?;
         Ok(SnapshotSink {
@@ -1057,19 +929,11 @@ fn submit_command(
     if shared.is_stopped() {
         return Err(NodeError::Stopped);
     }
-    let committed = shared.commit_index.load(Ordering::Acquire);
-    if committed > shared.applied_index() + MAX_APPLY_GAP {
+    let committed = shared.raft.commit_index();
+    if committed > shared.progress.applied() + MAX_APPLY_GAP {
         return Err(NodeError::TooManyRequests);
     }
-    let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = oneshot::channel();
-    {
-        let mut proposals = shared.proposals.lock();
-        if proposals.len() >= shared.config.max_pending_proposals {
-            return Err(NodeError::TooManyRequests);
-        }
-        proposals.insert(request_id, tx);
-    }
+    let (request_id, rx) = shared.waiters.add_proposal()?;
     let data = proposal::encode(shared.config.node_id.0, request_id, command);
     let msg = StoreMsg::Propose {
         shard,
@@ -1077,7 +941,7 @@ fn submit_command(
         data,
     };
     if let Err(e) = shared.inbox.try_send(msg) {
-        shared.proposals.lock().remove(&request_id);
+        shared.waiters.forget_proposal(request_id);
         return Err(match e {
             TrySendError::Full(_) => NodeError::TooManyRequests,
             TrySendError::Disconnected(_) => NodeError::Stopped,

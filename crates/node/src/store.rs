@@ -38,8 +38,9 @@ use mvcc::AppliedIndex;
 use storage::{LogStore, NodeId, ShardId, ShardLogWrite};
 
 use crate::apply::ApplyTask;
+use crate::shared::{ReadWaiter, Shared};
 use crate::snapshot::ChunkIter;
-use crate::{Envelope, NodeError, OutgoingSnapshot, ReadWaiter, Shared};
+use crate::{Envelope, NodeError, OutgoingSnapshot};
 
 /// Inbox messages handled in one iteration at most, so ticks stay on time under load.
 const INBOX_BATCH: usize = 4096;
@@ -122,7 +123,7 @@ pub(crate) struct StoreLoop<L: LogStore> {
     inbox: Receiver<StoreMsg>,
     apply: SyncSender<ApplyTask>,
     read_rounds: HashMap<Vec<u8>, ReadRound>,
-    /// Waiters in `read_rounds`, published in `Shared::reads_in_flight` for the bound.
+    /// Waiters in `read_rounds`, published to `Waiters` for the bound on reads.
     reads_in_flight: usize,
     stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
     /// Work waiting for room in the apply queue (committed entries, restores), in log order.
@@ -239,9 +240,7 @@ impl<L: LogStore> StoreLoop<L> {
         let in_flight = self.read_rounds.values().map(|r| r.waiters.len()).sum();
         if in_flight != self.reads_in_flight {
             self.reads_in_flight = in_flight;
-            self.shared
-                .reads_in_flight
-                .store(in_flight, std::sync::atomic::Ordering::Release);
+            self.shared.waiters.set_reads_in_flight(in_flight);
         }
     }
 
@@ -302,7 +301,7 @@ impl<L: LogStore> StoreLoop<L> {
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 let metadata = message.get_snapshot().get_metadata();
                 let key = (shard, metadata.index, metadata.term);
-                if let Some(path) = self.shared.incoming_snapshots.lock().remove(&key) {
+                if let Some(path) = self.shared.snapshots.take_incoming(&key) {
                     let _ = std::fs::remove_file(path);
                 }
             }
@@ -316,6 +315,7 @@ impl<L: LogStore> StoreLoop<L> {
     fn propose(&mut self, shard: ShardId, request_id: u64, data: Vec<u8>) {
         let Some(replica) = self.replicas.get_mut(&shard) else {
             self.shared
+                .waiters
                 .finish_proposal(request_id, Err(NodeError::NoLeader));
             return;
         };
@@ -336,17 +336,20 @@ impl<L: LogStore> StoreLoop<L> {
                     self.stalled.push_back((shard, request_id, data));
                 } else {
                     self.shared
+                        .waiters
                         .finish_proposal(request_id, Err(NodeError::TooManyRequests));
                 }
             }
             Err(RaftError::ProposalDropped) => {
                 // A leader exists but refused (leadership transfer, uncommitted-size limit).
                 self.shared
+                    .waiters
                     .finish_proposal(request_id, Err(NodeError::TooManyRequests));
             }
             Err(e) => {
                 tracing::warn!(shard_id = shard.0, error = %e, "proposal failed");
                 self.shared
+                    .waiters
                     .finish_proposal(request_id, Err(NodeError::LeaderChanged));
             }
         }
@@ -361,7 +364,7 @@ impl<L: LogStore> StoreLoop<L> {
             return;
         }
         for (shard, request_id, data) in std::mem::take(&mut self.stalled) {
-            if self.shared.proposal_waiting(request_id) {
+            if self.shared.waiters.proposal_waiting(request_id) {
                 self.propose(shard, request_id, data);
             }
         }
@@ -379,15 +382,13 @@ impl<L: LogStore> StoreLoop<L> {
         for replica in self.replicas.values_mut().filter(|r| !r.parked()) {
             replica.jitter.tick(&mut replica.peer);
         }
-        self.shared
-            .ticks
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared.raft.tick();
         self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
     }
 
     fn start_read_round(&mut self) {
-        let waiters = std::mem::take(&mut *self.shared.reads.lock());
+        let waiters = self.shared.waiters.take_reads();
         if !waiters.is_empty() {
             self.issue_read_round(waiters);
         }
@@ -404,10 +405,7 @@ impl<L: LogStore> StoreLoop<L> {
         // previous run would otherwise answer a new round with an old index. They come from
         // the request ids, which start past the previous run's at every start (see
         // `Node::build`).
-        let seq = self
-            .shared
-            .next_request_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.shared.waiters.next_id();
         let mut context = Vec::with_capacity(16);
         context.extend_from_slice(&self.shared.config.node_id.0.to_be_bytes());
         context.extend_from_slice(&seq.to_be_bytes());
@@ -451,10 +449,7 @@ impl<L: LogStore> StoreLoop<L> {
     /// make the state machine replay.
     fn plan_log_compaction(&mut self) {
         let config = &self.shared.config;
-        let durable = self
-            .shared
-            .durable_index
-            .load(std::sync::atomic::Ordering::Acquire);
+        let durable = self.shared.progress.durable();
         for (shard, replica) in self.replicas.iter_mut().filter(|(_, r)| !r.parked()) {
             let truncated = self.log.first_index(*shard) - 1;
             if durable < truncated + config.snapshot_count + config.snapshot_catchup_entries {
@@ -486,7 +481,7 @@ impl<L: LogStore> StoreLoop<L> {
 
     fn send_snapshot(&mut self, shard: ShardId, message: Message) {
         let to = message.to;
-        let Some((metadata, view)) = self.shared.outgoing_snapshots.lock().remove(&to) else {
+        let Some((metadata, view)) = self.shared.snapshots.take_outgoing(to) else {
             tracing::warn!(peer_id = to, "snapshot message without a read view");
             if let Some(replica) = self.replicas.get_mut(&shard) {
                 replica.peer.report_snapshot(to, SnapshotStatus::Failure);
@@ -600,9 +595,8 @@ impl<L: LogStore> StoreLoop<L> {
         let key = (shard, metadata.index, metadata.term);
         let path = self
             .shared
-            .incoming_snapshots
-            .lock()
-            .remove(&key)
+            .snapshots
+            .take_incoming(&key)
             .ok_or_else(|| format!("raft accepted snapshot {key:?} that was never spooled"))?;
         tracing::info!(
             shard_id = shard.0,
@@ -674,7 +668,7 @@ impl<L: LogStore> StoreLoop<L> {
                 None if parked => continue,
                 None => {
                     let replica = self.replicas.get_mut(&shard).expect("listed above");
-                    let applied = self.shared.applied_index();
+                    let applied = self.shared.progress.applied();
                     if applied > replica.reported_applied {
                         replica.peer.advance_apply_to(applied);
                         replica.reported_applied = applied;
@@ -693,6 +687,7 @@ impl<L: LogStore> StoreLoop<L> {
                     let mut ready = replica.peer.ready();
                     if let Some(soft) = ready.ss() {
                         self.shared
+                            .raft
                             .observe_role(shard, soft.leader_id, soft.raft_state);
                     }
                     let messages = ready.take_messages();
@@ -734,10 +729,7 @@ impl<L: LogStore> StoreLoop<L> {
         // Leader messages go out before the fsync: replication overlaps the local write.
         self.flush_outbox();
         if !writes.is_empty() {
-            let durable = self
-                .shared
-                .durable_index
-                .load(std::sync::atomic::Ordering::Acquire);
+            let durable = self.shared.progress.durable();
             for write in &writes {
                 if let Some((index, _)) = write.compact_to {
                     assert!(
@@ -801,8 +793,11 @@ impl<L: LogStore> StoreLoop<L> {
     fn publish_status(&self) {
         for (shard, replica) in self.replicas.iter().filter(|(_, r)| !r.parked()) {
             let raft = consensus::status(&replica.peer);
-            self.shared.observe_role(*shard, raft.leader_id, raft.role);
             self.shared
+                .raft
+                .observe_role(*shard, raft.leader_id, raft.role);
+            self.shared
+                .raft
                 .observe_log(raft.term, raft.committed, raft.last_index);
         }
     }

@@ -1,7 +1,8 @@
 //! Store-loop tests: whole nodes (store loop, apply task, raft, mvcc) over in-memory storage
 //! and an in-process transport that can cut links.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -596,18 +597,10 @@ async fn read_contexts_start_past_the_previous_run_after_a_restart() {
         cluster.put(1, &format!("k{i}"), "v").await;
         cluster.get(1, &format!("k{i}")).await;
     }
-    let used = cluster
-        .node(1)
-        .shared
-        .next_request_id
-        .load(Ordering::Acquire);
+    let used = cluster.node(1).shared.waiters.next_id();
     cluster.stop(1);
     cluster.start(1);
-    let first = cluster
-        .node(1)
-        .shared
-        .next_request_id
-        .load(Ordering::Acquire);
+    let first = cluster.node(1).shared.waiters.next_id();
     assert!(
         first > used,
         "restarted at {first}, the last run reached {used}"
@@ -620,13 +613,9 @@ async fn read_contexts_start_past_the_previous_run_after_a_restart() {
 async fn pending_proposals_are_bounded() {
     let cluster = TestCluster::new(1, 100_000);
     let node = cluster.node(1);
-    let filler: Vec<_> = (0..cluster.config(1).max_pending_proposals)
-        .map(|i| {
-            let (tx, _rx) = oneshot::channel();
-            (u64::MAX - i as u64, tx)
-        })
-        .collect();
-    node.shared.proposals.lock().extend(filler);
+    node.shared
+        .waiters
+        .fill_proposals(cluster.config(1).max_pending_proposals);
     let refused = node
         .propose(Command::Put(PutRequest {
             key: b"k".to_vec(),

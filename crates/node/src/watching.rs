@@ -8,7 +8,7 @@ use mvcc::Store;
 use storage::KvStore;
 use watch::SyncOutcome;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// How long the thread sleeps while no watcher is behind (etcd's resync period), unless a
 /// watcher falling behind wakes it.
