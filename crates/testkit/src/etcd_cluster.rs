@@ -14,9 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::Channel;
 
-use crate::{
-    agreed_leader, free_ports, without_env_prefix, Member, Members, START_ATTEMPTS, START_TIMEOUT,
-};
+use crate::{agreed_leader, launch, without_env_prefix, Launch, Member, Members, START_TIMEOUT};
 
 /// What etcd prints when it cannot bind one of its ports.
 const ETCD_BIND_FAILURE: &str = "address already in use";
@@ -60,36 +58,7 @@ impl EtcdCluster {
             members: Vec::new(),
             token: format!("testkit-etcd-{}", std::process::id()),
         };
-        for attempt in 1..=START_ATTEMPTS {
-            cluster.kill_all();
-            let ports = free_ports(2 * size);
-            cluster.members = (0..size)
-                .map(|i| Member {
-                    name: format!("e{i}"),
-                    client_port: ports[2 * i],
-                    peer_port: ports[2 * i + 1],
-                    child: None,
-                    log: cluster.dir().join(format!("e{i}.log")),
-                    starts: 0,
-                })
-                .collect();
-            for i in 0..size {
-                // A previous attempt's data names other ports: start afresh.
-                let data = cluster.data_dir(i);
-                if data.exists() {
-                    std::fs::remove_dir_all(&data)
-                        .with_context(|| format!("remove {}", data.display()))?;
-                }
-                cluster.spawn(i)?;
-            }
-            match cluster.wait_all_listening() {
-                Ok(()) => break,
-                Err(e) if attempt < START_ATTEMPTS && cluster.bind_failed() => {
-                    eprintln!("testkit: etcd port collision, starting again on new ports ({e:#})");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        launch(&mut cluster, size, "e")?;
         cluster.wait_for_leader(START_TIMEOUT).await?;
         Ok(cluster)
     }
@@ -209,6 +178,36 @@ impl EtcdCluster {
         self.members
             .iter()
             .any(|m| m.current_log().contains(ETCD_BIND_FAILURE))
+    }
+}
+
+impl Launch for EtcdCluster {
+    fn dir(&self) -> &Path {
+        EtcdCluster::dir(self)
+    }
+
+    fn set_members(&mut self, members: Vec<Member>) {
+        self.members = members;
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        EtcdCluster::data_dir(self, i)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        EtcdCluster::spawn(self, i)
+    }
+
+    fn wait_all_listening(&mut self) -> anyhow::Result<()> {
+        EtcdCluster::wait_all_listening(self)
+    }
+
+    fn bind_failed(&self) -> bool {
+        EtcdCluster::bind_failed(self)
+    }
+
+    fn kill_all(&mut self) {
+        EtcdCluster::kill_all(self);
     }
 }
 

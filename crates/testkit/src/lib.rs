@@ -206,6 +206,88 @@ struct Member {
     starts: usize,
 }
 
+/// A cluster of member processes as [`launch`] starts it.
+trait Launch {
+    /// The directory of the members' data directories and logs.
+    fn dir(&self) -> &Path;
+    fn set_members(&mut self, members: Vec<Member>);
+    fn data_dir(&self, i: usize) -> PathBuf;
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Waits until every member listens, within [`START_TIMEOUT`].
+    fn wait_all_listening(&mut self) -> anyhow::Result<()>;
+    /// Whether a member failed because its port was taken.
+    fn bind_failed(&self) -> bool;
+    fn kill_all(&mut self);
+}
+
+/// Starts `size` new members named `{prefix}{i}` on free ports and waits until each
+/// listens. A member that cannot bind a port (taken after [`free_ports`] released it)
+/// makes the whole cluster start again on new ports, a few times.
+fn launch(cluster: &mut impl Launch, size: usize, prefix: &str) -> anyhow::Result<()> {
+    for attempt in 1..=START_ATTEMPTS {
+        cluster.kill_all();
+        let ports = free_ports(2 * size);
+        let members = (0..size)
+            .map(|i| Member {
+                name: format!("{prefix}{i}"),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                child: None,
+                log: cluster.dir().join(format!("{prefix}{i}.log")),
+                starts: 0,
+            })
+            .collect();
+        cluster.set_members(members);
+        for i in 0..size {
+            // A previous attempt's data was made for other ports: start afresh.
+            let data = cluster.data_dir(i);
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .with_context(|| format!("remove {}", data.display()))?;
+            }
+            cluster.spawn(i)?;
+        }
+        match cluster.wait_all_listening() {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < START_ATTEMPTS && cluster.bind_failed() => {
+                eprintln!("testkit: port collision, starting again on new ports ({e:#})");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+impl Launch for Cluster {
+    fn dir(&self) -> &Path {
+        Cluster::dir(self)
+    }
+
+    fn set_members(&mut self, members: Vec<Member>) {
+        self.members = members;
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        Cluster::data_dir(self, i)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        Cluster::spawn(self, i)
+    }
+
+    fn wait_all_listening(&mut self) -> anyhow::Result<()> {
+        Cluster::wait_all_listening(self, START_TIMEOUT)
+    }
+
+    fn bind_failed(&self) -> bool {
+        Cluster::bind_failed(self)
+    }
+
+    fn kill_all(&mut self) {
+        Cluster::kill_all(self);
+    }
+}
+
 impl Member {
     fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
@@ -352,37 +434,8 @@ impl Cluster {
             token: format!("testkit-{}", std::process::id()),
             extra_args: extra_args.iter().map(|s| (*s).to_string()).collect(),
         };
-        for attempt in 1..=START_ATTEMPTS {
-            cluster.kill_all();
-            let ports = free_ports(2 * size);
-            cluster.members = (0..size)
-                .map(|i| Member {
-                    name: format!("m{i}"),
-                    client_port: ports[2 * i],
-                    peer_port: ports[2 * i + 1],
-                    child: None,
-                    log: cluster.dir().join(format!("m{i}.log")),
-                    starts: 0,
-                })
-                .collect();
-            for i in 0..size {
-                // A previous attempt's data was made for other ports: start afresh.
-                let data = cluster.data_dir(i);
-                if data.exists() {
-                    std::fs::remove_dir_all(&data)
-                        .with_context(|| format!("remove {}", data.display()))?;
-                }
-                cluster.spawn(i)?;
-            }
-            match cluster.wait_all_listening(START_TIMEOUT) {
-                Ok(()) => return Ok(cluster),
-                Err(e) if attempt < START_ATTEMPTS && cluster.bind_failed() => {
-                    eprintln!("testkit: port collision, starting again on new ports ({e:#})");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the last attempt returns")
+        launch(&mut cluster, size, "m")?;
+        Ok(cluster)
     }
 
     /// Number of members.
@@ -680,26 +733,10 @@ impl Cluster {
     /// No agreement within `timeout`; the error says why the last check failed and where
     /// the members' logs are.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match tokio::time::timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.leader(),
-            )
+        let dir = self.dir().display().to_string();
+        Members::wait_for_leader(self, timeout)
             .await
-            {
-                Ok(Ok(leader)) => return Ok(leader),
-                Ok(Err(e)) => e,
-                Err(_) => anyhow!("the last check was still running at the deadline"),
-            };
-            if Instant::now() >= deadline {
-                return Err(last.context(format!(
-                    "no agreed leader within {timeout:?}; member logs in {}",
-                    self.dir().display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .with_context(|| format!("member logs in {dir}"))
     }
 
     /// Runs `etcdctl` (API v3) against member `i` with `args`, killed after
@@ -771,10 +808,6 @@ impl Members for Cluster {
 
     async fn leader(&mut self) -> anyhow::Result<usize> {
         Cluster::leader(self).await
-    }
-
-    async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
-        Cluster::wait_for_leader(self, timeout).await
     }
 
     fn report(&self) -> String {
