@@ -512,4 +512,194 @@ mod tests {
             b"n/-8000000000000000".to_vec()
         );
     }
+
+    /// A single-member node in memory, and the election service over it.
+    mod member {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use node::{Clock, Envelope, Node, NodeConfig, NodeId, OutgoingSnapshot, Transport};
+
+        struct Alone;
+
+        impl Transport for Alone {
+            fn send(&self, _: NodeId, _: Vec<Envelope>) {}
+            fn send_snapshot(&self, _: NodeId, _: OutgoingSnapshot) {}
+        }
+
+        pub(super) async fn start(dir: &std::path::Path) -> Node {
+            let config = NodeConfig {
+                node_id: NodeId(1),
+                cluster_id: 7,
+                initial_voters: vec![NodeId(1)],
+                tick_interval: Duration::from_millis(10),
+                election_ticks: 10,
+                heartbeat_ticks: 1,
+                snapshot_count: 10_000,
+                snapshot_catchup_entries: 1_000,
+                request_timeout: Duration::from_secs(5),
+                max_pending_proposals: 1_000,
+                seed: 1,
+                snapshot_dir: dir.to_path_buf(),
+                clock: Clock::system(),
+                watch: node::WatchConfig::default(),
+                watch_progress_notify_interval: node::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+                lease_checkpoint_interval: node::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
+            };
+            let node = Node::start(
+                config,
+                Arc::new(storage::MemLogStore::new()),
+                storage::MemKvStore::new(),
+                Arc::new(Alone),
+            )
+            .expect("the node starts");
+            for _ in 0..500 {
+                if node.status().leader == 1 {
+                    return node;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the member did not elect itself");
+        }
+    }
+
+    use std::time::Duration;
+
+    use futures::StreamExt as _;
+    use pb::election_server::Election as _;
+
+    async fn grant(node: &Node, id: i64) {
+        let grant = Command::LeaseGrant(LeaseGrantRequest { id, ttl: 60 });
+        node.propose(grant)
+            .await
+            .expect("grant")
+            .result
+            .expect("granted");
+    }
+
+    fn request(name: &str, lease: i64, value: &str) -> Request<pb::CampaignRequest> {
+        Request::new(pb::CampaignRequest {
+            name: name.into(),
+            lease,
+            value: value.into(),
+        })
+    }
+
+    /// The next update of an Observe stream, as `key=value`.
+    async fn read(stream: &mut ObserveStream) -> String {
+        let response = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("a leader update")
+            .expect("the stream goes on")
+            .expect("no error");
+        let kv = response.kv.unwrap();
+        format!(
+            "{}={}",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value)
+        )
+    }
+
+    async fn keys_under(node: &Node, prefix: &[u8]) -> Vec<Vec<u8>> {
+        node.read_index().await.expect("read index");
+        let range = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            ..RangeRequest::default()
+        };
+        let (found, _) = node.range(&range).expect("range");
+        found.kvs.into_iter().map(|kv| kv.key).collect()
+    }
+
+    // Proves Observe streams the leader, each value it proclaims and the next leader once
+    // the first resigns, in order, and that its task stops (dropping its watches) when the
+    // client leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn observe_follows_values_and_leaders_and_stops_with_its_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = member::start(dir.path()).await;
+        let service = ElectionService::new(node.clone());
+        for id in [1, 2] {
+            grant(&node, id).await;
+        }
+        let leader = service
+            .campaign(request("obs", 1, "first"))
+            .await
+            .unwrap()
+            .into_inner()
+            .leader
+            .unwrap();
+        let mut stream = service
+            .observe(Request::new(pb::LeaderRequest { name: "obs".into() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        seen.push(read(&mut stream).await);
+        let second = ElectionService::new(node.clone());
+        let next = tokio::spawn(async move {
+            second
+                .campaign(request("obs", 2, "second"))
+                .await
+                .map(|_| ())
+        });
+        service
+            .proclaim(Request::new(pb::ProclaimRequest {
+                leader: Some(leader.clone()),
+                value: b"again".to_vec(),
+            }))
+            .await
+            .unwrap();
+        service
+            .resign(Request::new(pb::ResignRequest {
+                leader: Some(leader),
+            }))
+            .await
+            .unwrap();
+        seen.push(read(&mut stream).await);
+        seen.push(read(&mut stream).await);
+        assert_eq!(seen, ["obs/1=first", "obs/1=again", "obs/2=second"]);
+        next.await.unwrap().unwrap();
+        assert_eq!(
+            node.watch_hub().watchers(),
+            1,
+            "observe watches the leader's key"
+        );
+        drop(stream);
+        for _ in 0..200 {
+            if node.watch_hub().watchers() == 0 {
+                node.shutdown();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the observer still watches after its client left");
+    }
+
+    // Proves a Campaign dropped while it waits resigns (its key goes), and that a Campaign
+    // that won keeps its key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_campaign_given_up_while_waiting_withdraws() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = member::start(dir.path()).await;
+        let service = ElectionService::new(node.clone());
+        for id in [1, 2] {
+            grant(&node, id).await;
+        }
+        service.campaign(request("w", 1, "a")).await.unwrap();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(300),
+            service.campaign(request("w", 2, "b")),
+        )
+        .await;
+        assert!(waiting.is_err(), "the second campaign did not wait");
+        for _ in 0..200 {
+            if keys_under(&node, b"w/").await == [b"w/1".to_vec()] {
+                node.shutdown();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("left: {:?}", keys_under(&node, b"w/").await);
+    }
 }
