@@ -452,3 +452,80 @@ async fn etcdctl_sees_the_services_leaders() {
     let expected = format!("svc/{cli_lease}\ncli\nsvc/51\ngrpc\nsvc/51\nproclaimed\n");
     assert_eq!(seen, expected);
 }
+
+/// The Rust `etcd-client` crate's election calls with one server: what it answered.
+async fn through_etcd_client(endpoint: String) -> Vec<String> {
+    use etcd_client::{Client, LeaseGrantOptions, ProclaimOptions, ResignOptions};
+    let mut client = Client::connect([endpoint], None).await.expect("connect");
+    let mut out = Vec::new();
+    client
+        .lease_grant(60, Some(LeaseGrantOptions::new().with_id(0x77)))
+        .await
+        .expect("grant");
+    let won = client.campaign("rc", "v1", 0x77).await.expect("campaign");
+    let leader = won.leader().expect("a leader key").clone();
+    out.push(format!(
+        "campaign key={} rev={} lease={}",
+        String::from_utf8_lossy(leader.key()),
+        leader.rev(),
+        leader.lease()
+    ));
+    let mut observer = client.observe("rc").await.expect("observe");
+    let mut values = Vec::new();
+    let mut next = async || {
+        let seen = tokio::time::timeout(Duration::from_secs(10), observer.message())
+            .await
+            .expect("an observed value")
+            .expect("the observe stream")
+            .expect("not the end");
+        String::from_utf8_lossy(seen.kv().expect("a kv").value()).into_owned()
+    };
+    // The current leader first, then each value as it is proclaimed.
+    values.push(next().await);
+    for value in ["v2", "v3"] {
+        client
+            .proclaim(
+                value,
+                Some(ProclaimOptions::new().with_leader(leader.clone())),
+            )
+            .await
+            .expect("proclaim");
+    }
+    values.push(next().await);
+    values.push(next().await);
+    out.push(format!("observed {values:?}"));
+    let current = client.leader("rc").await.expect("leader");
+    out.push(format!(
+        "leader value={}",
+        String::from_utf8_lossy(current.kv().expect("a kv").value())
+    ));
+    client
+        .resign(Some(ResignOptions::new().with_leader(leader)))
+        .await
+        .expect("resign");
+    match client.leader("rc").await {
+        Ok(_) => out.push("a leader after resigning".to_string()),
+        Err(etcd_client::Error::GRpcStatus(status)) => {
+            out.push(format!("{:?}: {}", status.code(), status.message()));
+        }
+        Err(e) => out.push(format!("{e}")),
+    }
+    out
+}
+
+// Proves the `etcd-client` crate's election client works with Concord as with etcd:
+// campaign, observe (the leader, then each value proclaimed), leader, resign, and the
+// "no leader" error after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_elections_work_as_with_etcd() {
+    let etcd = Etcd::start().expect("start the reference etcd");
+    let mut cluster = Cluster::start(binary(), 3, &[]).unwrap();
+    let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let expected = through_etcd_client(etcd.client_url()).await;
+    assert_eq!(
+        expected[1], "observed [\"v1\", \"v2\", \"v3\"]",
+        "etcd's observed values"
+    );
+    let got = through_etcd_client(cluster.client_url((leader + 1) % 3)).await;
+    assert_eq!(got, expected);
+}
