@@ -53,6 +53,44 @@ impl From<MvccError> for ApiError {
     }
 }
 
+/// An error of etcd's election recipe, which etcd's election service returns as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElectionError {
+    /// Proclaim by a campaigner whose key is gone or was created again (etcd's
+    /// `ErrElectionNotLeader`).
+    NotLeader,
+    /// Leader of an election nobody campaigns in (etcd's `ErrElectionNoLeader`).
+    NoLeader,
+    /// Proclaim or Resign without its `leader` field.
+    MissingLeaderKey,
+}
+
+impl ElectionError {
+    /// etcd's message.
+    #[must_use]
+    pub fn message(self) -> &'static str {
+        match self {
+            ElectionError::NotLeader => "election: not leader",
+            ElectionError::NoLeader => "election: no leader",
+            ElectionError::MissingLeaderKey => "\"leader\" field must be provided",
+        }
+    }
+}
+
+/// The status etcd's lock and election services answer with: they run their recipes
+/// through an etcd client and return its errors as they are, so gRPC sends every one with
+/// the code `Unknown` and the error's message.
+#[must_use]
+pub fn recipe_status(status: &Status) -> Status {
+    Status::unknown(status.message())
+}
+
+/// The status of an election recipe error (code `Unknown`, etcd's message).
+#[must_use]
+pub fn election_status(error: ElectionError) -> Status {
+    Status::unknown(error.message())
+}
+
 /// etcd's gRPC code and message for `error`.
 #[must_use]
 pub fn code_and_message(error: &ApiError) -> (Code, String) {
@@ -254,5 +292,28 @@ mod tests {
         }
         let storage = to_status(NodeError::Storage("disk".into()));
         assert_eq!(storage.code(), Code::Internal);
+    }
+
+    // Proves the election service's own errors carry etcd's messages and etcd's code for them
+    // (Unknown: etcd's election service returns its client's errors as they are), and that
+    // errors passed through from the store keep their message but take that code too.
+    #[test]
+    fn election_errors_are_unknown_with_etcds_messages() {
+        let table = [
+            (ElectionError::NotLeader, "election: not leader"),
+            (ElectionError::NoLeader, "election: no leader"),
+            (
+                ElectionError::MissingLeaderKey,
+                "\"leader\" field must be provided",
+            ),
+        ];
+        for (error, message) in table {
+            let status = election_status(error);
+            assert_eq!(status.code(), Code::Unknown, "{error:?}");
+            assert_eq!(status.message(), message, "{error:?}");
+        }
+        let passed = recipe_status(&to_status(MvccError::LeaseNotFound));
+        assert_eq!(passed.code(), Code::Unknown);
+        assert_eq!(passed.message(), "etcdserver: requested lease not found");
     }
 }

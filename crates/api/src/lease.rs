@@ -43,12 +43,16 @@ impl LeaseService {
         }
     }
 
-    /// etcd's minimum TTL: one and a half election timeouts, rounded up to whole seconds, so
-    /// that a lease survives a leader election.
     fn min_ttl(&self) -> i64 {
-        let millis = self.node.election_timeout().as_millis() as i64;
-        (3 * millis / 2 + 999) / 1000
+        min_ttl(&self.node)
     }
+}
+
+/// etcd's minimum TTL: one and a half election timeouts, rounded up to whole seconds, so
+/// that a lease survives a leader election.
+pub(crate) fn min_ttl(node: &Node) -> i64 {
+    let millis = node.election_timeout().as_millis() as i64;
+    (3 * millis / 2 + 999) / 1000
 }
 
 type KeepAliveStream =

@@ -11,6 +11,7 @@ pub mod authority;
 pub mod cluster;
 pub mod convert;
 pub mod corruption;
+pub mod election;
 pub mod errors;
 pub mod kv;
 pub mod lease;
@@ -74,7 +75,8 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     }
 }
 
-/// The client services (KV, Watch, Lease, Lock, Maintenance, Cluster) for `node`, ready to add to a server.
+/// The client services (KV, Watch, Lease, Lock, Election, Maintenance, Cluster) for `node`,
+/// ready to add to a server.
 #[must_use]
 pub fn client_routes(
     node: &Node,
@@ -104,10 +106,15 @@ pub fn client_routes(
             .max_decoding_message_size(limit);
     let lock = proto::v3lockpb::lock_server::LockServer::new(lock::LockService::new(node.clone()))
         .max_decoding_message_size(limit);
+    let election = proto::v3electionpb::election_server::ElectionServer::new(
+        election::ElectionService::new(node.clone()),
+    )
+    .max_decoding_message_size(limit);
     tonic::service::Routes::new(kv)
         .add_service(watch)
         .add_service(lease)
         .add_service(lock)
+        .add_service(election)
         .add_service(maintenance)
         .add_service(cluster)
 }

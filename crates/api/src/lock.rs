@@ -177,7 +177,7 @@ impl LockService {
 
 /// Waits until `key`, present at `revision`, is deleted (or its history is compacted away,
 /// after which the caller looks again).
-async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Result<(), Status> {
+pub(crate) async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Result<(), Status> {
     use ::watch::{KeyRange, Message, WatchSpec, AUTO_WATCH_ID};
     let (stream, mut messages) = node.watch_hub().open();
     let spec = WatchSpec {

@@ -1,5 +1,5 @@
-//! Generated protobuf code: etcd's v3 API (with the lock service) and Concord's peer protocol. Nothing else lives
-//! here; conversions to domain types are in `api`.
+//! Generated protobuf code: etcd's v3 API (with the lock and election services) and Concord's
+//! peer protocol. Nothing else lives here; conversions to domain types are in `api`.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
@@ -21,6 +21,11 @@ pub mod etcdserverpb {
 /// etcd's lock service.
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// Concord's peer protocol.

@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod corruption;
 mod diff;
+mod election;
 mod etcdctl;
 mod failover;
 mod faults;
