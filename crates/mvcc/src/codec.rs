@@ -322,6 +322,38 @@ impl Command {
                     w.i64(checkpoint.remaining_ttl);
                 }
             }
+            Command::Membership(change) => {
+                w.u8(11);
+                match change {
+                    MembershipChange::Add(member) => {
+                        w.u8(1);
+                        enc_member(&mut w, member);
+                    }
+                    MembershipChange::Remove(id) => {
+                        w.u8(2);
+                        w.i64(*id as i64);
+                    }
+                    MembershipChange::Promote(id) => {
+                        w.u8(3);
+                        w.i64(*id as i64);
+                    }
+                    MembershipChange::UpdatePeers { id, peer_urls } => {
+                        w.u8(4);
+                        w.i64(*id as i64);
+                        enc_strings(&mut w, peer_urls);
+                    }
+                    MembershipChange::Publish {
+                        id,
+                        name,
+                        client_urls,
+                    } => {
+                        w.u8(5);
+                        w.i64(*id as i64);
+                        w.bytes(name.as_bytes());
+                        enc_strings(&mut w, client_urls);
+                    }
+                }
+            }
         }
         b
     }
@@ -379,6 +411,21 @@ impl Command {
                 }
                 Command::LeaseCheckpoint(checkpoints)
             }
+            11 => Command::Membership(match r.u8()? {
+                1 => MembershipChange::Add(dec_member(&mut r)?),
+                2 => MembershipChange::Remove(r.i64()? as u64),
+                3 => MembershipChange::Promote(r.i64()? as u64),
+                4 => MembershipChange::UpdatePeers {
+                    id: r.i64()? as u64,
+                    peer_urls: dec_strings(&mut r)?,
+                },
+                5 => MembershipChange::Publish {
+                    id: r.i64()? as u64,
+                    name: dec_string(&mut r)?,
+                    client_urls: dec_strings(&mut r)?,
+                },
+                _ => return Err(bad()),
+            }),
             _ => return Err(bad()),
         };
         if !r.b.is_empty() {
@@ -386,6 +433,49 @@ impl Command {
         }
         Ok(command)
     }
+}
+
+fn enc_strings(w: &mut W, strings: &[String]) {
+    w.i64(strings.len() as i64);
+    for s in strings {
+        w.bytes(s.as_bytes());
+    }
+}
+
+fn dec_string(r: &mut R) -> Result<String, MvccError> {
+    String::from_utf8(r.bytes()?).map_err(|_| bad())
+}
+
+fn dec_strings(r: &mut R) -> Result<Vec<String>, MvccError> {
+    let count = usize::try_from(r.i64()?).map_err(|_| bad())?;
+    // Each string takes at least its 4-byte length: a larger count is malformed.
+    if count > r.b.len() / 4 {
+        return Err(bad());
+    }
+    (0..count).map(|_| dec_string(r)).collect()
+}
+
+/// A member's record, as commands carry it and `Table::Meta` stores it.
+pub(crate) fn enc_member(w: &mut W, member: &Member) {
+    w.i64(member.id as i64);
+    w.bytes(member.name.as_bytes());
+    enc_strings(w, &member.peer_urls);
+    enc_strings(w, &member.client_urls);
+    w.u8(u8::from(member.is_learner));
+}
+
+pub(crate) fn dec_member(r: &mut R) -> Result<Member, MvccError> {
+    Ok(Member {
+        id: r.i64()? as u64,
+        name: dec_string(r)?,
+        peer_urls: dec_strings(r)?,
+        client_urls: dec_strings(r)?,
+        is_learner: match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(bad()),
+        },
+    })
 }
 
 /// etcd's number for an alarm type (`NONE` = 0), used in commands and in stored alarms.

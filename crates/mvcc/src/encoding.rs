@@ -16,6 +16,10 @@ pub(crate) const META_CURRENT_REVISION: &[u8] = b"current_revision";
 pub(crate) const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// Prefix of the active alarms in `Meta`: `alarm/` + member id (u64 BE) + alarm type code.
 pub(crate) const META_ALARM_PREFIX: &[u8] = b"alarm/";
+/// Prefix of the members in `Meta`: `member/` + member id (u64 BE) -> the member's record.
+pub(crate) const META_MEMBER_PREFIX: &[u8] = b"member/";
+/// Prefix of the removed member ids in `Meta`: `removed/` + member id (u64 BE).
+pub(crate) const META_REMOVED_PREFIX: &[u8] = b"removed/";
 const RECORD_FORMAT_V1: u8 = 1;
 /// The compaction revision of a store never compacted, as etcd's `compactMainRev`: it shows
 /// in HashKV, lets a first compaction to revision 0 succeed, and makes a txn's range at
@@ -215,4 +219,32 @@ pub(crate) fn put_meta(ops: &mut Vec<WriteOp>, name: &[u8], value: i64) {
         key: name.to_vec(),
         value: value.to_be_bytes().to_vec(),
     });
+}
+
+pub(crate) fn member_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(crate) fn decode_member_id(prefix: &[u8], key: &[u8]) -> Result<u64, MvccError> {
+    key.strip_prefix(prefix)
+        .and_then(|rest| rest.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| MvccError::Storage(format!("member key {key:?} is malformed")))
+}
+
+pub(crate) fn encode_member(member: &Member) -> Vec<u8> {
+    let mut b = Vec::new();
+    codec::enc_member(&mut codec::W { b: &mut b }, member);
+    b
+}
+
+pub(crate) fn decode_member(value: &[u8]) -> Result<Member, MvccError> {
+    let mut r = codec::R { b: value };
+    let member = codec::dec_member(&mut r)?;
+    if !r.b.is_empty() {
+        return Err(MvccError::Storage("trailing bytes after a member".into()));
+    }
+    Ok(member)
 }

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use storage::{KvSnapshot, Table, WriteOp};
 
 use crate::encoding::{
-    alarm_key, decode_rev_key, encode_lease, encode_record, event, lease_key, put_meta,
-    record_bytes, rev_key, META_COMPACT_REVISION,
+    alarm_key, decode_rev_key, encode_lease, encode_member, encode_record, event, lease_key,
+    member_key, put_meta, record_bytes, rev_key, META_COMPACT_REVISION, META_MEMBER_PREFIX,
+    META_REMOVED_PREFIX,
 };
 use crate::index::{check_lease, Index, LeaseEntry, Rev, Version};
 use crate::read::{branch, range_at, ValueSource, View};
@@ -154,6 +155,7 @@ impl Execution<'_> {
                 .compact(req.revision)
                 .map(|()| CommandResponse::Compact),
             Command::Alarm(req) => Ok(CommandResponse::Alarm(self.alarm(req))),
+            Command::Membership(change) => self.membership(change).map(CommandResponse::Membership),
             Command::LeaseGrant(req) => self.grant(*req).map(CommandResponse::LeaseGrant),
             Command::LeaseRevoke(id) => self.revoke(*id).map(|()| CommandResponse::LeaseRevoke),
             Command::LeaseKeepAlive(id) => self.renew(*id).map(CommandResponse::LeaseKeepAlive),
@@ -324,6 +326,83 @@ impl Execution<'_> {
         }
     }
 
+    /// Applies a membership change, checked whole before anything changes (it never needs
+    /// an undo); returns the members after it.
+    fn membership(&mut self, change: &MembershipChange) -> Result<Vec<Member>, MvccError> {
+        let members = &mut self.index.members;
+        let known = |id: u64| members.contains_key(&id);
+        let changed = match change {
+            MembershipChange::Add(member) => {
+                if known(member.id) || self.index.removed.contains(&member.id) {
+                    return Err(MvccError::MemberExists);
+                }
+                let taken = members
+                    .values()
+                    .flat_map(|m| &m.peer_urls)
+                    .any(|url| member.peer_urls.contains(url));
+                if taken {
+                    return Err(MvccError::PeerUrlExists);
+                }
+                members.insert(member.id, member.clone());
+                member.id
+            }
+            MembershipChange::Remove(id) => {
+                if members.remove(id).is_none() {
+                    return Err(MvccError::MemberNotFound);
+                }
+                self.index.removed.insert(*id);
+                self.ops.push(WriteOp::Delete {
+                    table: Table::Meta,
+                    key: member_key(META_MEMBER_PREFIX, *id),
+                });
+                self.ops.push(WriteOp::Put {
+                    table: Table::Meta,
+                    key: member_key(META_REMOVED_PREFIX, *id),
+                    value: Vec::new(),
+                });
+                return Ok(self.index.members.values().cloned().collect());
+            }
+            MembershipChange::Promote(id) => {
+                let member = members.get_mut(id).ok_or(MvccError::MemberNotFound)?;
+                if !member.is_learner {
+                    return Err(MvccError::MemberNotLearner);
+                }
+                member.is_learner = false;
+                *id
+            }
+            MembershipChange::UpdatePeers { id, peer_urls } => {
+                let taken = members
+                    .values()
+                    .filter(|m| m.id != *id)
+                    .flat_map(|m| &m.peer_urls)
+                    .any(|url| peer_urls.contains(url));
+                let member = members.get_mut(id).ok_or(MvccError::MemberNotFound)?;
+                if taken {
+                    return Err(MvccError::PeerUrlExists);
+                }
+                member.peer_urls.clone_from(peer_urls);
+                *id
+            }
+            MembershipChange::Publish {
+                id,
+                name,
+                client_urls,
+            } => {
+                let member = members.get_mut(id).ok_or(MvccError::MemberNotFound)?;
+                member.name.clone_from(name);
+                member.client_urls.clone_from(client_urls);
+                *id
+            }
+        };
+        let member = &self.index.members[&changed];
+        self.ops.push(WriteOp::Put {
+            table: Table::Meta,
+            key: member_key(META_MEMBER_PREFIX, changed),
+            value: encode_member(member),
+        });
+        Ok(self.index.members.values().cloned().collect())
+    }
+
     fn live_version(&self, key: &[u8]) -> Option<Version> {
         self.index
             .version_at(key, i64::MAX)
@@ -490,7 +569,11 @@ pub(crate) fn refused_by_alarms(
             | Command::LeaseRevoke(_)
             | Command::LeaseExpire(_) => true,
             Command::Txn(txn) => !txn.is_read_only(),
-            Command::Alarm(_) | Command::LeaseKeepAlive(_) | Command::LeaseCheckpoint(_) => false,
+            // Membership changes pass: a corrupt cluster must still be repairable.
+            Command::Alarm(_)
+            | Command::LeaseKeepAlive(_)
+            | Command::LeaseCheckpoint(_)
+            | Command::Membership(_) => false,
         };
         return writes.then_some(MvccError::Corrupt);
     }

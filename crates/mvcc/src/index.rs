@@ -8,9 +8,10 @@ use std::ops::Bound;
 use storage::{KvSnapshot, Table};
 
 use crate::encoding::{
-    decode_alarm_key, decode_lease, decode_record, decode_rev_key, meta_i64, meta_i64_or,
-    META_ALARM_PREFIX, META_APPLIED_INDEX, META_APPLIED_TERM, META_COMPACT_REVISION,
-    META_CURRENT_REVISION, NEVER_COMPACTED,
+    decode_alarm_key, decode_lease, decode_member, decode_member_id, decode_record,
+    decode_rev_key, meta_i64, meta_i64_or, META_ALARM_PREFIX, META_APPLIED_INDEX,
+    META_APPLIED_TERM, META_COMPACT_REVISION, META_CURRENT_REVISION, META_MEMBER_PREFIX,
+    META_REMOVED_PREFIX, NEVER_COMPACTED,
 };
 use crate::types::*;
 use crate::{prefix_end, AppliedIndex, MvccError};
@@ -82,6 +83,10 @@ pub(crate) struct Index {
     pub(crate) alarms: std::collections::BTreeSet<AlarmMember>,
     /// The leases.
     pub(crate) leases: BTreeMap<LeaseId, LeaseEntry>,
+    /// The cluster's members, by id.
+    pub(crate) members: BTreeMap<u64, Member>,
+    /// Ids of removed members: never used again.
+    pub(crate) removed: std::collections::BTreeSet<u64>,
 }
 
 impl Index {
@@ -177,6 +182,38 @@ pub(crate) fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> 
         Some(&end),
         |key, _| {
             index.alarms.insert(decode_alarm_key(key)?);
+            Ok(())
+        },
+    )?;
+    let end = prefix_end(META_MEMBER_PREFIX);
+    scan_decoded(
+        snapshot,
+        Table::Meta,
+        META_MEMBER_PREFIX,
+        Some(&end),
+        |key, value| {
+            let id = decode_member_id(META_MEMBER_PREFIX, key)?;
+            let member = decode_member(value)?;
+            if member.id != id {
+                return Err(MvccError::Storage(format!(
+                    "member record {} stored under id {id}",
+                    member.id
+                )));
+            }
+            index.members.insert(id, member);
+            Ok(())
+        },
+    )?;
+    let end = prefix_end(META_REMOVED_PREFIX);
+    scan_decoded(
+        snapshot,
+        Table::Meta,
+        META_REMOVED_PREFIX,
+        Some(&end),
+        |key, _| {
+            index
+                .removed
+                .insert(decode_member_id(META_REMOVED_PREFIX, key)?);
             Ok(())
         },
     )?;

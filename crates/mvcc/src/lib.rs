@@ -84,6 +84,18 @@ pub enum MvccError {
     /// `etcdserver: corrupt cluster`: the CORRUPT alarm is raised and the command writes.
     #[error("corrupt cluster")]
     Corrupt,
+    /// `etcdserver: member ID already exist`
+    #[error("member ID already exist")]
+    MemberExists,
+    /// `etcdserver: Peer URLs already exists`
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    /// `etcdserver: member not found` (also for an id that was removed)
+    #[error("member not found")]
+    MemberNotFound,
+    /// `etcdserver: can only promote a learner member`
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
     /// The storage engine failed or holds data that does not decode. Fail-stop for the
     /// applier.
     #[error("storage: {0}")]

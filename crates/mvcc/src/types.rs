@@ -329,6 +329,53 @@ pub enum Command {
     /// leader does not give a lease that nobody renews a full TTL again. A remaining TTL of 0
     /// clears the checkpoint: the next leader starts the lease at its full TTL.
     LeaseCheckpoint(Vec<LeaseCheckpoint>),
+    /// A change of the cluster's membership.
+    Membership(MembershipChange),
+}
+
+/// A member of the cluster, as the replicated membership records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    /// The member id (its Raft node id).
+    pub id: u64,
+    /// Its name; empty until the member has started and published it.
+    pub name: String,
+    /// Where its peers reach it.
+    pub peer_urls: Vec<String>,
+    /// Where clients reach it; empty until the member has started and published them.
+    pub client_urls: Vec<String>,
+    /// A learner receives the log but does not vote.
+    pub is_learner: bool,
+}
+
+/// A change of the cluster's membership. `Add`, `Remove` and `Promote` change the Raft
+/// configuration as well: they travel in Raft conf change entries, and every member applies
+/// them to its Raft configuration once the state machine has accepted them. `UpdatePeers`
+/// and `Publish` change only the recorded attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// A new member (voter or learner, as `is_learner` says).
+    Add(Member),
+    /// A member leaves; its id can never be used again.
+    Remove(u64),
+    /// A learner becomes a voter.
+    Promote(u64),
+    /// A member's peer URLs change (etcd's MemberUpdate).
+    UpdatePeers {
+        /// The member.
+        id: u64,
+        /// Its new peer URLs.
+        peer_urls: Vec<String>,
+    },
+    /// A member that started tells its name and client URLs (etcd's publish).
+    Publish {
+        /// The member.
+        id: u64,
+        /// Its name.
+        name: String,
+        /// Its client URLs.
+        client_urls: Vec<String>,
+    },
 }
 
 /// The time one lease has left, as the leader's clock said when it proposed the checkpoint.
@@ -380,6 +427,8 @@ pub struct Lease {
 /// The result of applying a [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandResponse {
+    /// The members after a membership change, in id order.
+    Membership(Vec<Member>),
     /// A put's result.
     Put(PutResponse),
     /// A delete's result.
