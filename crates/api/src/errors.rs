@@ -146,6 +146,21 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Node(NodeError::Mvcc(MvccError::Corrupt)) => {
             (Code::DataLoss, "etcdserver: corrupt cluster")
         }
+        Node(NodeError::Mvcc(MvccError::MemberExists)) => (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        ),
+        Node(NodeError::Mvcc(MvccError::PeerUrlExists)) => (
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ),
+        Node(NodeError::Mvcc(MvccError::MemberNotFound)) => {
+            (Code::NotFound, "etcdserver: member not found")
+        }
+        Node(NodeError::Mvcc(MvccError::MemberNotLearner)) => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
         Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
         Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
         Node(NodeError::NotLeader(_)) => (Code::Unavailable, "etcdserver: not leader"),

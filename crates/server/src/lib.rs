@@ -204,7 +204,21 @@ fn node_config(config: &Config) -> NodeConfig {
     NodeConfig {
         node_id: NodeId(config.member_id),
         cluster_id: config.cluster_id,
-        initial_voters: config.members.iter().map(|m| NodeId(m.id)).collect(),
+        initial_members: match config.cluster_state {
+            ClusterState::New => config
+                .members
+                .iter()
+                .map(|m| node::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_urls: m.peer_urls.clone(),
+                    client_urls: Vec::new(),
+                    is_learner: false,
+                })
+                .collect(),
+            // A member of an existing cluster learns the members from its log.
+            ClusterState::Existing => Vec::new(),
+        },
         tick_interval: config.heartbeat,
         election_ticks,
         heartbeat_ticks: 1,

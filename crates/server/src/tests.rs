@@ -417,7 +417,8 @@ fn node_config_follows_etcd() {
     assert_eq!(node.snapshot_catchup_entries, 500);
     assert_eq!(node.request_timeout, Duration::from_millis(5000 + 1040));
     assert_eq!(node.node_id, NodeId(config.member_id));
-    assert_eq!(node.initial_voters, vec![NodeId(config.member_id)]);
+    let initial: Vec<u64> = node.initial_members.iter().map(|m| m.id).collect();
+    assert_eq!(initial, vec![config.member_id]);
     assert_eq!(
         node.snapshot_dir,
         config.data_dir.join("member").join("snap")
