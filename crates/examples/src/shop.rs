@@ -37,6 +37,9 @@ pub struct Config {
     /// TTL of a shopper's session, in seconds.
     #[arg(long, default_value_t = 2)]
     pub ttl: i64,
+    /// Shortest think time between reserving and checking out, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub min_think_ms: u64,
     /// Longest think time between reserving and checking out, in milliseconds.
     #[arg(long, default_value_t = 1500)]
     pub think_ms: u64,
@@ -175,7 +178,11 @@ async fn shopper(index: usize, config: Config, prefix: String, until: Instant) -
                 continue;
             }
             let held_at = reserved.header().map_or(0, |h| h.revision());
-            tokio::time::sleep(rng.millis(100, config.think_ms.max(101))).await;
+            let think = rng.millis(
+                config.min_think_ms,
+                config.think_ms.max(config.min_think_ms + 1),
+            );
+            tokio::time::sleep(think).await;
             if rng.chance(config.walk_away_percent) {
                 visit.walked_away += 1;
                 keeper.abort();

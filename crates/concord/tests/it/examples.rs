@@ -88,8 +88,8 @@ async fn bank_keeps_its_books_across_a_leader_kill() {
 
 // Proves the flash sale is never oversold when shoppers' sessions die under them: once a
 // shopper served by a follower holds a reservation, that member is stopped past the lease
-// TTL; the holds of its shoppers expire and their items are sold to others, and their late
-// checkouts are refused.
+// TTL; the holds of its shoppers expire and their items are reserved by others, and their
+// checkouts, made after the member is back, are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shop_is_never_oversold_when_sessions_die() {
     let (mut cluster, endpoints) = cluster().await;
@@ -108,9 +108,11 @@ async fn shop_is_never_oversold_when_sessions_die() {
         stock: 6,
         shoppers: 12,
         ttl: 2,
-        think_ms: 3000,
-        walk_away_percent: 20,
-        seconds: 10,
+        // Longer than the stop: the stalled shoppers check out after it.
+        min_think_ms: 4500,
+        think_ms: 5500,
+        walk_away_percent: 0,
+        seconds: 14,
     };
     let run = tokio::spawn(async move { examples::shop::run(&config).await });
     // Shopper `i` talks to member `i % 3`: wait until one of the stopped member's holds.
