@@ -548,7 +548,6 @@ async fn fenced_write(
 }
 
 /// One round: a lease, a campaign, a term of fenced writes, its end. Whether it was elected.
-#[allow(clippy::too_many_arguments)]
 async fn round(
     client: &mut Client,
     index: usize,
@@ -643,7 +642,7 @@ async fn campaigner(
     clock: Instant,
     until: Instant,
 ) -> Part {
-    let mut rng = Rng::new(seed ^ 0x656c_6563_74 ^ (index as u64).wrapping_mul(0x9e37_79b9));
+    let mut rng = Rng::new(seed ^ 0x0065_6c65_6374 ^ (index as u64).wrapping_mul(0x9e37_79b9));
     let mut part = Part::default();
     let how = Connect {
         request_timeout: false,

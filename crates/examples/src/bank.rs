@@ -184,7 +184,7 @@ async fn transfer(
 
 async fn client_loop(index: usize, config: Config, prefix: String, until: Instant) -> Tally {
     let mut tally = Tally::default();
-    let mut rng = seeded::Rng::new(config.common.seed ^ (index as u64 + 1) * 0x9e37_79b9);
+    let mut rng = seeded::Rng::new(config.common.seed ^ ((index as u64 + 1) * 0x9e37_79b9));
     let Ok(mut client) = connect(config.common.endpoint(index)).await else {
         return tally;
     };

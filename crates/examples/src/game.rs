@@ -131,7 +131,7 @@ async fn server(
     until: Instant,
 ) -> ServerLog {
     let mut log = ServerLog::default();
-    let mut rng = seeded::Rng::new(config.common.seed ^ (index as u64 + 1) * 0x6761_6d65);
+    let mut rng = seeded::Rng::new(config.common.seed ^ ((index as u64 + 1) * 0x6761_6d65));
     let timeout = config.common.timeout();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = tokio::spawn(follow(

@@ -126,7 +126,7 @@ fn keep_alive(client: &Client, id: i64, every: Duration) -> tokio::task::JoinHan
 /// One shopper: sessions and reservations until it buys, the stock is gone or the sale ends.
 async fn shopper(index: usize, config: Config, prefix: String, until: Instant) -> Visit {
     let mut visit = Visit::default();
-    let mut rng = seeded::Rng::new(config.common.seed ^ (index as u64 + 1) * 0x5eed_5117);
+    let mut rng = seeded::Rng::new(config.common.seed ^ ((index as u64 + 1) * 0x5eed_5117));
     let timeout = config.common.timeout();
     let me = format!("shopper-{index}");
     let Ok(mut client) = connect(config.common.endpoint(index)).await else {
