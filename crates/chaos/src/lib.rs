@@ -12,12 +12,15 @@
 //! - [`watches`]: the watch workload and the validator of etcd's watch guarantees.
 //! - [`leases`]: the lease workload: leases never expire early, and do expire.
 //! - [`locks`]: the lock workload: locks guarding a fenced resource.
+//! - [`elections`]: the election workload: one leader per term, ordered observers, a fenced
+//!   resource.
 //! - [`run`]: one scenario end to end, and its report.
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
 
 pub use linearizability::{checker, history, revisions};
 pub mod cluster;
+pub mod elections;
 pub mod leases;
 pub mod locks;
 pub mod nemesis;

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use chaos::elections::ElectionConfig;
 use chaos::leases::LeaseConfig;
 use chaos::locks::LockConfig;
 use chaos::nemesis::{NemesisKind, Rng};
@@ -26,7 +27,8 @@ struct Args {
     /// Workload: register (linearizability of reads, writes, compare-and-sets), bank
     /// (transfers as txns; every read must show the same total), watch (a watcher per
     /// member checked against etcd's watch guarantees), lease (leases never expire early,
-    /// and do expire) or lock (locks guarding a fenced resource).
+    /// and do expire), lock (locks guarding a fenced resource) or election (campaigners on
+    /// one election writing a fenced resource, observers following it).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
@@ -110,8 +112,9 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
                 "watch" => Workload::Watch(WatchConfig::default()),
                 "lease" => Workload::Lease(LeaseConfig::new(kind != NemesisKind::None)),
                 "lock" => Workload::Lock(LockConfig::default()),
+                "election" => Workload::Election(ElectionConfig::default()),
                 other => anyhow::bail!(
-                    "unknown workload {other:?}; one of: register, bank, watch, lease, lock"
+                    "unknown workload {other:?}; one of: register, bank, watch, lease, lock, election"
                 ),
             },
             checker_budget: 20_000_000,

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::checker::{self, Verdict};
 use crate::cluster::{Members, CLIENT_PORT};
+use crate::elections::{self, ElectionConfig};
 use crate::history::{History, Outcome};
 use crate::leases::{self, LeaseConfig};
 use crate::locks::{self, LockConfig};
@@ -32,6 +33,8 @@ pub enum Workload {
     Lease(LeaseConfig),
     /// Locks guarding a fenced resource.
     Lock(LockConfig),
+    /// Campaigners on one election writing a fenced resource, and observers.
+    Election(ElectionConfig),
 }
 
 impl Workload {
@@ -44,6 +47,7 @@ impl Workload {
             Workload::Watch(_) => "watch",
             Workload::Lease(_) => "lease",
             Workload::Lock(_) => "lock",
+            Workload::Election(_) => "election",
         }
     }
 }
@@ -344,6 +348,16 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             );
             tokio::spawn(async move { run.await.map(Recorded::Lock) })
         }
+        Workload::Election(config) => {
+            let run = elections::run_elections(
+                endpoints.clone(),
+                config.clone(),
+                scenario.seed,
+                clock,
+                until,
+            );
+            tokio::spawn(async move { run.await.map(Recorded::Election) })
+        }
     };
     let mut rng = Rng::new(scenario.seed ^ 0x7461_7267_6574);
     for step in schedule(
@@ -478,6 +492,16 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 (acquired + history.abandoned, acquired, 0, history.abandoned),
             )
         }
+        (Recorded::Election(history), _) => {
+            write_json(&scenario.out, history)?;
+            write(&scenario.out, "timeline.txt", &history.timeline())?;
+            let terms = history.terms.len();
+            (
+                None,
+                history.anomalies(),
+                (terms + history.abandoned, terms, 0, history.abandoned),
+            )
+        }
         (Recorded::Bank(_) | Recorded::Lease(_), _) => {
             unreachable!("each workload records its own history")
         }
@@ -505,6 +529,7 @@ enum Recorded {
     Watch(watches::WatchHistory),
     Lease(leases::LeaseHistory),
     Lock(locks::LockHistory),
+    Election(elections::ElectionHistory),
 }
 
 fn count(history: &History) -> (usize, usize, usize, usize) {

@@ -1,4 +1,5 @@
-//! The chaos scenarios CI runs: every workload (register, bank, watch, lease, lock) under
+//! The chaos scenarios CI runs: every workload (register, bank, watch, lease, lock, election)
+//! under
 //! every fault kind, each on its own seeded schedule, and the run that proves the harness can fail. Each scenario's history, timeline
 //! and member logs are kept under the system's temp directory; a failure prints the command
 //! that reproduces it.
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chaos::checker::Verdict;
+use chaos::elections::ElectionConfig;
 use chaos::leases::LeaseConfig;
 use chaos::locks::LockConfig;
 use chaos::nemesis::NemesisKind;
@@ -20,6 +22,9 @@ use crate::{binary, slow_tests_enabled};
 
 /// Seconds of workload under faults per scenario.
 const DURATION: Duration = Duration::from_secs(12);
+
+/// Seconds of workload under faults per election scenario.
+const ELECTION_DURATION: Duration = Duration::from_secs(8);
 
 fn scenario(seed: u64, nemesis: NemesisKind, workload: Workload) -> Scenario {
     let serializable = matches!(&workload, Workload::Register(c) if c.serializable_reads);
@@ -260,4 +265,28 @@ async fn locks_guard_a_fenced_resource_under_faults() {
         .collect::<Vec<_>>();
     // Holders wait out each other's leases under faults: a handful of acquisitions is a run.
     run_all_with(&scenarios, |(_, acquired, _, _)| acquired >= 8).await;
+}
+
+// Proves elections keep one leader per term under each fault kind: every Campaign answer names
+// the oldest live key of the election at its revision, no creation revision is handed out
+// twice, and the answers' leader keys never overlap (each is deleted no later than the next
+// leader is told it leads); every observer sees leaders in creation-revision order, only
+// keys that led, with the values they had; every write the fenced resource accepted (read
+// back from its history, answered or not) was made under the key that led at its revision,
+// also by leaders whose lease lapsed while they went on writing; and after the heal someone
+// wins again. The runs are shorter than the others' to keep CI's time in bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_keep_one_leader_per_term_under_faults() {
+    if !enabled("elections_keep_one_leader_per_term_under_faults") {
+        return;
+    }
+    let scenarios = faults(701)
+        .into_iter()
+        .map(|(seed, nemesis)| Scenario {
+            duration: ELECTION_DURATION,
+            ..scenario(seed, nemesis, Workload::Election(ElectionConfig::default()))
+        })
+        .collect::<Vec<_>>();
+    // Terms last a fraction of a second, or a TTL and more when a lease lapses.
+    run_all_with(&scenarios, |(_, terms, _, _)| terms >= 4).await;
 }

@@ -13,6 +13,7 @@ mod corruption;
 mod diff;
 mod election;
 mod etcdctl;
+mod examples;
 mod failover;
 mod faults;
 mod kv;
