@@ -531,7 +531,10 @@ mod tests {
             let config = NodeConfig {
                 node_id: NodeId(1),
                 cluster_id: 7,
-                initial_voters: vec![NodeId(1)],
+                initial_members: vec![node::Member {
+                    id: 1,
+                    ..Default::default()
+                }],
                 tick_interval: Duration::from_millis(10),
                 election_ticks: 10,
                 heartbeat_ticks: 1,

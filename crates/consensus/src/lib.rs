@@ -18,7 +18,8 @@ use std::sync::Arc;
 use storage::{LogStore, ShardId, StorageError};
 
 pub use raft::eraftpb::{
-    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    Snapshot, SnapshotMetadata,
 };
 pub use raft::{
     Error as RaftError, LightReady, RawNode, ReadState, Ready, SnapshotStatus, SoftState,
@@ -302,6 +303,82 @@ pub fn report_unreachable<L: LogStore>(peer: &mut Peer<L>, to: u64) {
     if raft.state == StateRole::Follower && raft.leader_id == to {
         raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
     }
+}
+
+/// What a leader knows of one member's replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The member.
+    pub id: u64,
+    /// The highest log index known to be replicated on it.
+    pub matched: u64,
+    /// Whether the leader heard from it within the last election timeout.
+    pub recent_active: bool,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// The leader's view of every member's replication, in id order; `None` unless `peer` leads.
+pub fn progress<L: LogStore>(peer: &Peer<L>) -> Option<Vec<PeerProgress>> {
+    let raft = &peer.raft;
+    if raft.state != StateRole::Leader {
+        return None;
+    }
+    let learners = raft.prs().conf().learners();
+    let mut members: Vec<PeerProgress> = raft
+        .prs()
+        .iter()
+        .map(|(&id, pr)| PeerProgress {
+            id,
+            // The leader's own progress is its log.
+            matched: if id == raft.id {
+                raft.raft_log.last_index()
+            } else {
+                pr.matched
+            },
+            recent_active: id == raft.id || pr.recent_active,
+            is_learner: learners.contains(&id),
+        })
+        .collect();
+    members.sort_by_key(|m| m.id);
+    Some(members)
+}
+
+/// Whether a conf change may still be unapplied here: a leader would turn a new one into an
+/// empty entry.
+pub fn has_pending_conf_change<L: LogStore>(peer: &Peer<L>) -> bool {
+    peer.raft.has_pending_conf()
+}
+
+/// A single-member conf change (Raft's simple, one-at-a-time changes) carrying `context`.
+#[must_use]
+pub fn conf_change(change_type: ConfChangeType, node_id: u64, context: Vec<u8>) -> ConfChange {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(change_type);
+    cc.node_id = node_id;
+    cc.context = context.into();
+    cc
+}
+
+/// The conf change a committed `EntryConfChange` entry carries.
+///
+/// # Errors
+/// The entry's data does not decode.
+pub fn decode_conf_change(data: &[u8]) -> Result<ConfChange, String> {
+    ConfChange::parse_from_bytes(data).map_err(|e| e.to_string())
+}
+
+/// The voters and learners of a configuration, from `(id, is_learner)` pairs.
+pub fn conf_state_of(members: impl IntoIterator<Item = (u64, bool)>) -> ConfState {
+    let mut conf_state = ConfState::default();
+    for (id, is_learner) in members {
+        if is_learner {
+            conf_state.learners.push(id);
+        } else {
+            conf_state.voters.push(id);
+        }
+    }
+    conf_state
 }
 
 #[cfg(test)]

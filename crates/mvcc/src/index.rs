@@ -8,10 +8,10 @@ use std::ops::Bound;
 use storage::{KvSnapshot, Table};
 
 use crate::encoding::{
-    decode_alarm_key, decode_lease, decode_member, decode_member_id, decode_record,
-    decode_rev_key, meta_i64, meta_i64_or, META_ALARM_PREFIX, META_APPLIED_INDEX,
-    META_APPLIED_TERM, META_COMPACT_REVISION, META_CURRENT_REVISION, META_MEMBER_PREFIX,
-    META_REMOVED_PREFIX, NEVER_COMPACTED,
+    decode_alarm_key, decode_lease, decode_member, decode_member_id, decode_record, decode_rev_key,
+    meta_i64, meta_i64_or, META_ALARM_PREFIX, META_APPLIED_INDEX, META_APPLIED_TERM,
+    META_COMPACT_REVISION, META_CURRENT_REVISION, META_MEMBER_PREFIX, META_REMOVED_PREFIX,
+    NEVER_COMPACTED,
 };
 use crate::types::*;
 use crate::{prefix_end, AppliedIndex, MvccError};
@@ -161,6 +161,23 @@ fn scan_decoded(
         },
     )?;
     failure.map_or(Ok(()), Err)
+}
+
+/// The members recorded in `snapshot`, in id order.
+pub(crate) fn members_of(snapshot: &dyn KvSnapshot) -> Result<Vec<Member>, MvccError> {
+    let mut members = Vec::new();
+    let end = prefix_end(META_MEMBER_PREFIX);
+    scan_decoded(
+        snapshot,
+        Table::Meta,
+        META_MEMBER_PREFIX,
+        Some(&end),
+        |_, value| {
+            members.push(decode_member(value)?);
+            Ok(())
+        },
+    )?;
+    Ok(members)
 }
 
 pub(crate) fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> {

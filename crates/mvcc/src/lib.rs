@@ -127,6 +127,15 @@ pub struct ApplyEntry<'a> {
     pub command: Option<&'a Command>,
 }
 
+/// The members recorded in a view of the state machine (see [`Store::snapshot_view`]), in
+/// id order.
+///
+/// # Errors
+/// Storage errors; `Storage` if a record does not decode.
+pub fn members_of(view: &dyn KvSnapshot) -> Result<Vec<Member>, MvccError> {
+    index::members_of(view)
+}
+
 /// The longest lease TTL etcd grants, in seconds (`MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -439,6 +448,16 @@ impl<S: KvStore> Store<S> {
     /// The active alarms, in (member, type) order.
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.index.read().alarms.iter().copied().collect()
+    }
+
+    /// The cluster's members, in id order.
+    pub fn members(&self) -> Vec<Member> {
+        self.index.read().members.values().cloned().collect()
+    }
+
+    /// Whether `id` was removed from the cluster (it can never come back).
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.index.read().removed.contains(&id)
     }
 
     /// The compacted revision (-1 if never compacted, as etcd reports it).

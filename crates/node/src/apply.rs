@@ -7,12 +7,12 @@
 //! the applied index for linearizable reads.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consensus::{Entry, EntryType};
-use mvcc::{AppliedIndex, ApplyEntry, Store};
+use mvcc::{Applied, AppliedIndex, ApplyEntry, Command, Store};
 use storage::KvStore;
 
 use crate::shared::Shared;
@@ -25,6 +25,14 @@ pub(crate) const DURABLE_EVERY_ENTRIES: u64 = 5_000;
 pub(crate) const DURABLE_EVERY: Duration = Duration::from_millis(500);
 /// Entries merged into one apply batch at most.
 const APPLY_BATCH_ENTRIES: usize = 4096;
+
+/// A conf change entry apply has applied to the state machine, for the store loop, which
+/// then applies it to the Raft configuration (`conf_change` is `None` if the state machine
+/// refused it: the configuration stays as it is).
+pub(crate) struct ConfApplied {
+    pub(crate) index: u64,
+    pub(crate) conf_change: Option<consensus::ConfChange>,
+}
 
 /// Work for the apply task, in log order.
 pub(crate) enum ApplyTask {
@@ -41,6 +49,9 @@ pub(crate) struct ApplyLoop<S: KvStore> {
     store: Arc<Store<S>>,
     shared: Arc<Shared>,
     tasks: Receiver<ApplyTask>,
+    /// Conf changes applied, for the store loop. Unbounded, but holds at most the conf
+    /// change entries of the log handed to apply (one at a time unless replaying).
+    conf_applied: Sender<ConfApplied>,
     /// A task taken off the queue to see whether there was one (driven nodes only), handled
     /// before anything behind it.
     peeked: Option<ApplyTask>,
@@ -54,12 +65,14 @@ impl<S: KvStore> ApplyLoop<S> {
         store: Arc<Store<S>>,
         shared: Arc<Shared>,
         tasks: Receiver<ApplyTask>,
+        conf_applied: Sender<ConfApplied>,
     ) -> Self {
         let last_durable = shared.config.clock.now();
         Self {
             store,
             shared,
             tasks,
+            conf_applied,
             peeked: None,
             since_durable: 0,
             last_durable,
@@ -173,16 +186,33 @@ impl<S: KvStore> ApplyLoop<S> {
             return Ok(());
         };
         let mut decoded = Vec::with_capacity(entries.len());
+        let mut conf_changes = Vec::new();
         for entry in entries {
+            let undecodable = |e: String| {
+                NodeError::Storage(format!("entry {} does not decode: {e}", entry.index))
+            };
             let proposal = match entry.get_entry_type() {
                 EntryType::EntryNormal if !entry.data.is_empty() => {
-                    Some(proposal::decode(&entry.data).map_err(|e| {
-                        NodeError::Storage(format!("entry {} does not decode: {e}", entry.index))
-                    })?)
+                    Some(proposal::decode(&entry.data).map_err(|e| undecodable(e.to_string()))?)
                 }
-                // A new leader's no-op, or a configuration change (membership changes are
-                // not proposed yet; the configuration is fixed at bootstrap).
-                _ => None,
+                // A new leader's no-op.
+                EntryType::EntryNormal => None,
+                EntryType::EntryConfChange => {
+                    let cc = consensus::decode_conf_change(&entry.data).map_err(undecodable)?;
+                    let proposal =
+                        proposal::decode(&cc.context).map_err(|e| undecodable(e.to_string()))?;
+                    if !matches!(proposal.command, Command::Membership(_)) {
+                        return Err(undecodable(
+                            "a conf change without a membership change".into(),
+                        ));
+                    }
+                    conf_changes.push((entry.index, cc, decoded.len()));
+                    Some(proposal)
+                }
+                // Never proposed by this version.
+                EntryType::EntryConfChangeV2 => {
+                    return Err(undecodable("a joint conf change".into()));
+                }
             };
             decoded.push((entry.index, entry.term, proposal));
         }
@@ -204,24 +234,60 @@ impl<S: KvStore> ApplyLoop<S> {
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         hub.publish(events, self.store.current_revision(), wanted);
 
+        // Which result is whose: one per entry that carries a proposal, in order.
         let mut results = results.into_iter();
+        let mut outcomes: Vec<Option<Applied>> = Vec::with_capacity(decoded.len());
+        for (_, _, proposal) in &decoded {
+            outcomes.push(proposal.as_ref().map(|_| {
+                results
+                    .next()
+                    .expect("apply_batch returns one result per command")
+            }));
+        }
         let node_id = self.shared.config.node_id.0;
         let now = self.shared.config.clock.now();
         let mut answers = Vec::new();
-        for proposal in decoded.iter().filter_map(|(_, _, p)| p.as_ref()) {
-            let applied = results
-                .next()
-                .expect("apply_batch returns one result per command");
-            self.shared.lessor.applied(now, &proposal.command, &applied);
+        let mut membership_changed = false;
+        for ((_, _, proposal), outcome) in decoded.iter().zip(&outcomes) {
+            let (Some(proposal), Some(applied)) = (proposal, outcome) else {
+                continue;
+            };
+            self.shared.lessor.applied(now, &proposal.command, applied);
+            if matches!(proposal.command, Command::Membership(_)) && applied.result.is_ok() {
+                membership_changed = true;
+            }
             if proposal.origin == node_id {
-                answers.push((proposal.request_id, applied));
+                answers.push((proposal.request_id, applied.clone()));
             }
         }
-        self.shared.waiters.finish_applied(answers);
+        if membership_changed {
+            self.shared.progress.publish_members(self.store.members());
+        }
+        // The Raft configuration follows the state machine's membership, entry by entry.
+        let woke = !conf_changes.is_empty();
+        for (index, cc, position) in conf_changes {
+            let accepted = outcomes[position]
+                .as_ref()
+                .is_some_and(|applied| applied.result.is_ok());
+            let report = ConfApplied {
+                index,
+                conf_change: accepted.then_some(cc),
+            };
+            if self.conf_applied.send(report).is_err() {
+                return Err(NodeError::Stopped);
+            }
+        }
         // A leader becomes the primary lessor once it applied an entry of its own term.
         self.shared.lessor.applied_term(last.term);
         crate::leases::maybe_promote(&self.shared);
         self.shared.progress.publish_applied(last.index);
+        if woke {
+            // The store loop applies them to Raft on its next iteration: wake it now.
+            let _ = self.shared.inbox.try_send(crate::store::StoreMsg::Wake);
+        }
+        // Answered last: a client that sends its next conf change on this answer finds the
+        // store loop told of this one already.
+        self.shared.waiters.finish_applied(answers);
         Ok(())
     }
 
@@ -232,6 +298,7 @@ impl<S: KvStore> ApplyLoop<S> {
             .store
             .restore(&mut records)
             .map_err(|e| NodeError::Storage(format!("install snapshot: {e}")))?;
+        self.shared.progress.publish_members(self.store.members());
         // The lessor's clocks describe the state that was replaced.
         self.shared.lessor.reset();
         self.shared.lessor.applied_term(applied.term);

@@ -53,9 +53,10 @@ use crate::store::{StoreLoop, StoreMsg};
 
 pub use ::watch::HubConfig as WatchConfig;
 pub use clock::Clock;
+pub use consensus::PeerProgress;
 pub use mvcc::{
-    AlarmMember, AlarmType, Applied, Command, CommandResponse, Lease, LeaseId, MvccError,
-    RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
+    AlarmMember, AlarmType, Applied, Command, CommandResponse, Lease, LeaseId, Member,
+    MembershipChange, MvccError, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse,
 };
 pub use storage::{NodeId, ShardId};
 
@@ -71,9 +72,10 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// The cluster id reported in response headers.
     pub cluster_id: u64,
-    /// The initial voters of shard 1 (this node included). Used only to bootstrap a node
-    /// whose log is empty.
-    pub initial_voters: Vec<NodeId>,
+    /// The members of a new cluster (this node included), with their ids, names and peer
+    /// URLs: a node whose log is empty bootstraps shard 1 with them. Empty for a node that
+    /// joins an existing cluster: it waits for the leader to send it the log or a snapshot.
+    pub initial_members: Vec<Member>,
     /// Length of one Raft tick; the heartbeat interval (etcd: 100 ms).
     pub tick_interval: Duration,
     /// Election timeout in ticks (etcd: 10 ticks = 1000 ms).
@@ -372,7 +374,7 @@ pub struct Node {
 impl Node {
     /// Opens the node's state (state machine, then the log suffix it has not applied) and
     /// starts the store loop and the apply task. A node whose log is empty bootstraps shard 1
-    /// with `config.initial_voters`.
+    /// with `config.initial_members`.
     ///
     /// # Errors
     /// `Storage` if the stores fail to open or disagree (corruption is fail-stop).
@@ -460,7 +462,8 @@ impl Node {
         );
         let durable = store.durable_applied();
         let shard = FIRST_SHARD;
-        recover_log(&config, log.as_ref(), shard, durable)?;
+        let members = store.members();
+        recover_log(&config, log.as_ref(), shard, durable, &members)?;
         snapshot::clear_spool(&config.snapshot_dir);
 
         let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel(INBOX_CAPACITY);
@@ -485,7 +488,7 @@ impl Node {
             state: state.clone(),
             waiters: Waiters::new(config.max_pending_proposals, first_request_id),
             raft: RaftView::new(log.last_index(shard)),
-            progress: Progress::new(durable.index),
+            progress: Progress::new(durable.index, members),
             life: Lifecycle::default(),
             snapshots: SnapshotFiles::default(),
             watch_hub: ::watch::Hub::new(store.current_revision(), config.watch),
@@ -514,14 +517,16 @@ impl Node {
             "starting"
         );
 
+        let (conf_tx, conf_rx) = std::sync::mpsc::channel();
         let store_loop = StoreLoop::new(
             shared.clone(),
             log,
             BTreeMap::from([(shard, peer)]),
             inbox_rx,
             apply_tx,
+            conf_rx,
         );
-        let apply_loop = ApplyLoop::new(store, shared.clone(), apply_rx);
+        let apply_loop = ApplyLoop::new(store, shared.clone(), apply_rx, conf_tx);
         Ok((Node { shared }, store_loop, apply_loop))
     }
 
@@ -622,6 +627,44 @@ impl Node {
         // A full inbox is fine: the loop picks the read up on its next iteration anyway.
         let _ = shared.inbox.try_send(StoreMsg::Wake);
         Ok(rx)
+    }
+
+    /// Changes the cluster's membership through Raft (adding, removing or promoting a
+    /// member changes the Raft configuration, one member at a time) and waits until it is
+    /// applied here; returns the members after it.
+    ///
+    /// # Errors
+    /// etcd's membership errors (`Mvcc(MemberExists | PeerUrlExists | MemberNotFound |
+    /// MemberNotLearner)`), `TooManyRequests` (another configuration change is still
+    /// pending), `Timeout`, `Stopped`.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Vec<Member>, NodeError> {
+        let applied = self.propose(Command::Membership(change)).await?;
+        match applied.result {
+            Ok(CommandResponse::Membership(members)) => Ok(members),
+            Ok(other) => Err(NodeError::Storage(format!(
+                "a membership change answered {other:?}"
+            ))),
+            Err(e) => Err(NodeError::Mvcc(e)),
+        }
+    }
+
+    /// The cluster's members as of this member's applied index, in id order.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.progress.members()
+    }
+
+    /// Follows the cluster's members: the receiver sees every change this member applies.
+    pub fn watch_members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
+        self.shared.progress.watch_members()
+    }
+
+    /// The leader's view of every member's replication (its own entry included); `None`
+    /// unless this member leads.
+    pub fn peer_progress(&self) -> Option<Vec<PeerProgress>> {
+        self.shared.raft.progress()
     }
 
     /// The index of the last entry applied to this member's state machine.
@@ -861,9 +904,17 @@ impl Node {
     }
 }
 
+/// The message of a member that finds itself removed from the cluster.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
 /// Brings the log in line with the state machine before Raft starts.
 ///
-/// - An empty node bootstraps the shard's configuration from `initial_voters`.
+/// - An empty node of a new cluster bootstraps the shard: one conf change entry per initial
+///   member (the same entries on every member, committed at term 1), which the state
+///   machine applies like any later membership change, and those members as voters.
+/// - Raft starts with the configuration of the members the state machine records (as of
+///   its durable applied index); later conf changes in the log are applied again as they are
+///   replayed. A member the state machine says was removed does not start.
 /// - A state machine ahead of the log means a crash interrupted a snapshot install after the
 ///   state machine took it: record the snapshot in the log now.
 /// - The persisted commit index may lag what was applied (commit advances are persisted with
@@ -873,6 +924,7 @@ fn recover_log<L: LogStore>(
     log: &L,
     shard: ShardId,
     durable: mvcc::AppliedIndex,
+    members: &[Member],
 ) -> Result<(), NodeError> {
     let storage_error = |e: storage::StorageError| NodeError::Storage(e.to_string());
     let state = log.state(shard).map_err(storage_error)?;
@@ -881,11 +933,26 @@ fn recover_log<L: LogStore>(
         ..Default::default()
     };
     let fresh = state.conf_state.voters.is_empty() && log.last_index(shard) == 0;
-    if fresh && durable.index == 0 {
-        write.conf_state = Some(consensus::ConfState {
-            voters: config.initial_voters.iter().map(|id| id.0).collect(),
+    if fresh && durable.index == 0 && !config.initial_members.is_empty() {
+        let (entries, conf_state) = bootstrap_entries(&config.initial_members);
+        write.hard_state = Some(consensus::HardState {
+            term: 1,
+            commit: entries.len() as u64,
             ..Default::default()
         });
+        write.entries = entries;
+        write.conf_state = Some(conf_state);
+        log.write(vec![write], true).map_err(storage_error)?;
+        return Ok(());
+    }
+    if !members.is_empty() {
+        if !members.iter().any(|m| m.id == config.node_id.0) {
+            return Err(NodeError::Storage(REMOVED.into()));
+        }
+        let conf_state = consensus::conf_state_of(members.iter().map(|m| (m.id, m.is_learner)));
+        if conf_state != state.conf_state {
+            write.conf_state = Some(conf_state);
+        }
     }
     let truncated = log.first_index(shard) - 1;
     if durable.index < truncated {
@@ -920,7 +987,38 @@ fn recover_log<L: LogStore>(
     Ok(())
 }
 
-/// Hands `command` to the store loop for `shard`; see [`Node::submit`].
+/// The first entries of a new cluster's log: one `AddNode` conf change per member, in id
+/// order, at term 1, identical on every member; and the configuration they make.
+fn bootstrap_entries(members: &[Member]) -> (Vec<consensus::Entry>, consensus::ConfState) {
+    let mut members = members.to_vec();
+    members.sort_by_key(|m| m.id);
+    let entries = members
+        .iter()
+        .enumerate()
+        .map(|(i, member)| {
+            let change = MembershipChange::Add(Member {
+                is_learner: false,
+                ..member.clone()
+            });
+            let context = proposal::encode(0, 0, &Command::Membership(change));
+            let cc = consensus::conf_change(consensus::ConfChangeType::AddNode, member.id, context);
+            let mut entry = consensus::Entry::default();
+            entry.set_entry_type(consensus::EntryType::EntryConfChange);
+            entry.index = i as u64 + 1;
+            entry.term = 1;
+            entry.data = cc
+                .write_to_bytes()
+                .expect("encoding a conf change cannot fail")
+                .into();
+            entry
+        })
+        .collect();
+    let conf_state = consensus::conf_state_of(members.iter().map(|m| (m.id, false)));
+    (entries, conf_state)
+}
+
+/// Hands `command` to the store loop for `shard`, as a plain entry or, for membership
+/// changes of the Raft configuration, as a conf change; see [`Node::submit`].
 fn submit_command(
     shared: &Shared,
     shard: ShardId,
@@ -934,7 +1032,16 @@ fn submit_command(
         return Err(NodeError::TooManyRequests);
     }
     let (request_id, rx) = shared.waiters.add_proposal()?;
-    let data = proposal::encode(shared.config.node_id.0, request_id, command);
+    let encoded = proposal::encode(shared.config.node_id.0, request_id, command);
+    let data = match command {
+        Command::Membership(change) => match conf_change_of(change) {
+            Some((change_type, node_id)) => {
+                Proposed::ConfChange(consensus::conf_change(change_type, node_id, encoded))
+            }
+            None => Proposed::Entry(encoded),
+        },
+        _ => Proposed::Entry(encoded),
+    };
     let msg = StoreMsg::Propose {
         shard,
         request_id,
@@ -948,6 +1055,27 @@ fn submit_command(
         });
     }
     Ok((request_id, rx))
+}
+
+/// What a proposal puts in the log.
+#[derive(Clone, Debug)]
+pub(crate) enum Proposed {
+    /// A normal entry: the encoded proposal.
+    Entry(Vec<u8>),
+    /// A conf change, the encoded proposal in its context.
+    ConfChange(consensus::ConfChange),
+}
+
+/// The Raft conf change a membership change makes, if it changes the configuration.
+fn conf_change_of(change: &MembershipChange) -> Option<(consensus::ConfChangeType, u64)> {
+    use consensus::ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+    match change {
+        MembershipChange::Add(member) if member.is_learner => Some((AddLearnerNode, member.id)),
+        MembershipChange::Add(member) => Some((AddNode, member.id)),
+        MembershipChange::Remove(id) => Some((RemoveNode, *id)),
+        MembershipChange::Promote(id) => Some((AddNode, *id)),
+        MembershipChange::UpdatePeers { .. } | MembershipChange::Publish { .. } => None,
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::leases::Lessor;
 use crate::snapshot::{IncomingFiles, OutgoingViews};
 use crate::state::StateReader;
 use crate::store::StoreMsg;
-use crate::{Applied, NodeConfig, NodeError, Transport};
+use crate::{Applied, Member, NodeConfig, NodeError, PeerProgress, Transport};
 
 /// Answers one linearizable read waiter with the read index.
 pub(crate) type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
@@ -196,6 +196,9 @@ pub(crate) struct RaftView {
     commit_index: AtomicU64,
     last_index: AtomicU64,
     ticks: AtomicU64,
+    /// The leader's view of every member's replication, refreshed every tick; `None` while
+    /// this member does not lead.
+    progress: Mutex<Option<Vec<PeerProgress>>>,
 }
 
 impl RaftView {
@@ -206,7 +209,16 @@ impl RaftView {
             commit_index: AtomicU64::new(0),
             last_index: AtomicU64::new(last_index),
             ticks: AtomicU64::new(0),
+            progress: Mutex::new(None),
         }
+    }
+
+    pub(crate) fn progress(&self) -> Option<Vec<PeerProgress>> {
+        self.progress.lock().clone()
+    }
+
+    pub(crate) fn observe_progress(&self, progress: Option<Vec<PeerProgress>>) {
+        *self.progress.lock() = progress;
     }
 
     /// The leader this member knows of, 0 if none.
@@ -257,16 +269,36 @@ pub(crate) struct Progress {
     /// past it.
     durable: AtomicU64,
     applied_tx: watch::Sender<u64>,
+    /// The cluster's members as of the applied index.
+    members: watch::Sender<Vec<Member>>,
 }
 
 impl Progress {
-    pub(crate) fn new(durable: u64) -> Self {
+    pub(crate) fn new(durable: u64, members: Vec<Member>) -> Self {
         let (applied_tx, _) = watch::channel(durable);
         Self {
             applied: AtomicU64::new(durable),
             durable: AtomicU64::new(durable),
             applied_tx,
+            members: watch::channel(members).0,
         }
+    }
+
+    pub(crate) fn members(&self) -> Vec<Member> {
+        self.members.borrow().clone()
+    }
+
+    pub(crate) fn watch_members(&self) -> watch::Receiver<Vec<Member>> {
+        self.members.subscribe()
+    }
+
+    /// Records the members after a membership change or a snapshot restore.
+    pub(crate) fn publish_members(&self, members: Vec<Member>) {
+        self.members.send_if_modified(|current| {
+            let changed = *current != members;
+            *current = members;
+            changed
+        });
     }
 
     pub(crate) fn applied(&self) -> u64 {

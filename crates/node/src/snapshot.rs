@@ -216,11 +216,20 @@ impl<L: LogStore> SnapshotSource for StateSnapshots<L> {
         if applied.index < request_index {
             return Err(unavailable());
         }
-        let conf_state = self
-            .log
-            .state(shard)
-            .map_err(|e| RaftError::Store(RaftStorageError::Other(Box::new(e))))?
-            .conf_state;
+        // The configuration of the members the view records: the one the snapshot's data
+        // describes (the log's may already include conf changes apply has not reached).
+        let members = mvcc::members_of(view.as_ref()).map_err(|e| {
+            tracing::warn!(shard_id = shard.0, error = %e, "cannot read the members of a snapshot view");
+            unavailable()
+        })?;
+        let conf_state = if members.is_empty() {
+            self.log
+                .state(shard)
+                .map_err(|e| RaftError::Store(RaftStorageError::Other(Box::new(e))))?
+                .conf_state
+        } else {
+            consensus::conf_state_of(members.iter().map(|m| (m.id, m.is_learner)))
+        };
         let mut metadata = SnapshotMetadata {
             index: applied.index,
             term: applied.term,

@@ -37,10 +37,10 @@ use consensus::{
 use mvcc::AppliedIndex;
 use storage::{LogStore, NodeId, ShardId, ShardLogWrite};
 
-use crate::apply::ApplyTask;
+use crate::apply::{ApplyTask, ConfApplied};
 use crate::shared::{ReadWaiter, Shared};
 use crate::snapshot::ChunkIter;
-use crate::{Envelope, NodeError, OutgoingSnapshot};
+use crate::{Envelope, NodeError, OutgoingSnapshot, Proposed, REMOVED};
 
 /// Inbox messages handled in one iteration at most, so ticks stay on time under load.
 const INBOX_BATCH: usize = 4096;
@@ -56,7 +56,7 @@ pub(crate) enum StoreMsg {
     Propose {
         shard: ShardId,
         request_id: u64,
-        data: Vec<u8>,
+        data: Proposed,
     },
     /// Raft messages from a peer.
     Step {
@@ -98,6 +98,12 @@ struct Replica<L: LogStore> {
     committed_in_term: u64,
     /// A snapshot install in progress: the replica is parked until apply has restored it.
     installing: Option<Install>,
+    /// Conf change entries handed to apply and not yet reported back, in log order. Raft is
+    /// told of nothing applied past the first: it must have applied a conf change before it
+    /// accepts the next one.
+    conf_pending: VecDeque<u64>,
+    /// Conf changes up to this index are covered by an installed snapshot's configuration.
+    conf_covered_to: u64,
 }
 
 /// A snapshot Raft accepted, being restored into the state machine by apply.
@@ -122,10 +128,12 @@ pub(crate) struct StoreLoop<L: LogStore> {
     replicas: BTreeMap<ShardId, Replica<L>>,
     inbox: Receiver<StoreMsg>,
     apply: SyncSender<ApplyTask>,
+    /// Conf changes apply has applied to the state machine (see [`ConfApplied`]).
+    conf_applied: Receiver<ConfApplied>,
     read_rounds: HashMap<Vec<u8>, ReadRound>,
     /// Waiters in `read_rounds`, published to `Waiters` for the bound on reads.
     reads_in_flight: usize,
-    stalled: VecDeque<(ShardId, u64, Vec<u8>)>,
+    stalled: VecDeque<(ShardId, u64, Proposed)>,
     /// Work waiting for room in the apply queue (committed entries, restores), in log order.
     apply_backlog: VecDeque<ApplyTask>,
     apply_backlog_entries: usize,
@@ -146,6 +154,7 @@ impl<L: LogStore> StoreLoop<L> {
         replicas: BTreeMap<ShardId, Peer<L>>,
         inbox: Receiver<StoreMsg>,
         apply: SyncSender<ApplyTask>,
+        conf_applied: Receiver<ConfApplied>,
     ) -> Self {
         let tick = shared.config.tick_interval;
         let election = tick * shared.config.election_ticks as u32;
@@ -161,6 +170,8 @@ impl<L: LogStore> StoreLoop<L> {
                     compact_to: None,
                     committed_in_term: 0,
                     installing: None,
+                    conf_pending: VecDeque::new(),
+                    conf_covered_to: 0,
                 };
                 (shard, replica)
             })
@@ -172,6 +183,7 @@ impl<L: LogStore> StoreLoop<L> {
             replicas,
             inbox,
             apply,
+            conf_applied,
             read_rounds: HashMap::new(),
             reads_in_flight: 0,
             stalled: VecDeque::new(),
@@ -223,7 +235,8 @@ impl<L: LogStore> StoreLoop<L> {
         }
         self.start_read_round();
         if let Err(e) = self
-            .flush_apply_backlog(false)
+            .apply_conf_changes()
+            .and_then(|()| self.flush_apply_backlog(false))
             .and_then(|()| self.handle_readies())
         {
             self.shared.fail(e);
@@ -242,6 +255,76 @@ impl<L: LogStore> StoreLoop<L> {
             self.reads_in_flight = in_flight;
             self.shared.waiters.set_reads_in_flight(in_flight);
         }
+    }
+
+    /// Whether a conf change of `shard` may still be unapplied, once Raft has heard of every
+    /// one apply reported.
+    fn conf_change_pending(&mut self, shard: ShardId) -> bool {
+        if let Err(e) = self.apply_conf_changes() {
+            self.shared.fail(e);
+            return true;
+        }
+        let replica = self.replicas.get_mut(&shard).expect("proposing to it");
+        if replica.parked() {
+            return false;
+        }
+        Self::report_applied(&self.shared, replica);
+        consensus::has_pending_conf_change(&replica.peer)
+    }
+
+    /// Tells Raft how far apply has gone, never past a conf change not yet applied to Raft.
+    fn report_applied(shared: &Shared, replica: &mut Replica<L>) {
+        let mut applied = shared.progress.applied();
+        if let Some(&first) = replica.conf_pending.front() {
+            applied = applied.min(first - 1);
+        }
+        if applied > replica.reported_applied {
+            replica.peer.advance_apply_to(applied);
+            replica.reported_applied = applied;
+        }
+    }
+
+    /// Applies to Raft the conf changes apply has applied to the state machine, in log order.
+    /// Fails the member if it was removed.
+    fn apply_conf_changes(&mut self) -> Result<(), String> {
+        while let Ok(report) = self.conf_applied.try_recv() {
+            // One shard until the key space is split.
+            let replica = self
+                .replicas
+                .values_mut()
+                .next()
+                .expect("a node has at least one shard");
+            let pending = replica.conf_pending.pop_front();
+            assert_eq!(
+                pending,
+                Some(report.index),
+                "conf change {} applied out of order",
+                report.index
+            );
+            let Some(cc) = report.conf_change else {
+                continue;
+            };
+            if report.index <= replica.conf_covered_to {
+                // A snapshot's configuration already includes it.
+                continue;
+            }
+            replica
+                .peer
+                .apply_conf_change(&cc)
+                .map_err(|e| format!("conf change {} cannot apply: {e}", report.index))?;
+            tracing::info!(
+                index = report.index,
+                change = ?cc.get_change_type(),
+                member_id = cc.node_id,
+                "configuration changed"
+            );
+            if cc.get_change_type() == consensus::ConfChangeType::RemoveNode
+                && cc.node_id == self.shared.config.node_id.0
+            {
+                return Err(REMOVED.into());
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, msg: StoreMsg) {
@@ -312,17 +395,31 @@ impl<L: LogStore> StoreLoop<L> {
         }
     }
 
-    fn propose(&mut self, shard: ShardId, request_id: u64, data: Vec<u8>) {
-        let Some(replica) = self.replicas.get_mut(&shard) else {
+    fn propose(&mut self, shard: ShardId, request_id: u64, data: Proposed) {
+        if !self.replicas.contains_key(&shard) {
             self.shared
                 .waiters
                 .finish_proposal(request_id, Err(NodeError::NoLeader));
             return;
-        };
+        }
+        // A leader turns a conf change into an empty entry while another may be unapplied,
+        // and its waiter would wait in vain: refuse it here.
+        if matches!(data, Proposed::ConfChange(_)) && self.conf_change_pending(shard) {
+            self.shared
+                .waiters
+                .finish_proposal(request_id, Err(NodeError::TooManyRequests));
+            return;
+        }
+        let replica = self.replicas.get_mut(&shard).expect("checked above");
         let proposed = if replica.parked() {
             Err(RaftError::ProposalDropped)
         } else {
-            replica.peer.propose(Vec::new(), data.clone())
+            match &data {
+                Proposed::Entry(entry) => replica.peer.propose(Vec::new(), entry.clone()),
+                Proposed::ConfChange(cc) => {
+                    replica.peer.propose_conf_change(Vec::new(), cc.clone())
+                }
+            }
         };
         match proposed {
             Ok(()) => {}
@@ -383,6 +480,12 @@ impl<L: LogStore> StoreLoop<L> {
             replica.jitter.tick(&mut replica.peer);
         }
         self.shared.raft.tick();
+        let leader_view = self
+            .replicas
+            .values()
+            .next()
+            .and_then(|replica| consensus::progress(&replica.peer));
+        self.shared.raft.observe_progress(leader_view);
         self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
     }
@@ -533,6 +636,7 @@ impl<L: LogStore> StoreLoop<L> {
     /// apply is what makes an acknowledged write survive a crash.
     fn submit_committed(
         &mut self,
+        shard: ShardId,
         entries: Vec<consensus::Entry>,
         persisted: u64,
     ) -> Result<(), String> {
@@ -543,6 +647,13 @@ impl<L: LogStore> StoreLoop<L> {
                 last.index
             );
         }
+        let replica = self.replicas.get_mut(&shard).expect("a replica's entries");
+        replica.conf_pending.extend(
+            entries
+                .iter()
+                .filter(|e| e.get_entry_type() != consensus::EntryType::EntryNormal)
+                .map(|e| e.index),
+        );
         if !entries.is_empty() {
             self.apply_backlog_entries += entries.len();
             self.apply_backlog.push_back(ApplyTask::Entries(entries));
@@ -611,6 +722,10 @@ impl<L: LogStore> StoreLoop<L> {
         });
         self.flush_apply_backlog(false)?;
         let replica = self.replicas.get_mut(&shard).expect("a replica's ready");
+        // Raft took the snapshot's configuration when it accepted it.
+        replica.conf_covered_to = replica
+            .conf_covered_to
+            .max(ready.snapshot().get_metadata().index);
         replica.installing = Some(Install {
             ready,
             path,
@@ -668,11 +783,7 @@ impl<L: LogStore> StoreLoop<L> {
                 None if parked => continue,
                 None => {
                     let replica = self.replicas.get_mut(&shard).expect("listed above");
-                    let applied = self.shared.progress.applied();
-                    if applied > replica.reported_applied {
-                        replica.peer.advance_apply_to(applied);
-                        replica.reported_applied = applied;
-                    }
+                    Self::report_applied(&self.shared, replica);
                     let compact_to = replica.compact_to.take();
                     if !replica.peer.has_ready() {
                         if compact_to.is_some() {
@@ -718,7 +829,7 @@ impl<L: LogStore> StoreLoop<L> {
             } else {
                 u64::MAX
             };
-            self.submit_committed(ready.take_committed_entries(), persisted)?;
+            self.submit_committed(shard, ready.take_committed_entries(), persisted)?;
             self.resolve_reads(ready.take_read_states());
             write.entries = ready.take_entries();
             write.hard_state = ready.hs().cloned();
@@ -758,7 +869,7 @@ impl<L: LogStore> StoreLoop<L> {
             let committed = light.take_committed_entries();
             self.send(shard, messages);
             let persisted = self.log.last_index(shard);
-            self.submit_committed(committed, persisted)?;
+            self.submit_committed(shard, committed, persisted)?;
         }
         self.flush_outbox();
         self.retry_stalled();

@@ -89,7 +89,7 @@ impl Transport for LocalTransport {
 }
 
 /// A member's disks: in memory, but a crash loses what was not made durable.
-struct Member {
+struct Disks {
     log: Arc<FaultyLogStore>,
     kv: Arc<FaultyKvStore>,
     /// Milliseconds every state machine write takes (a slow disk, a long compaction).
@@ -98,6 +98,18 @@ struct Member {
     restore_delay: Arc<AtomicU64>,
     /// Restores started and finished: a restore runs while they differ.
     restores: Arc<(AtomicU64, AtomicU64)>,
+}
+
+impl Disks {
+    fn new() -> Self {
+        Self {
+            log: Arc::new(FaultyLogStore::new()),
+            kv: Arc::new(FaultyKvStore::new()),
+            write_delay: Arc::new(AtomicU64::new(0)),
+            restore_delay: Arc::new(AtomicU64::new(0)),
+            restores: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+        }
+    }
 }
 
 /// The state machine store of a member, slowed down at will.
@@ -144,8 +156,11 @@ impl storage::KvStore for SlowKv {
 
 struct TestCluster {
     net: Arc<LocalNet>,
+    /// Every member that has disks here, in the order they were created.
     ids: Vec<u64>,
-    members: HashMap<u64, Member>,
+    /// The members the cluster was bootstrapped with; the others joined it.
+    founders: Vec<u64>,
+    members: HashMap<u64, Disks>,
     snapshot_count: u64,
     lease_checkpoint_interval: Duration,
     dir: std::path::PathBuf,
@@ -169,19 +184,8 @@ impl TestCluster {
         ));
         let mut cluster = Self {
             net: Arc::new(LocalNet::default()),
-            members: ids
-                .iter()
-                .map(|&id| {
-                    let member = Member {
-                        log: Arc::new(FaultyLogStore::new()),
-                        kv: Arc::new(FaultyKvStore::new()),
-                        write_delay: Arc::new(AtomicU64::new(0)),
-                        restore_delay: Arc::new(AtomicU64::new(0)),
-                        restores: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
-                    };
-                    (id, member)
-                })
-                .collect(),
+            members: ids.iter().map(|&id| (id, Disks::new())).collect(),
+            founders: ids.clone(),
             ids,
             snapshot_count,
             lease_checkpoint_interval,
@@ -197,7 +201,11 @@ impl TestCluster {
         NodeConfig {
             node_id: NodeId(id),
             cluster_id: 7,
-            initial_voters: self.ids.iter().map(|&id| NodeId(id)).collect(),
+            initial_members: if self.founders.contains(&id) {
+                self.founders.iter().map(|&id| test_member(id)).collect()
+            } else {
+                Vec::new()
+            },
             tick_interval: Duration::from_millis(20),
             election_ticks: 10,
             heartbeat_ticks: 1,
@@ -229,6 +237,19 @@ impl TestCluster {
         let node =
             Node::start(self.config(id), member.log.clone(), kv, transport).expect("node starts");
         self.net.nodes.lock().insert(id, node);
+    }
+
+    /// Gives member `id` empty disks and starts it as a member joining the cluster (it
+    /// waits for the leader; add it with a membership change).
+    fn join(&mut self, id: u64) {
+        self.ids.push(id);
+        self.members.insert(id, Disks::new());
+        self.start(id);
+    }
+
+    /// Changes the membership through member `via`.
+    async fn change(&self, via: u64, change: MembershipChange) -> Result<Vec<Member>, NodeError> {
+        self.node(via).change_membership(change).await
     }
 
     fn stop(&mut self, id: u64) {
@@ -365,6 +386,16 @@ impl Drop for TestCluster {
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// Member `id` of a test cluster.
+fn test_member(id: u64) -> Member {
+    Member {
+        id,
+        name: format!("m{id}"),
+        peer_urls: vec![format!("local://m{id}")],
+        ..Default::default()
+    }
+}
 
 // Proves the basic path: a write through any member is applied on all of them, gets one
 // revision each, and a linearizable read through every member sees it.
@@ -762,7 +793,7 @@ fn an_interrupted_install_over_a_divergent_tail_is_completed() {
     let cluster_config = TestCluster::with_checkpoints(0, 100, DEFAULT_LEASE_CHECKPOINT_INTERVAL);
     let config = cluster_config.config(1);
     let installed = mvcc::AppliedIndex { index: 8, term: 2 };
-    recover_log(&config, &log, FIRST_SHARD, installed).unwrap();
+    recover_log(&config, &log, FIRST_SHARD, installed, &[]).unwrap();
     assert_eq!(log.term(FIRST_SHARD, 8).unwrap(), 2);
     assert_eq!(
         log.last_index(FIRST_SHARD),
@@ -770,7 +801,7 @@ fn an_interrupted_install_over_a_divergent_tail_is_completed() {
         "the divergent tail survived"
     );
     // A log that agrees is left alone.
-    recover_log(&config, &log, FIRST_SHARD, installed).unwrap();
+    recover_log(&config, &log, FIRST_SHARD, installed, &[]).unwrap();
     assert_eq!(log.last_index(FIRST_SHARD), 8);
     assert_eq!(log.state(FIRST_SHARD).unwrap().hard_state.commit, 8);
 }
@@ -845,7 +876,7 @@ async fn a_slow_apply_does_not_cost_the_leader_its_leadership() {
 fn a_driven_nodes_apply_trails_its_store_loop_until_stepped() {
     let cluster = TestCluster::with_checkpoints(0, 100, DEFAULT_LEASE_CHECKPOINT_INTERVAL);
     let mut config = cluster.config(1);
-    config.initial_voters = vec![NodeId(1)];
+    config.initial_members = vec![test_member(1)];
     config.clock = Clock::manual();
     let clock = config.clock.clone();
     let tick = config.tick_interval;
@@ -889,4 +920,211 @@ fn a_driven_nodes_apply_trails_its_store_loop_until_stepped() {
     assert!(!driver.apply_pending());
     assert_eq!(driver.apply_lag(), 0);
     node.shutdown();
+}
+
+fn ids(members: &[Member]) -> Vec<(u64, bool)> {
+    members.iter().map(|m| (m.id, m.is_learner)).collect()
+}
+
+/// Whether a write through `via` commits within a second.
+async fn commits(cluster: &TestCluster, via: u64, key: &str) -> bool {
+    let put = Command::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), cluster.node(via).propose(put)).await,
+        Ok(Ok(_))
+    )
+}
+
+// Proves a member added at runtime: it joins with empty disks, catches up through a snapshot
+// (the log was compacted before it came) that carries the configuration, every member
+// records the same membership, and it counts in the quorum: with one founder down, writes
+// need its acknowledgement, and with it down too, nothing commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_at_runtime_catches_up_and_counts_in_the_quorum() {
+    let mut cluster = TestCluster::new(3, 200);
+    for i in 0..1500 {
+        cluster.put(1, &format!("key{i:05}"), "v").await;
+    }
+    let leader = cluster.leader().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.members[&leader].log.first_index(FIRST_SHARD) < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log never compacted"
+        );
+        cluster.put(leader, "tick", "t").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.join(4);
+    let members = cluster
+        .change(leader, MembershipChange::Add(test_member(4)))
+        .await
+        .expect("member 4 is added");
+    assert_eq!(
+        ids(&members),
+        vec![(1, false), (2, false), (3, false), (4, false)]
+    );
+    cluster.put(leader, "after", "add").await;
+    let target = cluster.node(leader).status().applied_index;
+    cluster.wait_applied(4, target).await;
+    assert!(
+        cluster.members[&4].restores.1.load(Ordering::Acquire) >= 1,
+        "member 4 caught up without a snapshot"
+    );
+    for id in 1..=4 {
+        assert_eq!(cluster.node(id).members(), members, "members on {id}");
+    }
+    let revision = cluster.node(leader).status().revision;
+    assert_eq!(
+        cluster.node(leader).hash_kv(revision).unwrap(),
+        cluster.node(4).hash_kv(revision).unwrap()
+    );
+    let founder = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.stop(founder);
+    assert!(
+        commits(&cluster, leader, "with-4").await,
+        "3 of 4 members could not commit"
+    );
+    cluster.stop(4);
+    assert!(
+        !commits(&cluster, leader, "without-4").await,
+        "2 of 4 members committed a write"
+    );
+}
+
+// Proves removal: the removed member stops with etcd's message (and does not come back on
+// a restart), the others go on as a smaller cluster, and etcd's errors for a removed or
+// unknown id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_stops_and_the_others_go_on() {
+    let mut cluster = TestCluster::new(3, 100_000);
+    cluster.put(1, "k", "v").await;
+    let leader = cluster.leader().await;
+    let removed = (1..=3).find(|&id| id != leader).unwrap();
+    let members = cluster
+        .change(leader, MembershipChange::Remove(removed))
+        .await
+        .expect("removed");
+    assert!(members.iter().all(|m| m.id != removed));
+    assert_eq!(members.len(), 2);
+    let failure = tokio::time::timeout(Duration::from_secs(5), cluster.node(removed).failed())
+        .await
+        .expect("the removed member stops");
+    assert!(failure.contains(REMOVED), "{failure}");
+    let other = (1..=3).find(|&id| id != leader && id != removed).unwrap();
+    cluster.stop(other);
+    assert!(
+        !commits(&cluster, leader, "alone").await,
+        "one of two members committed a write"
+    );
+    cluster.start(other);
+    cluster.put(leader, "two", "members").await;
+    assert_eq!(
+        cluster
+            .change(leader, MembershipChange::Remove(removed))
+            .await,
+        Err(NodeError::Mvcc(MvccError::MemberNotFound))
+    );
+    assert_eq!(
+        cluster
+            .change(leader, MembershipChange::Add(test_member(removed)))
+            .await,
+        Err(NodeError::Mvcc(MvccError::MemberExists))
+    );
+    // Restarted on its disks, it finds itself removed again.
+    cluster.stop(removed);
+    let member = &cluster.members[&removed];
+    let kv = SlowKv {
+        inner: member.kv.clone(),
+        delay: member.write_delay.clone(),
+        restore_delay: member.restore_delay.clone(),
+        restores: member.restores.clone(),
+    };
+    let transport = Arc::new(LocalTransport {
+        from: removed,
+        net: cluster.net.clone(),
+    });
+    match Node::start(cluster.config(removed), member.log.clone(), kv, transport) {
+        Err(e) => assert!(e.to_string().contains(REMOVED), "{e}"),
+        Ok(node) => {
+            let failure = tokio::time::timeout(Duration::from_secs(5), node.failed())
+                .await
+                .expect("the removed member stops again");
+            assert!(failure.contains(REMOVED), "{failure}");
+            node.shutdown();
+        }
+    }
+}
+
+// Proves learners: a learner receives the log but does not count in the quorum until it is
+// promoted (with a voter and the learner down, the two other voters still commit; after the
+// promotion they no longer can), the configuration survives restarts, and etcd's errors for
+// promoting a voter and reusing a peer URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_counts_in_the_quorum_only_once_promoted() {
+    let mut cluster = TestCluster::new(3, 100_000);
+    cluster.put(1, "k", "v").await;
+    let leader = cluster.leader().await;
+    cluster.join(4);
+    let learner = Member {
+        is_learner: true,
+        ..test_member(4)
+    };
+    let members = cluster
+        .change(leader, MembershipChange::Add(learner))
+        .await
+        .expect("learner added");
+    assert_eq!(
+        ids(&members),
+        vec![(1, false), (2, false), (3, false), (4, true)]
+    );
+    assert_eq!(
+        cluster.change(leader, MembershipChange::Promote(1)).await,
+        Err(NodeError::Mvcc(MvccError::MemberNotLearner))
+    );
+    let taken = Member {
+        id: 5,
+        ..test_member(1)
+    };
+    assert_eq!(
+        cluster.change(leader, MembershipChange::Add(taken)).await,
+        Err(NodeError::Mvcc(MvccError::PeerUrlExists))
+    );
+    cluster.put(leader, "for", "learner").await;
+    cluster
+        .wait_applied(4, cluster.node(leader).status().applied_index)
+        .await;
+    let founder = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.stop(founder);
+    cluster.stop(4);
+    assert!(
+        commits(&cluster, leader, "learner-down").await,
+        "two of three voters could not commit: the learner counted"
+    );
+    cluster.start(founder);
+    cluster.start(4);
+    let leader = cluster.leader().await;
+    cluster.put(leader, "back", "again").await;
+    cluster
+        .wait_applied(4, cluster.node(leader).status().applied_index)
+        .await;
+    let members = cluster
+        .change(leader, MembershipChange::Promote(4))
+        .await
+        .expect("promoted");
+    assert_eq!(
+        ids(&members),
+        vec![(1, false), (2, false), (3, false), (4, false)]
+    );
+    let founder = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.stop(founder);
+    cluster.stop(4);
+    assert!(
+        !commits(&cluster, leader, "voter-down").await,
+        "two of four voters committed a write"
+    );
 }

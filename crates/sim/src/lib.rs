@@ -271,7 +271,14 @@ impl Sim {
         let config = NodeConfig {
             node_id: NodeId(id),
             cluster_id: 1,
-            initial_voters: (1..=self.members.len() as u64).map(NodeId).collect(),
+            initial_members: (1..=self.members.len() as u64)
+                .map(|id| node::Member {
+                    id,
+                    name: format!("m{id}"),
+                    peer_urls: vec![format!("sim://m{id}")],
+                    ..Default::default()
+                })
+                .collect(),
             tick_interval: Duration::from_millis(10),
             election_ticks: 10,
             heartbeat_ticks: 1,
