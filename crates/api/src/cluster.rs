@@ -89,6 +89,10 @@ impl ClusterService {
     /// one answers or the request's deadline passes.
     async fn change_at_leader(&self, change: MembershipChange) -> Result<Vec<Member>, Status> {
         let deadline = tokio::time::Instant::now() + self.node.request_timeout();
+        let removing = match change {
+            MembershipChange::Remove(id) if self.is_member(id) => Some(id),
+            _ => None,
+        };
         loop {
             let leader = self.node.leader();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -101,6 +105,15 @@ impl ClusterService {
             } else {
                 None
             };
+            // A member that applies its own removal stops at once, so a leader that removed
+            // itself may answer "server stopped", or nothing: the removal is known done when
+            // this member applies it too. (So is an earlier attempt's, answered "not found"
+            // on the retry.)
+            if let (Some(id), Some(Err(_))) = (removing, &answer) {
+                if let Some(members) = self.wait_removed(id).await {
+                    return Ok(members);
+                }
+            }
             match answer {
                 Some(Ok(members)) => return Ok(members),
                 // etcd's own errors are the answer; anything else (not the leader any more,
@@ -124,8 +137,32 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    fn is_member(&self, id: u64) -> bool {
+        self.node.members().iter().any(|m| m.id == id)
+    }
+
+    /// The members once member `id` is gone from this member's membership, if that happens
+    /// within an election timeout.
+    async fn wait_removed(&self, id: u64) -> Option<Vec<Member>> {
+        let mut members = self.node.watch_members();
+        let gone = members.wait_for(|members| !members.iter().any(|m| m.id == id));
+        let found = match tokio::time::timeout(self.node.election_timeout(), gone).await {
+            Ok(Ok(members)) => Some(members.clone()),
+            _ => None,
+        };
+        found
+    }
+}
+
 /// Checks `change` against etcd's rules, then proposes it; only the leader may (anyone
 /// else answers etcd's "not leader").
+///
+/// Raft's "recently active" flag of a follower is cleared at every quorum check (once per
+/// election timeout) and set again by the follower's next answer, a heartbeat later: a
+/// change refused as unhealthy is checked once more after two heartbeats' worth of time
+/// (a fifth of the election timeout), so that only a member that stays silent counts as
+/// down.
 ///
 /// # Errors
 /// etcd's status for a refused or failed change.
@@ -133,10 +170,20 @@ pub(crate) async fn change_as_leader(
     node: &Node,
     change: MembershipChange,
 ) -> Result<Vec<Member>, Status> {
-    let Some(progress) = node.peer_progress() else {
-        return Err(to_status(NodeError::NotLeader(node.leader())));
+    let check = || {
+        let Some(progress) = node.peer_progress() else {
+            return Err(ApiError::Node(NodeError::NotLeader(node.leader())));
+        };
+        check_change(&node.members(), &progress, node.id().0, &change)
     };
-    check_change(&node.members(), &progress, node.id().0, &change).map_err(to_status)?;
+    let checked = match check() {
+        Err(ApiError::Reconfig(ReconfigError::Unhealthy)) => {
+            tokio::time::sleep(node.election_timeout() / 5).await;
+            check()
+        }
+        checked => checked,
+    };
+    checked.map_err(to_status)?;
     node.change_membership(change).await.map_err(to_status)
 }
 
@@ -150,8 +197,9 @@ pub(crate) async fn change_as_leader(
 ///   below [`MAX_LEARNERS`];
 /// - removing a voter: the started voters left must be a quorum of the voters left; and,
 ///   unless the member is already down, the connected voters left must be one too;
-/// - promoting: the learner's log must reach 90% of the leader's; the started voters with
-///   the learner must be a quorum of the voters with it.
+/// - promoting: the learner's log must reach 90% of the leader's (a learner the leader has
+///   no progress for yet has nothing); the started voters with the learner must be a quorum
+///   of the voters with it.
 ///
 /// `members` is the replicated membership, `progress` the leader's view of each member, and
 /// `leader` the leader's id. Unknown ids pass: the state machine answers them.
@@ -167,8 +215,7 @@ pub fn check_change(
     let quorum = |n: usize| n / 2 + 1;
     let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
     let started = |members: &[&Member]| members.iter().filter(|m| !m.name.is_empty()).count();
-    let active =
-        |id: u64| id == leader || progress.iter().any(|p| p.id == id && p.recent_active);
+    let active = |id: u64| id == leader || progress.iter().any(|p| p.id == id && p.recent_active);
     let connected = voters.iter().filter(|m| active(m.id)).count();
     match change {
         MembershipChange::Add(member) => {
@@ -211,10 +258,16 @@ pub fn check_change(
         }
         MembershipChange::Promote(id) => {
             let matched = |id: u64| progress.iter().find(|p| p.id == id).map(|p| p.matched);
-            if let (Some(learner), Some(lead)) = (matched(*id), matched(leader)) {
-                if u128::from(learner) * 10 < u128::from(lead) * LEARNER_READY_TENTHS {
+            let is_learner = members.iter().any(|m| m.id == *id && m.is_learner);
+            match (matched(*id), matched(leader)) {
+                (Some(learner), Some(lead))
+                    if u128::from(learner) * 10 < u128::from(lead) * LEARNER_READY_TENTHS =>
+                {
                     return Err(ReconfigError::LearnerNotReady.into());
                 }
+                // Added, but not in Raft's configuration yet: it has nothing.
+                (None, _) if is_learner => return Err(ReconfigError::LearnerNotReady.into()),
+                _ => {}
             }
             if 1 + started(&voters) < quorum(voters.len() + 1) {
                 return Err(ReconfigError::NotEnoughStarted.into());
@@ -318,9 +371,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        let members = self
-            .change_at_leader(MembershipChange::Promote(id))
-            .await?;
+        let members = self.change_at_leader(MembershipChange::Promote(id)).await?;
         tracing::info!(member_id = format!("{id:x}"), "member promoted");
         Ok(Response::new(pb::MemberPromoteResponse {
             header: Some(self.header()),

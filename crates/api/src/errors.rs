@@ -151,9 +151,10 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
             Code::InvalidArgument,
             "etcdserver: given member URLs are invalid",
         ),
-        Node(NodeError::Mvcc(MvccError::MemberExists)) => {
-            (Code::FailedPrecondition, "etcdserver: member ID already exist")
-        }
+        Node(NodeError::Mvcc(MvccError::MemberExists)) => (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        ),
         Node(NodeError::Mvcc(MvccError::PeerUrlExists)) => (
             Code::FailedPrecondition,
             "etcdserver: Peer URLs already exists",

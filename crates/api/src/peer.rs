@@ -372,7 +372,9 @@ impl LeaderLink {
                     let url = url.clone();
                     known.insert(id, LinkPeer { url, client });
                 }
-                Err(e) => tracing::warn!(peer_id = format!("{:x}", id.0), error = %e, "peer skipped"),
+                Err(e) => {
+                    tracing::warn!(peer_id = format!("{:x}", id.0), error = %e, "peer skipped")
+                }
             }
         }
     }
@@ -492,7 +494,10 @@ impl LeaderLink {
                 Ok(Err(NodeError::NotLeader(leader))) => leader,
                 Ok(answer) => return answer,
             };
-            if let Some(client) = self.client(NodeId(leader)).filter(|_| leader != node.id().0) {
+            if let Some(client) = self
+                .client(NodeId(leader))
+                .filter(|_| leader != node.id().0)
+            {
                 let mut request = Request::new(pb::LeaseRequest {
                     cluster_id: self.cluster_id,
                     to: leader,
@@ -718,7 +723,11 @@ impl pb::peer_server::Peer for PeerService {
             }
             Some(pb::membership_request::Change::Remove(id)) => MembershipChange::Remove(id),
             Some(pb::membership_request::Change::Promote(id)) => MembershipChange::Promote(id),
-            None => return Err(Status::invalid_argument("a membership request without a change")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "a membership request without a change",
+                ))
+            }
         };
         // Answered here or not at all: a forwarded change is never forwarded again.
         let members = crate::cluster::change_as_leader(&self.node, change).await?;

@@ -141,8 +141,7 @@ pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyho
         }
         return Ok(Claim::Unclaimed);
     };
-    let same_ids =
-        found.cluster_id == expected.cluster_id && found.member_id == expected.member_id;
+    let same_ids = found.cluster_id == expected.cluster_id && found.member_id == expected.member_id;
     if !same_ids && state == ClusterState::Existing {
         if !found.name.is_empty() && found.name != expected.name {
             bail!(
@@ -291,7 +290,10 @@ mod tests {
             ..joined
         };
         let refused = check(&data, &renamed, ClusterState::Existing).unwrap_err();
-        assert!(refused.to_string().contains("wrong --data-dir or --name"), "{refused}");
+        assert!(
+            refused.to_string().contains("wrong --data-dir or --name"),
+            "{refused}"
+        );
 
         let other_cluster = identity(3, 2);
         let refused = check_or_create(&data, &other_cluster, ClusterState::New).unwrap_err();

@@ -42,8 +42,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{
-    added_member_id, canonical_peer_url, cluster_id, member_id, ClusterState, Config, ConfigError, InitialMember, ServeArgs,
-    MAX_REQUEST_BYTES_CEILING,
+    added_member_id, canonical_peer_url, cluster_id, member_id, ClusterState, Config, ConfigError,
+    InitialMember, ServeArgs, MAX_REQUEST_BYTES_CEILING,
 };
 pub use identity::Identity;
 
@@ -112,9 +112,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     log_config(&config, &me, &client_listeners, &peer_listeners);
     // A member of a new cluster starts the cluster from the flags (its log, if it has one,
     // already holds them); a member that joined waits for the leader to send it the log.
-    let bootstrap = joined.is_none()
-        && me.member_id == config.member_id
-        && me.cluster_id == config.cluster_id;
+    let bootstrap =
+        joined.is_none() && me.member_id == config.member_id && me.cluster_id == config.cluster_id;
 
     let member_dir = config.data_dir.join("member");
     let log = member_dir.join("log");

@@ -280,7 +280,13 @@ fn peer_urls_are_canonical() {
         canonical_peer_url("http://127.0.0.1:2380/").as_deref(),
         Some("http://127.0.0.1:2380")
     );
-    for bad in ["foo", "http://127.0.0.1:5/x", "http://h", "http://h:0", "https://h:1"] {
+    for bad in [
+        "foo",
+        "http://127.0.0.1:5/x",
+        "http://h",
+        "http://h:0",
+        "https://h:1",
+    ] {
         assert_eq!(canonical_peer_url(bad), None, "{bad}");
     }
     let urls = |list: &[&str]| list.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();

@@ -11,7 +11,11 @@ const LEADER: u64 = 1;
 fn voter(id: u64, started: bool) -> Member {
     Member {
         id,
-        name: if started { format!("m{id}") } else { String::new() },
+        name: if started {
+            format!("m{id}")
+        } else {
+            String::new()
+        },
         peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
         client_urls: Vec::new(),
         is_learner: false,
@@ -25,7 +29,7 @@ fn learner(id: u64) -> Member {
     }
 }
 
-fn progress(id: u64, matched: u64, active: bool) -> PeerProgress {
+fn peer(id: u64, matched: u64, active: bool) -> PeerProgress {
     PeerProgress {
         id,
         matched,
@@ -37,11 +41,7 @@ fn progress(id: u64, matched: u64, active: bool) -> PeerProgress {
 /// Three started voters, all connected, the leader at index 100.
 fn healthy() -> (Vec<Member>, Vec<PeerProgress>) {
     let members = vec![voter(1, true), voter(2, true), voter(3, true)];
-    let progress = vec![
-        progress(1, 100, true),
-        progress(2, 100, true),
-        progress(3, 100, true),
-    ];
+    let progress = vec![peer(1, 100, true), peer(2, 100, true), peer(3, 100, true)];
     (members, progress)
 }
 
@@ -59,8 +59,14 @@ fn check(
 #[test]
 fn add_follows_etcds_checks() {
     let (members, mut progress) = healthy();
-    assert_eq!(check(&members, &progress, MembershipChange::Add(voter(9, false))), Ok(()));
-    assert_eq!(check(&members, &progress, MembershipChange::Add(learner(9))), Ok(()));
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Add(voter(9, false))),
+        Ok(())
+    );
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Add(learner(9))),
+        Ok(())
+    );
 
     let mut taken = voter(9, false);
     taken.peer_urls = members[1].peer_urls.clone();
@@ -75,16 +81,30 @@ fn add_follows_etcds_checks() {
         check(&with_learner, &progress, MembershipChange::Add(learner(9))),
         Err(ReconfigError::TooManyLearners.into())
     );
-    assert_eq!(check(&with_learner, &progress, MembershipChange::Add(voter(9, false))), Ok(()));
+    assert_eq!(
+        check(
+            &with_learner,
+            &progress,
+            MembershipChange::Add(voter(9, false))
+        ),
+        Ok(())
+    );
 
     // Two of three voters not started: with the new one, 1 started of 4 is no quorum.
     let unstarted = vec![voter(1, true), voter(2, false), voter(3, false)];
     assert_eq!(
-        check(&unstarted, &progress, MembershipChange::Add(voter(9, false))),
+        check(
+            &unstarted,
+            &progress,
+            MembershipChange::Add(voter(9, false))
+        ),
         Err(ReconfigError::NotEnoughStarted.into())
     );
     // A learner needs no started quorum.
-    assert_eq!(check(&unstarted, &progress, MembershipChange::Add(learner(9))), Ok(()));
+    assert_eq!(
+        check(&unstarted, &progress, MembershipChange::Add(learner(9))),
+        Ok(())
+    );
 
     progress[2].recent_active = false;
     for new in [voter(9, false), learner(9)] {
@@ -101,12 +121,24 @@ fn add_follows_etcds_checks() {
 #[test]
 fn remove_follows_etcds_checks() {
     let (members, mut progress) = healthy();
-    assert_eq!(check(&members, &progress, MembershipChange::Remove(2)), Ok(()));
-    assert_eq!(check(&members, &progress, MembershipChange::Remove(LEADER)), Ok(()));
-    assert_eq!(check(&members, &progress, MembershipChange::Remove(42)), Ok(()));
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Remove(2)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Remove(LEADER)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Remove(42)),
+        Ok(())
+    );
 
     progress[2].recent_active = false;
-    assert_eq!(check(&members, &progress, MembershipChange::Remove(3)), Ok(()));
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Remove(3)),
+        Ok(())
+    );
     assert_eq!(
         check(&members, &progress, MembershipChange::Remove(2)),
         Err(ReconfigError::Unhealthy.into())
@@ -118,7 +150,10 @@ fn remove_follows_etcds_checks() {
 
     let mut with_learner = members.clone();
     with_learner.push(learner(4));
-    assert_eq!(check(&with_learner, &progress, MembershipChange::Remove(4)), Ok(()));
+    assert_eq!(
+        check(&with_learner, &progress, MembershipChange::Remove(4)),
+        Ok(())
+    );
 
     let unstarted = vec![voter(1, true), voter(2, false), voter(3, true)];
     let (_, progress) = healthy();
@@ -139,18 +174,32 @@ fn remove_follows_etcds_checks() {
 fn promote_needs_a_learner_in_sync() {
     let (mut members, mut progress) = healthy();
     members.push(learner(4));
+    // Recorded, but not in the leader's progress yet.
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Promote(4)),
+        Err(ReconfigError::LearnerNotReady.into())
+    );
     progress.push(PeerProgress {
         is_learner: true,
-        ..progress(4, 89, true)
+        ..peer(4, 89, true)
     });
     assert_eq!(
         check(&members, &progress, MembershipChange::Promote(4)),
         Err(ReconfigError::LearnerNotReady.into())
     );
     progress[3].matched = 90;
-    assert_eq!(check(&members, &progress, MembershipChange::Promote(4)), Ok(()));
-    assert_eq!(check(&members, &progress, MembershipChange::Promote(2)), Ok(()));
-    assert_eq!(check(&members, &progress, MembershipChange::Promote(42)), Ok(()));
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Promote(4)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Promote(2)),
+        Ok(())
+    );
+    assert_eq!(
+        check(&members, &progress, MembershipChange::Promote(42)),
+        Ok(())
+    );
 
     let unstarted = vec![voter(1, true), voter(2, false), voter(3, false), learner(4)];
     assert_eq!(
