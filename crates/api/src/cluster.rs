@@ -40,6 +40,9 @@ const FORWARD_RETRY: Duration = Duration::from_millis(50);
 /// etcd's message for a request that only the leader can answer.
 const NOT_LEADER: &str = "etcdserver: not leader";
 
+/// Makes a new member's id from its sorted canonical peer URLs.
+pub type NewMemberId = Arc<dyn Fn(&[String]) -> u64 + Send + Sync>;
+
 /// Decisions the Cluster service leaves to the server: what a valid peer URL is, and how a
 /// new member's id is made.
 #[derive(Clone)]
@@ -48,7 +51,7 @@ pub struct ClusterConfig {
     pub canonical_peer_url: fn(&str) -> Option<String>,
     /// A new member's id from its sorted canonical peer URLs (etcd hashes them with the
     /// cluster token and the current time, so a member added again gets a new id).
-    pub new_member_id: Arc<dyn Fn(&[String]) -> u64 + Send + Sync>,
+    pub new_member_id: NewMemberId,
 }
 
 /// The Cluster service.
