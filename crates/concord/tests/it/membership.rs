@@ -330,6 +330,24 @@ async fn removed_leader_stops_and_the_rest_go_on() {
     assert!(!listed.contains_key(&leader_id));
 }
 
+// Proves a member started with `existing` that was never added is refused with a line
+// naming its peer URLs and the command that adds it, and writes nothing.
+#[tokio::test]
+async fn joining_without_being_added_is_refused() {
+    let mut cluster = start(1).await;
+    let new = cluster.new_member();
+    cluster.start_joining(new, &[]).unwrap();
+    let status = cluster.wait_exit(new, SETTLE_DEADLINE).unwrap();
+    assert!(!status.success());
+    let log = cluster.current_log(new);
+    let expected = format!(
+        "no member has the peer URLs {} (add it first: etcdctl member add",
+        cluster.peer_url(new)
+    );
+    assert!(log.contains(&expected), "{log}");
+    assert!(!cluster.data_dir(new).join("member").exists());
+}
+
 /// A Cluster call's outcome as a client sees it: the member count on success, else the
 /// gRPC code and message.
 type Outcome = Result<usize, (tonic::Code, String)>;
