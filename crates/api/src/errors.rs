@@ -205,8 +205,17 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         }
         Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
         Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
-        Node(NodeError::NotLeader(_)) => (Code::Unavailable, "etcdserver: not leader"),
+        Node(NodeError::NotLeader(_)) => (Code::FailedPrecondition, "etcdserver: not leader"),
         Node(NodeError::Timeout) => (Code::Unavailable, "etcdserver: request timed out"),
+        Node(NodeError::BadLeaderTransferee) => (
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        ),
+        // Not among etcd's gRPC errors: it reaches clients as Unknown.
+        Node(NodeError::LeaderTransferTimeout) => (
+            Code::Unknown,
+            "etcdserver: request timed out, leader transfer took too long",
+        ),
         Node(NodeError::TooManyRequests) => {
             (Code::ResourceExhausted, "etcdserver: too many requests")
         }

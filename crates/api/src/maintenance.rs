@@ -1,5 +1,6 @@
-//! The etcd Maintenance service: status, hashes, alarms and defragmentation. Snapshots,
-//! leader transfer and downgrade are not implemented yet and say so.
+//! The etcd Maintenance service: status, hashes, alarms, defragmentation, backups (the
+//! Snapshot stream `etcdctl snapshot save` reads) and leader transfer. Downgrade is not
+//! implemented yet and says so.
 
 use mvcc::{Command, CommandResponse};
 use node::Node;
@@ -27,6 +28,9 @@ impl MaintenanceService {
         Self { node }
     }
 }
+
+/// Backup chunks (about a MiB each) queued for a Snapshot stream.
+const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
 
 type SnapshotStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
@@ -131,18 +135,47 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
+    /// A backup of this member's state machine (see `node::restore_backup`), streamed in
+    /// chunks read from one consistent view on a blocking thread; the last message carries
+    /// the SHA-256 of the rest. The queue between them holds a few chunks: a slow client
+    /// slows the reading, it does not make the server hold the whole backup.
     async fn snapshot(
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("snapshot is not implemented yet"))
+        let chunks = self.node.backup().map_err(to_status)?;
+        let header = header(&self.node, self.node.status().revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
+        tokio::task::spawn_blocking(move || {
+            let mut chunks = chunks.peekable();
+            while let Some(chunk) = chunks.next() {
+                let message = chunk.map_err(to_status).map(|blob| pb::SnapshotResponse {
+                    header: Some(header),
+                    // Unknown until the end: 0 marks the last message, as etcd's does.
+                    remaining_bytes: u64::from(chunks.peek().is_some()),
+                    blob,
+                    version: String::new(),
+                });
+                let failed = message.is_err();
+                if tx.blocking_send(message).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
         &self,
-        _: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("move-leader is not implemented yet"))
+        let target = request.into_inner().target_id;
+        self.node.move_leader(target).await.map_err(to_status)?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(header(&self.node, self.node.status().revision)),
+        }))
     }
 
     async fn downgrade(

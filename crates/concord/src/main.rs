@@ -42,6 +42,28 @@ enum Commands {
     Dev(DevArgs),
     /// Load a cluster through the etcd v3 API and report throughput and latency.
     Bench(BenchArgs),
+    /// Backups (`etcdctl snapshot save` files): restore one into a new cluster's member,
+    /// or tell what one holds.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Write the data directory of a member of a new cluster from a backup (etcd's flags).
+    Restore(server::RestoreArgs),
+    /// Tell what a backup holds: hash, revision, keys, size.
+    Status(SnapshotStatusArgs),
+}
+
+/// `concord snapshot status` flags.
+#[derive(clap::Args)]
+struct SnapshotStatusArgs {
+    /// The backup file.
+    file: PathBuf,
+    /// Output format: table, simple or json.
+    #[arg(short = 'w', long = "write-out", default_value = "simple")]
+    write_out: String,
 }
 
 /// `concord dev` flags.
@@ -118,7 +140,52 @@ fn run() -> anyhow::Result<ExitCode> {
         Commands::Serve(args) => serve(&args),
         Commands::Dev(args) => dev(&args),
         Commands::Bench(args) => bench(&args),
+        Commands::Snapshot(SnapshotCommand::Restore(args)) => snapshot_restore(&args),
+        Commands::Snapshot(SnapshotCommand::Status(args)) => snapshot_status(&args),
     }
+}
+
+/// `concord snapshot restore`: one line on success, as etcd's restore logs.
+fn snapshot_restore(args: &server::RestoreArgs) -> anyhow::Result<ExitCode> {
+    let restored = server::restore(args)?;
+    println!(
+        "restored snapshot {} (revision {}, {} keys) into {}: member {:x} of cluster {:x}",
+        args.file.display(),
+        restored.status.revision,
+        restored.status.total_keys,
+        restored.data_dir.display(),
+        restored.member_id,
+        restored.cluster_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `concord snapshot status`: etcdctl's columns (hash, revision, total keys, total size).
+fn snapshot_status(args: &SnapshotStatusArgs) -> anyhow::Result<ExitCode> {
+    let status = server::backup_status(&args.file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+    match args.write_out.as_str() {
+        "json" => println!(
+            "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}",
+            status.hash, status.revision, status.total_keys, status.total_size
+        ),
+        "table" => {
+            println!("+----------+----------+------------+------------+");
+            println!("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
+            println!("+----------+----------+------------+------------+");
+            println!(
+                "| {:08x} | {:>8} | {:>10} | {:>10} |",
+                status.hash, status.revision, status.total_keys, status.total_size
+            );
+            println!("+----------+----------+------------+------------+");
+        }
+        "simple" => println!(
+            "{:x}, {}, {}, {}",
+            status.hash, status.revision, status.total_keys, status.total_size
+        ),
+        other => anyhow::bail!("unknown output format {other:?}: one of simple, table, json"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` if it is set, else `level` (from

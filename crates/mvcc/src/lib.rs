@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use parking_lot::RwLock;
 pub use types::*;
 
-use storage::{KvSnapshot, KvStore, StorageError, Table};
+use storage::{KvSnapshot, KvStore, StorageError, Table, WriteOp};
 
 use encoding::{
     decode_record, decode_rev_key, event, meta_i64, put_meta, rev_key, META_APPLIED_INDEX,
@@ -134,6 +134,15 @@ pub struct ApplyEntry<'a> {
 /// Storage errors; `Storage` if a record does not decode.
 pub fn members_of(view: &dyn KvSnapshot) -> Result<Vec<Member>, MvccError> {
     index::members_of(view)
+}
+
+/// The current revision, if a stored record of a state machine (as a snapshot or a backup
+/// carries them) is the one that holds it.
+#[must_use]
+pub fn current_revision_record(table: Table, key: &[u8], value: &[u8]) -> Option<Revision> {
+    (table == Table::Meta && key == encoding::META_CURRENT_REVISION)
+        .then(|| value.try_into().ok().map(i64::from_be_bytes))
+        .flatten()
 }
 
 /// The longest lease TTL etcd grants, in seconds (`MaxLeaseTTL`).
@@ -448,6 +457,37 @@ impl<S: KvStore> Store<S> {
     /// The active alarms, in (member, type) order.
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.index.read().alarms.iter().copied().collect()
+    }
+
+    /// Makes a restored state machine that of a new cluster: forgets the old cluster's
+    /// members, removed ids and log position (the new cluster's log starts again at 1),
+    /// durably; keeps the data, revisions and leases.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn reset_for_new_cluster(&self) -> Result<(), MvccError> {
+        let mut index = self.index.write();
+        let mut ops = Vec::new();
+        for id in index.members.keys() {
+            ops.push(WriteOp::Delete {
+                table: Table::Meta,
+                key: encoding::member_key(encoding::META_MEMBER_PREFIX, *id),
+            });
+        }
+        for id in &index.removed {
+            ops.push(WriteOp::Delete {
+                table: Table::Meta,
+                key: encoding::member_key(encoding::META_REMOVED_PREFIX, *id),
+            });
+        }
+        put_meta(&mut ops, META_APPLIED_INDEX, 0);
+        put_meta(&mut ops, META_APPLIED_TERM, 0);
+        self.kv.write(ops, true)?;
+        index.members.clear();
+        index.removed.clear();
+        index.applied = AppliedIndex::default();
+        index.durable = AppliedIndex::default();
+        Ok(())
     }
 
     /// The cluster's members, in id order.

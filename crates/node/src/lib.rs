@@ -26,6 +26,7 @@
 //! raft crate's own messages, which it encodes for the transport as opaque bytes.
 
 mod apply;
+mod backup;
 mod clock;
 mod leases;
 mod proposal;
@@ -52,6 +53,9 @@ use crate::state::StateReader;
 use crate::store::{StoreLoop, StoreMsg};
 
 pub use ::watch::HubConfig as WatchConfig;
+pub use backup::{
+    backup_status, restore_backup, verify_backup, BackupStatus, BACKUP_CHECKSUM_BYTES,
+};
 pub use clock::Clock;
 pub use consensus::PeerProgress;
 pub use mvcc::{
@@ -126,6 +130,12 @@ pub enum NodeError {
     /// `etcdserver: request timed out`
     #[error("request timed out")]
     Timeout,
+    /// `etcdserver: bad leader transferee`
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    /// `etcdserver: request timed out, leader transfer took too long`
+    #[error("request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// `etcdserver: too many requests`
     #[error("too many requests")]
     TooManyRequests,
@@ -649,6 +659,54 @@ impl Node {
             ))),
             Err(e) => Err(NodeError::Mvcc(e)),
         }
+    }
+
+    /// Hands leadership to voter `to` (etcd's MoveLeader) and waits until it leads.
+    ///
+    /// # Errors
+    /// `NotLeader` if this member does not lead; `BadLeaderTransferee` if `to` is not a
+    /// voting member; `LeaderTransferTimeout` if it does not lead within the request
+    /// timeout; `Stopped`.
+    pub async fn move_leader(&self, to: u64) -> Result<(), NodeError> {
+        let shared = &self.shared;
+        let me = shared.config.node_id.0;
+        if shared.raft.leader() != me {
+            return Err(NodeError::NotLeader(shared.raft.leader()));
+        }
+        let voter = self.members().iter().any(|m| m.id == to && !m.is_learner);
+        if !voter {
+            return Err(NodeError::BadLeaderTransferee);
+        }
+        if to == me {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + shared.config.request_timeout;
+        let msg = StoreMsg::TransferLeader { to: NodeId(to) };
+        shared.inbox.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => NodeError::TooManyRequests,
+            TrySendError::Disconnected(_) => NodeError::Stopped,
+        })?;
+        while shared.raft.leader() != to {
+            if shared.is_stopped() {
+                return Err(NodeError::Stopped);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// A backup of this member's state machine, from one consistent view, in chunks: the
+    /// records, then their SHA-256 (see [`restore_backup`]).
+    ///
+    /// # Errors
+    /// `Storage` if no view can be taken; each chunk may fail the same way.
+    pub fn backup(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<Vec<u8>, NodeError>> + Send, NodeError> {
+        backup::chunks(self.shared.state.as_ref())
     }
 
     /// The cluster's members as of this member's applied index, in id order.

@@ -112,26 +112,43 @@ impl Iterator for ChunkIter {
 
 /// Reads the records of a spooled snapshot file back, for `mvcc::Store::restore`.
 pub(crate) struct RecordReader {
-    reader: BufReader<File>,
+    reader: BufReader<std::io::Take<File>>,
     path: PathBuf,
     offset: u64,
     /// The file's length: no record length may point past it (a length from a peer is
     /// never allocated as given).
     len: u64,
+    /// Whether [`END_MARKER`] ends the records (backups), or is corruption (snapshots).
+    end_marker: bool,
 }
+
+/// In a backup, the byte after the last record; padding follows it.
+pub(crate) const END_MARKER: u8 = 0xff;
 
 impl RecordReader {
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
+        Self::open_prefix(path, None, false)
+    }
+
+    /// Reads the records of the first `len` bytes of the file (all of it if `None`), up to
+    /// an [`END_MARKER`] if `end_marker`.
+    pub(crate) fn open_prefix(
+        path: &Path,
+        len: Option<u64>,
+        end_marker: bool,
+    ) -> Result<Self, StorageError> {
         let io = |e: std::io::Error| {
             StorageError::Io(format!("open snapshot file {}: {e}", path.display()))
         };
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let file_len = file.metadata().map_err(io)?.len();
+        let len = len.map_or(file_len, |len| len.min(file_len));
         Ok(Self {
-            reader: BufReader::new(file),
+            reader: BufReader::new(file.take(len)),
             path: path.to_path_buf(),
             offset: 0,
             len,
+            end_marker,
         })
     }
 
@@ -169,6 +186,9 @@ impl RecordReader {
             Ok(0) => return None,
             Ok(_) => self.offset += 1,
             Err(e) => return Some(Err(StorageError::Io(e.to_string()))),
+        }
+        if self.end_marker && code[0] == END_MARKER {
+            return None;
         }
         let Some(table) = table_from_code(code[0]) else {
             return Some(Err(self.corrupt("unknown table")));

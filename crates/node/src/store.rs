@@ -67,6 +67,8 @@ pub(crate) enum StoreMsg {
     SnapshotArrived { shard: ShardId, message: Message },
     /// Look again: new reads wait in `Shared::reads`, or apply finished a restore.
     Wake,
+    /// Hand leadership of every shard this node leads to `to` (etcd's MoveLeader).
+    TransferLeader { to: NodeId },
     /// The transport could not reach a node.
     Unreachable { to: NodeId },
     /// The outcome of a snapshot sent to a node.
@@ -352,6 +354,13 @@ impl<L: LogStore> StoreLoop<L> {
             }
             StoreMsg::SnapshotArrived { shard, message } => self.step(shard, message),
             StoreMsg::Wake => {}
+            StoreMsg::TransferLeader { to } => {
+                for replica in self.replicas.values_mut().filter(|r| !r.parked()) {
+                    if consensus::status(&replica.peer).role == consensus::StateRole::Leader {
+                        replica.peer.transfer_leader(to.0);
+                    }
+                }
+            }
             StoreMsg::Unreachable { to } => {
                 for replica in self.replicas.values_mut().filter(|r| !r.parked()) {
                     consensus::report_unreachable(&mut replica.peer, to.0);

@@ -814,3 +814,16 @@ impl ServeArgs {
         })
     }
 }
+
+impl ServeArgs {
+    /// Parses `args` (flags only) as `concord serve` would.
+    pub(crate) fn parse_serve(args: &[&str]) -> anyhow::Result<ServeArgs> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("concord").chain(args.iter().copied());
+        Ok(<Cli as clap::Parser>::try_parse_from(argv)?.serve)
+    }
+}

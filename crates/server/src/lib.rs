@@ -27,6 +27,7 @@
 mod config;
 mod identity;
 mod join;
+mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +47,8 @@ pub use config::{
     InitialMember, ServeArgs, MAX_REQUEST_BYTES_CEILING,
 };
 pub use identity::Identity;
+pub use node::{backup_status, BackupStatus};
+pub use restore::{restore, RestoreArgs, Restored};
 
 /// Proposals waiting for apply before clients get `etcdserver: too many requests`.
 const MAX_PENDING_PROPOSALS: usize = 10_000;

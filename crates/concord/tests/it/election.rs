@@ -449,8 +449,11 @@ async fn etcdctl_sees_the_services_leaders() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let seen = kill_and_read(observer);
-    let expected = format!("svc/{cli_lease}\ncli\nsvc/51\ngrpc\nsvc/51\nproclaimed\n");
-    assert_eq!(seen, expected);
+    // etcdctl observes on the client: once the first leader's key is gone it reads the next
+    // leader at the latest revision, which may already carry the proclaimed value.
+    let every = format!("svc/{cli_lease}\ncli\nsvc/51\ngrpc\nsvc/51\nproclaimed\n");
+    let late = format!("svc/{cli_lease}\ncli\nsvc/51\nproclaimed\n");
+    assert!(seen == every || seen == late, "etcdctl observed {seen:?}");
 }
 
 /// The Rust `etcd-client` crate's election calls with one server: what it answered.

@@ -6,6 +6,7 @@
 //! Clusters are real processes sharing the machine's cores: run these tests one at a time
 //! (`cargo test -p concord -- --test-threads=1`) where cores are few.
 
+mod backup;
 mod chaos;
 mod cli;
 mod corruption;

@@ -407,3 +407,50 @@ async fn quota_raises_nospace_and_operator_recovers() {
         value
     );
 }
+
+/// MoveLeader through member `via` to `target`: its code and message, or `Ok`.
+async fn move_leader(url: &str, target: u64) -> Result<(), (Code, String)> {
+    let mut client = MaintenanceClient::new(testkit::channel(url));
+    client
+        .move_leader(pb::MoveLeaderRequest { target_id: target })
+        .await
+        .map(|_| ())
+        .map_err(|status| (status.code(), status.message().to_string()))
+}
+
+/// What MoveLeader answers on `members`: through a follower, to an unknown member, and
+/// through the leader to a follower (then the follower leads).
+async fn move_leader_answers(
+    members: &mut impl testkit::Members,
+) -> Vec<Result<(), (Code, String)>> {
+    let leader = members.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let follower = (leader + 1) % members.size();
+    let mut status = MaintenanceClient::new(testkit::channel(&members.client_url(follower)));
+    let follower_id = member_id(&mut status).await;
+    let answers = vec![
+        move_leader(&members.client_url(follower), follower_id).await,
+        move_leader(&members.client_url(leader), 0xdead).await,
+        move_leader(&members.client_url(leader), follower_id).await,
+    ];
+    let new_leader = members.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    assert_eq!(
+        new_leader,
+        follower,
+        "{}: leadership did not move",
+        members.system()
+    );
+    answers
+}
+
+// Proves MoveLeader answers as etcd's does: refused through a follower (`not leader`) and to
+// a member that does not exist (`bad leader transferee`), and through the leader it hands
+// leadership to the member named, which then leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_answers_as_etcd_does() {
+    let mut etcd = testkit::EtcdCluster::start(3).await.unwrap();
+    let expected = move_leader_answers(&mut etcd).await;
+    drop(etcd);
+    let mut concord = Cluster::start(binary(), 3, &[]).unwrap();
+    let answers = move_leader_answers(&mut concord).await;
+    assert_eq!(answers, expected);
+}
