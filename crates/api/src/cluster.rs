@@ -1,94 +1,387 @@
-//! The etcd Cluster service: the member list. Membership changes are not implemented yet.
+//! The etcd Cluster service over the replicated membership: MemberList, MemberAdd,
+//! MemberRemove, MemberUpdate and MemberPromote.
+//!
+//! The list is this member's copy of the replicated membership, as etcd serves it (no
+//! consensus round). A new member's name and client URLs are empty until it has started and
+//! published them.
+//!
+//! Changes go through Raft (`Node::change_membership`). Before adding, removing or promoting,
+//! etcd's leader checks that the change is safe ([`check_change`]: its strict
+//! reconfiguration checks and its limit of one learner). Only the leader can: it alone knows
+//! which members are connected and how far each has caught up. So a member that does not
+//! lead forwards the whole call to the leader's peer service (`ChangeMembership`), which
+//! checks and proposes in one place, and passes the leader's answer back as it is; through
+//! elections it asks again until the request's deadline. One call instead of a check then a
+//! proposal from here means one round trip, and no window in which the leader that checked is
+//! not the one the proposal reaches. (etcd forwards promotions to the leader the same way.)
+//! MemberUpdate needs no check and is proposed where it arrives.
 
-use node::Node;
+use std::sync::Arc;
+use std::time::Duration;
+
+use node::{Member, MembershipChange, Node, NodeError, NodeId, PeerProgress};
 use proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
+use crate::errors::{to_status, ApiError, ReconfigError, RequestError};
 use crate::header;
+use crate::peer::LeaderLink;
 
-/// One member of the cluster, as `MemberList` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Member id.
-    pub id: u64,
-    /// Member name.
-    pub name: String,
-    /// Peer URLs.
-    pub peer_urls: Vec<String>,
-    /// Client URLs.
-    pub client_urls: Vec<String>,
+/// Most learners a cluster may have (etcd 3.4's fixed `maxLearners`).
+pub const MAX_LEARNERS: usize = 1;
+
+/// A learner may be promoted once its log reaches this share of the leader's (etcd's
+/// `readyPercent`, 90%), in tenths.
+const LEARNER_READY_TENTHS: u128 = 9;
+
+/// Pause before asking again while there is no leader, or the leader did not answer.
+const FORWARD_RETRY: Duration = Duration::from_millis(50);
+
+/// etcd's message for a request that only the leader can answer.
+const NOT_LEADER: &str = "etcdserver: not leader";
+
+/// Makes a new member's id from its sorted canonical peer URLs.
+pub type NewMemberId = Arc<dyn Fn(&[String]) -> u64 + Send + Sync>;
+
+/// Decisions the Cluster service leaves to the server: what a valid peer URL is, and how a
+/// new member's id is made.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// The canonical spelling of a peer URL, or `None` if a member cannot be reached at it.
+    pub canonical_peer_url: fn(&str) -> Option<String>,
+    /// A new member's id from its sorted canonical peer URLs (etcd hashes them with the
+    /// cluster token and the current time, so a member added again gets a new id).
+    pub new_member_id: NewMemberId,
 }
-
-/// The cluster's members (fixed at bootstrap for now).
-pub type Membership = Vec<Member>;
 
 /// The Cluster service.
 pub struct ClusterService {
     node: Node,
-    members: Membership,
+    leader: LeaderLink,
+    config: ClusterConfig,
 }
 
 impl ClusterService {
-    /// A Cluster service reporting `members`.
+    /// A Cluster service over `node`, reaching the leader through `leader`.
     #[must_use]
-    pub fn new(node: Node, members: Membership) -> Self {
-        Self { node, members }
+    pub fn new(node: Node, leader: LeaderLink, config: ClusterConfig) -> Self {
+        Self {
+            node,
+            leader,
+            config,
+        }
     }
 
-    fn list(&self) -> Vec<pb::Member> {
-        self.members
+    fn header(&self) -> pb::ResponseHeader {
+        header(&self.node, self.node.status().revision)
+    }
+
+    /// The canonical peer URLs of a request, sorted as etcd sorts them.
+    fn peer_urls(&self, urls: &[String]) -> Result<Vec<String>, Status> {
+        let mut canonical = urls
             .iter()
-            .map(|m| pb::Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: false,
-            })
-            .collect()
+            .map(|url| (self.config.canonical_peer_url)(url.trim()))
+            .collect::<Option<Vec<String>>>()
+            .filter(|urls| !urls.is_empty())
+            .ok_or_else(|| to_status(RequestError::InvalidMemberUrls))?;
+        canonical.sort();
+        Ok(canonical)
+    }
+
+    /// Makes `change` at the leader: here if this member leads, else forwarded to it, until
+    /// one answers or the request's deadline passes.
+    async fn change_at_leader(&self, change: MembershipChange) -> Result<Vec<Member>, Status> {
+        let deadline = tokio::time::Instant::now() + self.node.request_timeout();
+        let removing = match change {
+            MembershipChange::Remove(id) if self.is_member(id) => Some(id),
+            _ => None,
+        };
+        loop {
+            let leader = self.node.leader();
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = if leader == self.node.id().0 {
+                Some(change_as_leader(&self.node, change.clone()).await)
+            } else if leader != 0 {
+                self.leader
+                    .change_membership(NodeId(leader), &change, remaining)
+                    .await
+            } else {
+                None
+            };
+            // A member that applies its own removal stops at once, so a leader that removed
+            // itself may answer "server stopped", or nothing: the removal is known done when
+            // this member applies it too. (So is an earlier attempt's, answered "not found"
+            // on the retry.)
+            if let (Some(id), Some(Err(_))) = (removing, &answer) {
+                if let Some(members) = self.wait_removed(id).await {
+                    return Ok(members);
+                }
+            }
+            match answer {
+                Some(Ok(members)) => return Ok(members),
+                // etcd's own errors are the answer; anything else (not the leader any more,
+                // unreachable, timed out on the way) is worth asking again.
+                Some(Err(status))
+                    if status.message() != NOT_LEADER
+                        && status.message().starts_with("etcdserver: ") =>
+                {
+                    return Err(status)
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(leader_id = leader, error = %status, "membership change at the leader failed");
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() + FORWARD_RETRY >= deadline {
+                return Err(to_status(NodeError::Timeout));
+            }
+            tokio::time::sleep(FORWARD_RETRY).await;
+        }
     }
 }
 
-const NO_MEMBERSHIP_CHANGES: &str = "membership changes are not implemented yet";
+impl ClusterService {
+    fn is_member(&self, id: u64) -> bool {
+        self.node.members().iter().any(|m| m.id == id)
+    }
+
+    /// The members once member `id` is gone from this member's membership, if that happens
+    /// within an election timeout.
+    async fn wait_removed(&self, id: u64) -> Option<Vec<Member>> {
+        let mut members = self.node.watch_members();
+        let gone = members.wait_for(|members| !members.iter().any(|m| m.id == id));
+        let found = match tokio::time::timeout(self.node.election_timeout(), gone).await {
+            Ok(Ok(members)) => Some(members.clone()),
+            _ => None,
+        };
+        found
+    }
+}
+
+/// Checks `change` against etcd's rules, then proposes it; only the leader may (anyone
+/// else answers etcd's "not leader").
+///
+/// Raft's "recently active" flag of a follower is cleared at every quorum check (once per
+/// election timeout) and set again by the follower's next answer, a heartbeat later: a
+/// change refused as unhealthy is checked once more after two heartbeats' worth of time
+/// (a fifth of the election timeout), so that only a member that stays silent counts as
+/// down.
+///
+/// # Errors
+/// etcd's status for a refused or failed change.
+pub(crate) async fn change_as_leader(
+    node: &Node,
+    change: MembershipChange,
+) -> Result<Vec<Member>, Status> {
+    let check = || {
+        let Some(progress) = node.peer_progress() else {
+            return Err(ApiError::Node(NodeError::NotLeader(node.leader())));
+        };
+        check_change(&node.members(), &progress, node.id().0, &change)
+    };
+    let checked = match check() {
+        Err(ApiError::Reconfig(ReconfigError::Unhealthy)) => {
+            tokio::time::sleep(node.election_timeout() / 5).await;
+            check()
+        }
+        checked => checked,
+    };
+    checked.map_err(to_status)?;
+    node.change_membership(change).await.map_err(to_status)
+}
+
+/// etcd 3.4's checks before a membership change, as its leader runs them, in its order:
+///
+/// - adding a voter: the voters that have started (published their name) must be a quorum
+///   of the voters with the new one (strict reconfiguration check);
+/// - adding any member: every voter must be connected to the leader (etcd: connected for the
+///   last 5 s; here: recently active by Raft's progress);
+/// - then, as etcd's apply does: the peer URLs must be free, and a learner may be added only
+///   below [`MAX_LEARNERS`];
+/// - removing a voter: the started voters left must be a quorum of the voters left; and,
+///   unless the member is already down, the connected voters left must be one too;
+/// - promoting: the learner's log must reach 90% of the leader's (a learner the leader has
+///   no progress for yet has nothing); the started voters with the learner must be a quorum
+///   of the voters with it.
+///
+/// `members` is the replicated membership, `progress` the leader's view of each member, and
+/// `leader` the leader's id. Unknown ids pass: the state machine answers them.
+///
+/// # Errors
+/// The check that failed, with etcd's error.
+pub fn check_change(
+    members: &[Member],
+    progress: &[PeerProgress],
+    leader: u64,
+    change: &MembershipChange,
+) -> Result<(), ApiError> {
+    let quorum = |n: usize| n / 2 + 1;
+    let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+    let started = |members: &[&Member]| members.iter().filter(|m| !m.name.is_empty()).count();
+    let active = |id: u64| id == leader || progress.iter().any(|p| p.id == id && p.recent_active);
+    let connected = voters.iter().filter(|m| active(m.id)).count();
+    match change {
+        MembershipChange::Add(member) => {
+            if !member.is_learner && started(&voters) < quorum(voters.len() + 1) {
+                return Err(ReconfigError::NotEnoughStarted.into());
+            }
+            if connected < voters.len() {
+                return Err(ReconfigError::Unhealthy.into());
+            }
+            let taken = members
+                .iter()
+                .flat_map(|m| &m.peer_urls)
+                .any(|url| member.peer_urls.contains(url));
+            if taken {
+                return Err(mvcc::MvccError::PeerUrlExists.into());
+            }
+            let learners = members.iter().filter(|m| m.is_learner).count();
+            if member.is_learner && learners >= MAX_LEARNERS {
+                return Err(ReconfigError::TooManyLearners.into());
+            }
+        }
+        MembershipChange::Remove(id) => {
+            let Some(target) = members.iter().find(|m| m.id == *id) else {
+                return Ok(());
+            };
+            if target.is_learner {
+                return Ok(());
+            }
+            let left: Vec<&Member> = voters.iter().copied().filter(|m| m.id != *id).collect();
+            if started(&left) < quorum(left.len()) {
+                return Err(ReconfigError::NotEnoughStarted.into());
+            }
+            // A member that is down is not part of the active quorum: removing it is safe.
+            if *id != leader && !active(*id) {
+                return Ok(());
+            }
+            if connected.saturating_sub(1) < quorum(left.len()) {
+                return Err(ReconfigError::Unhealthy.into());
+            }
+        }
+        MembershipChange::Promote(id) => {
+            let matched = |id: u64| progress.iter().find(|p| p.id == id).map(|p| p.matched);
+            let is_learner = members.iter().any(|m| m.id == *id && m.is_learner);
+            match (matched(*id), matched(leader)) {
+                (Some(learner), Some(lead))
+                    if u128::from(learner) * 10 < u128::from(lead) * LEARNER_READY_TENTHS =>
+                {
+                    return Err(ReconfigError::LearnerNotReady.into());
+                }
+                // Added, but not in Raft's configuration yet: it has nothing.
+                (None, _) if is_learner => return Err(ReconfigError::LearnerNotReady.into()),
+                _ => {}
+            }
+            if 1 + started(&voters) < quorum(voters.len() + 1) {
+                return Err(ReconfigError::NotEnoughStarted.into());
+            }
+        }
+        MembershipChange::UpdatePeers { .. } | MembershipChange::Publish { .. } => {}
+    }
+    Ok(())
+}
+
+/// A member as etcd's API shows it.
+fn to_pb(member: &Member) -> pb::Member {
+    pb::Member {
+        id: member.id,
+        name: member.name.clone(),
+        peer_ur_ls: member.peer_urls.clone(),
+        client_ur_ls: member.client_urls.clone(),
+        is_learner: member.is_learner,
+    }
+}
+
+fn to_pb_list(members: &[Member]) -> Vec<pb::Member> {
+    members.iter().map(to_pb).collect()
+}
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
+        let request = request.into_inner();
+        let peer_urls = self.peer_urls(&request.peer_ur_ls)?;
+        let member = Member {
+            id: (self.config.new_member_id)(&peer_urls),
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner: request.is_learner,
+        };
+        let members = self
+            .change_at_leader(MembershipChange::Add(member.clone()))
+            .await?;
+        tracing::info!(
+            member_id = format!("{:x}", member.id),
+            learner = member.is_learner,
+            "member added"
+        );
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.header()),
+            member: Some(to_pb(&member)),
+            members: to_pb_list(&members),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
+        let id = request.into_inner().id;
+        let members = self.change_at_leader(MembershipChange::Remove(id)).await?;
+        tracing::info!(member_id = format!("{id:x}"), "member removed");
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.header()),
+            members: to_pb_list(&members),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
+        let request = request.into_inner();
+        let peer_urls = self.peer_urls(&request.peer_ur_ls)?;
+        let members = self
+            .node
+            .change_membership(MembershipChange::UpdatePeers {
+                id: request.id,
+                peer_urls,
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.header()),
+            members: to_pb_list(&members),
+        }))
     }
 
     async fn member_list(
         &self,
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let revision = self.node.status().revision;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(header(&self.node, revision)),
-            members: self.list(),
+            header: Some(self.header()),
+            members: to_pb_list(&self.node.members()),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(NO_MEMBERSHIP_CHANGES))
+        let id = request.into_inner().id;
+        let members = self.change_at_leader(MembershipChange::Promote(id)).await?;
+        tracing::info!(member_id = format!("{id:x}"), "member promoted");
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.header()),
+            members: to_pb_list(&members),
+        }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,7 +36,7 @@ pub async fn differing_peers(node: &Node, link: &LeaderLink) -> Result<Vec<u64>,
         .await
         .map_err(|e| NodeError::Storage(format!("hash task: {e}")))??;
     let mut differing = Vec::new();
-    for (id, mut client) in link.peers().filter(|(id, _)| *id != node.id()) {
+    for (id, mut client) in link.peers().into_iter().filter(|(id, _)| *id != node.id()) {
         let mut request = Request::new(pb::HashKvRequest {
             cluster_id: link.cluster_id(),
             to: id.0,

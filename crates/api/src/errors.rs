@@ -24,6 +24,23 @@ pub enum RequestError {
     InvalidSortOption,
     /// An empty `RequestOp`.
     EmptyRequestOp,
+    /// A member's peer URLs are missing or not URLs a member can be reached at.
+    InvalidMemberUrls,
+}
+
+/// A membership change refused by etcd's safety checks, which the leader runs before it
+/// proposes the change (see [`crate::cluster`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconfigError {
+    /// Too few voters have started to keep a quorum after the change (etcd's strict
+    /// reconfiguration check).
+    NotEnoughStarted,
+    /// Too few voters are connected to the leader to keep a quorum after the change.
+    Unhealthy,
+    /// The learner to promote has not caught up with the leader.
+    LearnerNotReady,
+    /// The cluster already has as many learners as it may (etcd's `--max-learners`, 1).
+    TooManyLearners,
 }
 
 /// Every error a client can see, in one type.
@@ -33,6 +50,14 @@ pub enum ApiError {
     Request(RequestError),
     /// Returned by the node.
     Node(NodeError),
+    /// A membership change refused before it was proposed.
+    Reconfig(ReconfigError),
+}
+
+impl From<ReconfigError> for ApiError {
+    fn from(e: ReconfigError) -> Self {
+        ApiError::Reconfig(e)
+    }
 }
 
 impl From<RequestError> for ApiError {
@@ -94,7 +119,7 @@ pub fn election_status(error: ElectionError) -> Status {
 /// etcd's gRPC code and message for `error`.
 #[must_use]
 pub fn code_and_message(error: &ApiError) -> (Code, String) {
-    use ApiError::{Node, Request};
+    use ApiError::{Node, Reconfig, Request};
     let (code, message) = match error {
         Request(RequestError::KeyNotProvided) => {
             (Code::InvalidArgument, "etcdserver: key is not provided")
@@ -122,6 +147,38 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Request(RequestError::EmptyRequestOp) | Node(NodeError::Mvcc(MvccError::KeyNotFound)) => {
             (Code::InvalidArgument, "etcdserver: key not found")
         }
+        Request(RequestError::InvalidMemberUrls) => (
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ),
+        Node(NodeError::Mvcc(MvccError::MemberExists)) => (
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        ),
+        Node(NodeError::Mvcc(MvccError::PeerUrlExists)) => (
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ),
+        Node(NodeError::Mvcc(MvccError::MemberNotFound)) => {
+            (Code::NotFound, "etcdserver: member not found")
+        }
+        Node(NodeError::Mvcc(MvccError::MemberNotLearner)) => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
+        Reconfig(ReconfigError::NotEnoughStarted) => (
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        Reconfig(ReconfigError::Unhealthy) => (Code::Unavailable, "etcdserver: unhealthy cluster"),
+        Reconfig(ReconfigError::LearnerNotReady) => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        Reconfig(ReconfigError::TooManyLearners) => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
         Node(NodeError::Mvcc(MvccError::Compacted)) => (
             Code::OutOfRange,
             "etcdserver: mvcc: required revision has been compacted",
@@ -146,21 +203,6 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Node(NodeError::Mvcc(MvccError::Corrupt)) => {
             (Code::DataLoss, "etcdserver: corrupt cluster")
         }
-        Node(NodeError::Mvcc(MvccError::MemberExists)) => (
-            Code::FailedPrecondition,
-            "etcdserver: member ID already exist",
-        ),
-        Node(NodeError::Mvcc(MvccError::PeerUrlExists)) => (
-            Code::FailedPrecondition,
-            "etcdserver: Peer URLs already exists",
-        ),
-        Node(NodeError::Mvcc(MvccError::MemberNotFound)) => {
-            (Code::NotFound, "etcdserver: member not found")
-        }
-        Node(NodeError::Mvcc(MvccError::MemberNotLearner)) => (
-            Code::FailedPrecondition,
-            "etcdserver: can only promote a learner member",
-        ),
         Node(NodeError::NoLeader) => (Code::Unavailable, "etcdserver: no leader"),
         Node(NodeError::LeaderChanged) => (Code::Unavailable, "etcdserver: leader changed"),
         Node(NodeError::NotLeader(_)) => (Code::FailedPrecondition, "etcdserver: not leader"),
@@ -282,6 +324,51 @@ mod tests {
                 MvccError::Corrupt.into(),
                 Code::DataLoss,
                 "etcdserver: corrupt cluster",
+            ),
+            (
+                RequestError::InvalidMemberUrls.into(),
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                MvccError::MemberExists.into(),
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                MvccError::PeerUrlExists.into(),
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
+            (
+                MvccError::MemberNotFound.into(),
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                MvccError::MemberNotLearner.into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                ReconfigError::NotEnoughStarted.into(),
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                ReconfigError::Unhealthy.into(),
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+            (
+                ReconfigError::LearnerNotReady.into(),
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                ReconfigError::TooManyLearners.into(),
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
             ),
             (
                 NodeError::NoLeader.into(),

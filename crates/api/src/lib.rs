@@ -23,7 +23,7 @@ pub mod watch;
 use node::Node;
 use proto::etcdserverpb as pb;
 
-pub use cluster::{Member, Membership};
+pub use cluster::ClusterConfig;
 pub use peer::{GrpcTransport, LeaderLink, PeerService};
 
 /// etcd's default backend quota: 2 GiB.
@@ -80,7 +80,7 @@ pub(crate) fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
 #[must_use]
 pub fn client_routes(
     node: &Node,
-    members: Membership,
+    cluster: ClusterConfig,
     config: ApiConfig,
     leader: LeaderLink,
 ) -> tonic::service::Routes {
@@ -92,9 +92,12 @@ pub fn client_routes(
         maintenance::MaintenanceService::new(node.clone()),
     )
     .max_decoding_message_size(limit);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(node.clone(), members))
-            .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(
+        node.clone(),
+        leader.clone(),
+        cluster,
+    ))
+    .max_decoding_message_size(limit);
     let watch = pb::watch_server::WatchServer::new(watch::WatchService::new(
         node.clone(),
         config.max_request_bytes,

@@ -11,15 +11,23 @@
 //!
 //! Leases: only the leader keeps lease clocks, so [`LeaderLink`] takes a renewal (or a
 //! question about the time a lease has left) to whichever member leads, retrying through
-//! elections until the request's deadline.
+//! elections until the request's deadline. Membership changes go the same way (see
+//! [`crate::cluster`]).
+//!
+//! Membership: the members change at runtime, so both peer maps (the transport's and the
+//! leader link's) are updatable; the server follows the replicated membership and calls
+//! [`GrpcTransport::update_peers`] and [`LeaderLink::update_peers`]. The `Members` call is
+//! the one peer call answered without a cluster id: a member joining a running cluster asks
+//! it for the cluster id and its own member id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use node::{
-    Envelope, LeaseId, MvccError, Node, NodeError, NodeId, OutgoingSnapshot, ShardId, Transport,
+    Envelope, LeaseId, Member, MembershipChange, MvccError, Node, NodeError, NodeId,
+    OutgoingSnapshot, ShardId, Transport,
 };
 use proto::peer as pb;
 use proto::peer::peer_client::PeerClient;
@@ -60,7 +68,8 @@ struct Link {
 pub struct GrpcTransport {
     local: NodeId,
     cluster_id: u64,
-    links: HashMap<NodeId, Link>,
+    /// Written only when the membership changes; read for every send.
+    links: RwLock<HashMap<NodeId, Link>>,
     node: Arc<OnceLock<Node>>,
     runtime: tokio::runtime::Handle,
 }
@@ -73,35 +82,47 @@ impl GrpcTransport {
     /// Outside a tokio runtime.
     #[must_use]
     pub fn new(local: NodeId, cluster_id: u64, peers: HashMap<NodeId, String>) -> Self {
-        let runtime = tokio::runtime::Handle::current();
-        let node = Arc::new(OnceLock::new());
-        let links = peers
-            .into_iter()
-            .filter(|(id, _)| *id != local)
-            .map(|(id, url)| {
-                let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
-                runtime.spawn(send_loop(
-                    local,
-                    cluster_id,
-                    id,
-                    url.clone(),
-                    rx,
-                    node.clone(),
-                ));
-                let link = Link {
-                    queue,
-                    url,
-                    snapshot_in_flight: Arc::new(AtomicBool::new(false)),
-                };
-                (id, link)
-            })
-            .collect();
-        Self {
+        let transport = Self {
             local,
             cluster_id,
-            links,
-            node,
-            runtime,
+            links: RwLock::new(HashMap::new()),
+            node: Arc::new(OnceLock::new()),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        transport.update_peers(&peers, &[]);
+        transport
+    }
+
+    /// Adds the members of `peers` (node id to peer URL) not known yet, moves those whose
+    /// URL changed, and forgets those in `removed`. A link's sender task ends when its link
+    /// is dropped; what was queued for a moved member is dropped (Raft resends).
+    pub fn update_peers(&self, peers: &HashMap<NodeId, String>, removed: &[NodeId]) {
+        let mut links = self.links.write().expect("no writer panics");
+        for id in removed {
+            if links.remove(id).is_some() {
+                tracing::info!(peer_id = format!("{:x}", id.0), "peer removed");
+            }
+        }
+        for (&id, url) in peers {
+            if id == self.local || links.get(&id).is_some_and(|link| link.url == *url) {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+            self.runtime.spawn(send_loop(
+                self.local,
+                self.cluster_id,
+                id,
+                url.clone(),
+                rx,
+                self.node.clone(),
+            ));
+            tracing::info!(peer_id = format!("{:x}", id.0), url = %url, "peer added");
+            let link = Link {
+                queue,
+                url: url.clone(),
+                snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+            };
+            links.insert(id, link);
         }
     }
 
@@ -113,7 +134,8 @@ impl GrpcTransport {
 
 impl Transport for GrpcTransport {
     fn send(&self, to: NodeId, envelopes: Vec<Envelope>) {
-        let Some(link) = self.links.get(&to) else {
+        let links = self.links.read().expect("no writer panics");
+        let Some(link) = links.get(&to) else {
             tracing::debug!(peer_id = to.0, "message for an unknown peer");
             return;
         };
@@ -127,7 +149,8 @@ impl Transport for GrpcTransport {
                 node.report_snapshot(to, snapshot.shard, delivered);
             }
         };
-        let Some(link) = self.links.get(&to) else {
+        let links = self.links.read().expect("no writer panics");
+        let Some(link) = links.get(&to) else {
             report(false);
             return;
         };
@@ -187,7 +210,14 @@ async fn send_loop(
                     node.report_unreachable(to);
                 }
                 // What queued up while the peer was away is stale; Raft resends what matters.
-                while queue.try_recv().is_ok() {}
+                // A closed queue: the member was removed, or moved to another URL.
+                loop {
+                    match queue.try_recv() {
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -287,7 +317,24 @@ async fn send_snapshot(
 #[derive(Clone)]
 pub struct LeaderLink {
     cluster_id: u64,
-    peers: Arc<HashMap<NodeId, PeerClient<tonic::transport::Channel>>>,
+    /// Shared by every clone; written only when the membership changes.
+    peers: Arc<RwLock<HashMap<NodeId, LinkPeer>>>,
+}
+
+#[derive(Clone)]
+struct LinkPeer {
+    url: String,
+    client: PeerClient<tonic::transport::Channel>,
+}
+
+/// A client of the peer service at `url`; connects when first used.
+fn lazy_client(url: &str) -> Result<PeerClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("peer URL {url}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(PeerClient::new(channel))
 }
 
 impl LeaderLink {
@@ -298,24 +345,80 @@ impl LeaderLink {
     pub fn new(cluster_id: u64, peers: &HashMap<NodeId, String>) -> Result<Self, String> {
         let mut clients = HashMap::new();
         for (id, url) in peers {
-            let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("peer URL {url}: {e}"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy();
-            clients.insert(*id, PeerClient::new(channel));
+            let client = lazy_client(url)?;
+            let url = url.clone();
+            clients.insert(*id, LinkPeer { url, client });
         }
         Ok(Self {
             cluster_id,
-            peers: Arc::new(clients),
+            peers: Arc::new(RwLock::new(clients)),
         })
     }
 
+    /// Adds the members of `peers` (node id to peer URL) not known yet, moves those whose
+    /// URL changed, and forgets those in `removed`. A URL that is not a valid URI is skipped
+    /// (logged): the member stays unreachable through this link.
+    pub fn update_peers(&self, peers: &HashMap<NodeId, String>, removed: &[NodeId]) {
+        let mut known = self.peers.write().expect("no writer panics");
+        for id in removed {
+            known.remove(id);
+        }
+        for (&id, url) in peers {
+            if known.get(&id).is_some_and(|peer| peer.url == *url) {
+                continue;
+            }
+            match lazy_client(url) {
+                Ok(client) => {
+                    let url = url.clone();
+                    known.insert(id, LinkPeer { url, client });
+                }
+                Err(e) => {
+                    tracing::warn!(peer_id = format!("{:x}", id.0), error = %e, "peer skipped")
+                }
+            }
+        }
+    }
+
     /// Every other member's id with a client to its peer service.
-    pub(crate) fn peers(
+    pub(crate) fn peers(&self) -> Vec<(NodeId, PeerClient<tonic::transport::Channel>)> {
+        let known = self.peers.read().expect("no writer panics");
+        known
+            .iter()
+            .map(|(id, peer)| (*id, peer.client.clone()))
+            .collect()
+    }
+
+    /// A client of member `id`'s peer service, if its URL is known.
+    fn client(&self, id: NodeId) -> Option<PeerClient<tonic::transport::Channel>> {
+        let known = self.peers.read().expect("no writer panics");
+        known.get(&id).map(|peer| peer.client.clone())
+    }
+
+    /// Asks member `leader` to make a membership change (add, remove or promote) as the
+    /// leader, within `timeout`. `None` if its peer URL is unknown here.
+    pub(crate) async fn change_membership(
         &self,
-    ) -> impl Iterator<Item = (NodeId, PeerClient<tonic::transport::Channel>)> + '_ {
-        self.peers.iter().map(|(id, client)| (*id, client.clone()))
+        leader: NodeId,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Option<Result<Vec<Member>, Status>> {
+        let mut client = self.client(leader)?;
+        let change = match change {
+            MembershipChange::Add(member) => pb::membership_request::Change::Add(to_pb(member)),
+            MembershipChange::Remove(id) => pb::membership_request::Change::Remove(*id),
+            MembershipChange::Promote(id) => pb::membership_request::Change::Promote(*id),
+            MembershipChange::UpdatePeers { .. } | MembershipChange::Publish { .. } => {
+                unreachable!("only add, remove and promote need the leader")
+            }
+        };
+        let mut request = Request::new(pb::MembershipRequest {
+            cluster_id: self.cluster_id,
+            to: leader.0,
+            change: Some(change),
+        });
+        request.set_timeout(timeout);
+        let answer = client.change_membership(request).await;
+        Some(answer.map(|r| r.into_inner().members.into_iter().map(from_pb).collect()))
     }
 
     /// The cluster id peer requests carry.
@@ -392,8 +495,7 @@ impl LeaderLink {
                 Ok(answer) => return answer,
             };
             if let Some(client) = self
-                .peers
-                .get(&NodeId(leader))
+                .client(NodeId(leader))
                 .filter(|_| leader != node.id().0)
             {
                 let mut request = Request::new(pb::LeaseRequest {
@@ -402,7 +504,7 @@ impl LeaderLink {
                     id,
                 });
                 request.set_timeout(attempt_timeout);
-                let call = remote(client.clone(), request);
+                let call = remote(client, request);
                 match tokio::time::timeout_at(deadline, call).await {
                     Err(_) => return Err(NodeError::Timeout),
                     Ok(Ok(answer)) => return Ok(answer),
@@ -417,6 +519,52 @@ impl LeaderLink {
             }
             tokio::time::sleep(FORWARD_RETRY).await;
         }
+    }
+}
+
+/// Asks the member whose peer service is at `url` for the cluster id and the members (the
+/// `Members` call, which needs no cluster id), within `timeout`.
+///
+/// # Errors
+/// The member cannot be reached or does not answer in time.
+pub async fn ask_members(url: &str, timeout: Duration) -> Result<(u64, Vec<Member>), String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = PeerClient::new(channel)
+        .members(pb::MembersRequest {})
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    let members = answer.members.into_iter().map(from_pb).collect();
+    Ok((answer.cluster_id, members))
+}
+
+/// A member in the peer protocol's terms.
+#[must_use]
+pub fn to_pb(member: &Member) -> pb::Member {
+    pb::Member {
+        id: member.id,
+        name: member.name.clone(),
+        peer_urls: member.peer_urls.clone(),
+        client_urls: member.client_urls.clone(),
+        is_learner: member.is_learner,
+    }
+}
+
+/// A member from the peer protocol's terms.
+#[must_use]
+pub fn from_pb(member: pb::Member) -> Member {
+    Member {
+        id: member.id,
+        name: member.name,
+        peer_urls: member.peer_urls,
+        client_urls: member.client_urls,
+        is_learner: member.is_learner,
     }
 }
 
@@ -560,6 +708,42 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::LeaseRemainingResponse {
             found: remaining.is_some(),
             remaining_ms: remaining.map_or(0, |d| d.as_millis() as u64),
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::MembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.cluster_id, request.to)?;
+        let change = match request.change {
+            Some(pb::membership_request::Change::Add(member)) => {
+                MembershipChange::Add(from_pb(member))
+            }
+            Some(pb::membership_request::Change::Remove(id)) => MembershipChange::Remove(id),
+            Some(pb::membership_request::Change::Promote(id)) => MembershipChange::Promote(id),
+            None => {
+                return Err(Status::invalid_argument(
+                    "a membership request without a change",
+                ))
+            }
+        };
+        // Answered here or not at all: a forwarded change is never forwarded again.
+        let members = crate::cluster::change_as_leader(&self.node, change).await?;
+        Ok(Response::new(pb::MembershipResponse {
+            members: members.iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(pb::MembersResponse {
+            cluster_id: self.cluster_id,
+            member_id: self.local.0,
+            members: self.node.members().iter().map(to_pb).collect(),
         }))
     }
 }

@@ -449,6 +449,22 @@ fn digest_id(hasher: Sha256) -> u64 {
 /// same `--initial-cluster` and token, on every start, without talking to the others.
 #[must_use]
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    digest_id(member_hasher(peer_urls, token))
+}
+
+/// The id of a member added at runtime (MemberAdd) at `since_epoch` (the time since the Unix
+/// epoch): as [`member_id`], with the time in nanoseconds (8 bytes, big-endian) hashed
+/// last, as etcd hashes the time for an added member. A member removed and added again
+/// with the same peer URLs so gets a new id: removed ids are never used again.
+#[must_use]
+pub fn added_member_id(peer_urls: &[String], token: &str, since_epoch: Duration) -> u64 {
+    let mut hasher = member_hasher(peer_urls, token);
+    let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
+    hasher.update(nanos.to_be_bytes());
+    digest_id(hasher)
+}
+
+fn member_hasher(peer_urls: &[String], token: &str) -> Sha256 {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     let mut hasher = Sha256::new();
@@ -458,7 +474,26 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
         hasher.update([0]);
     }
     hasher.update(token.as_bytes());
-    digest_id(hasher)
+    hasher
+}
+
+/// The canonical spelling of a peer URL a member can be reached at (`http://host:port`),
+/// or `None` if it is not one.
+#[must_use]
+pub fn canonical_peer_url(url: &str) -> Option<String> {
+    parse_dialable(url).ok().map(|url| url.canonical())
+}
+
+/// Whether two lists of peer URLs name the same addresses (`localhost` is 127.0.0.1, as in
+/// the check of `--initial-advertise-peer-urls`).
+#[must_use]
+pub(crate) fn same_peer_urls(a: &[String], b: &[String]) -> bool {
+    let comparable = |urls: &[String]| -> BTreeSet<String> {
+        urls.iter()
+            .map(|u| parse_http_url(u).map_or_else(|_| u.clone(), |u| u.comparable()))
+            .collect()
+    };
+    comparable(a) == comparable(b)
 }
 
 /// The cluster's id: the first 8 bytes, big-endian, of SHA-256 over

@@ -14,8 +14,11 @@
 //!
 //! It is written once, on the first start, atomically (temporary file, fsync, rename, fsync
 //! of the directory), before any store is created: a directory with stores has an identity.
-//! Only the ids are compared; the name and token are there for people reading the file and
-//! for the error messages.
+//!
+//! A member of a new cluster derives its ids from its flags, and a later start whose flags
+//! give other ids is refused. A member that joined a running cluster (`--initial-cluster-state
+//! existing`) was given its ids by the cluster: they cannot be derived from flags, so a start
+//! with `existing` takes the file's ids, and only checks that `--name` is the one recorded.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -110,28 +113,25 @@ pub fn read(member_dir: &Path) -> anyhow::Result<Option<Identity>> {
 }
 
 /// Whether a data directory already belongs to this member, as [`check`] found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// It has this member's identity.
-    Ours,
-    /// It is empty or missing: [`claim`] writes the identity.
+    /// It has this member's identity, as the file records it.
+    Ours(Identity),
+    /// It is empty or missing: [`claim`] writes the identity (with `existing`, the one the
+    /// running cluster gives).
     Unclaimed,
 }
 
 /// Checks, without writing anything, that `data_dir` belongs to `expected` or is empty.
+/// With `existing`, a directory that has an identity belongs to the member it names
+/// whatever its ids (see the module doc) if `--name` matches.
 ///
 /// # Errors
-/// Another cluster's or member's directory, `existing` with no data, a directory with data
-/// but no identity, an unreadable or damaged identity file.
+/// Another cluster's or member's directory, a directory with data but no identity, an
+/// unreadable or damaged identity file.
 pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyhow::Result<Claim> {
     let member_dir = data_dir.join("member");
     let Some(found) = read(&member_dir)? else {
-        if state == ClusterState::Existing {
-            bail!(
-                "--initial-cluster-state existing needs this member's data in {}, which is empty (joining a running cluster needs membership changes, which are not implemented yet)",
-                data_dir.display()
-            );
-        }
         let has_data = member_dir.join("log").exists() || member_dir.join("state.redb").exists();
         if has_data {
             bail!(
@@ -141,6 +141,19 @@ pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyho
         }
         return Ok(Claim::Unclaimed);
     };
+    let same_ids = found.cluster_id == expected.cluster_id && found.member_id == expected.member_id;
+    if !same_ids && state == ClusterState::Existing {
+        if !found.name.is_empty() && found.name != expected.name {
+            bail!(
+                "data dir {} belongs to member {:x} ({:?}), not {:?} (wrong --data-dir or --name?)",
+                data_dir.display(),
+                found.member_id,
+                found.name,
+                expected.name
+            );
+        }
+        return Ok(Claim::Ours(found));
+    }
     if found.cluster_id != expected.cluster_id {
         bail!(
             "data dir {} belongs to cluster {:x}, not {:x} (--initial-cluster/--initial-cluster-token changed?)",
@@ -159,7 +172,7 @@ pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyho
             expected.name
         );
     }
-    Ok(Claim::Ours)
+    Ok(Claim::Ours(found))
 }
 
 /// Makes `data_dir` this member's: writes the identity if [`check`] found the directory
@@ -168,10 +181,10 @@ pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyho
 ///
 /// # Errors
 /// The directory cannot be created or written.
-pub fn claim(data_dir: &Path, expected: &Identity, found: Claim) -> anyhow::Result<()> {
+pub fn claim(data_dir: &Path, expected: &Identity, found: &Claim) -> anyhow::Result<()> {
     let member_dir = data_dir.join("member");
     match found {
-        Claim::Ours => probe_writable(data_dir, &member_dir),
+        Claim::Ours(_) => probe_writable(data_dir, &member_dir),
         Claim::Unclaimed => {
             std::fs::create_dir_all(&member_dir)
                 .with_context(|| format!("cannot create data dir {}", member_dir.display()))?;
@@ -189,7 +202,7 @@ fn check_or_create(
     state: ClusterState,
 ) -> anyhow::Result<()> {
     let found = check(data_dir, expected, state)?;
-    claim(data_dir, expected, found)
+    claim(data_dir, expected, &found)
 }
 
 /// Creates and removes a file in `member_dir`.
@@ -250,25 +263,37 @@ mod tests {
 
     // Proves the identity check: a directory is claimed once (atomically: no temporary file
     // is left), accepted for the same ids, and refused for another cluster or member;
-    // `existing` refuses an empty directory; data without an identity is refused.
+    // `existing` finds an empty directory unclaimed (the member joins), and takes the ids of
+    // a claimed one whatever the flags say, unless the name differs; data without an
+    // identity is refused.
     #[test]
     fn identity_is_claimed_then_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let me = identity(1, 2);
-        let existing = check_or_create(&data, &me, ClusterState::Existing).unwrap_err();
-        let existing = format!("{existing:#}");
-        assert!(
-            existing.contains("existing") && existing.contains("not implemented yet"),
-            "{existing}"
-        );
-        assert!(!data.exists(), "a refused start created the data dir");
+        let found = check(&data, &me, ClusterState::Existing).unwrap();
+        assert_eq!(found, Claim::Unclaimed);
+        assert!(!data.exists(), "a check created the data dir");
 
         check_or_create(&data, &me, ClusterState::New).unwrap();
         assert_eq!(read(&data.join("member")).unwrap(), Some(me.clone()));
         assert!(!data.join("member").join("identity.tmp").exists());
         check_or_create(&data, &me, ClusterState::New).unwrap();
         check_or_create(&data, &me, ClusterState::Existing).unwrap();
+        let joined = identity(7, 8);
+        assert_eq!(
+            check(&data, &joined, ClusterState::Existing).unwrap(),
+            Claim::Ours(me.clone())
+        );
+        let renamed = Identity {
+            name: "b".into(),
+            ..joined
+        };
+        let refused = check(&data, &renamed, ClusterState::Existing).unwrap_err();
+        assert!(
+            refused.to_string().contains("wrong --data-dir or --name"),
+            "{refused}"
+        );
 
         let other_cluster = identity(3, 2);
         let refused = check_or_create(&data, &other_cluster, ClusterState::New).unwrap_err();

@@ -13,29 +13,38 @@
 //! ```
 //!
 //! The identity file is written first, atomically, on the first start; a later start with
-//! flags that give other ids is refused (see [`Identity`]). Member and cluster ids are
-//! derived from `--initial-cluster` and `--initial-cluster-token` alone ([`member_id`],
-//! [`cluster_id`]), so every member computes the same ids without talking to the others.
+//! flags that give other ids is refused (see [`Identity`]). The members of a new cluster
+//! derive their ids from `--initial-cluster` and `--initial-cluster-token` alone
+//! ([`member_id`], [`cluster_id`]), so every member computes the same ids without talking to
+//! the others. A member joining a running cluster (`--initial-cluster-state existing`) was
+//! given its id when an operator added it ([`added_member_id`]) and asks its peers for it
+//! (see `join`).
+//!
+//! Membership: the server follows the replicated membership to keep the peer transport's
+//! and the leader link's maps of peer URLs current, and publishes this member's name and
+//! client URLs through Raft once it runs (etcd's publish).
 
 mod config;
 mod identity;
+mod join;
 mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use node::{Node, NodeConfig, NodeId};
+use identity::Claim;
+use node::{Member, MembershipChange, Node, NodeConfig, NodeError, NodeId};
 use storage_disk::{RaftLogStore, RedbKvStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{
-    cluster_id, member_id, ClusterState, Config, ConfigError, InitialMember, ServeArgs,
-    MAX_REQUEST_BYTES_CEILING,
+    added_member_id, canonical_peer_url, cluster_id, member_id, ClusterState, Config, ConfigError,
+    InitialMember, ServeArgs, MAX_REQUEST_BYTES_CEILING,
 };
 pub use identity::Identity;
 pub use node::{backup_status, BackupStatus};
@@ -53,6 +62,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Pause before publishing this member's name and client URLs again after a failure.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs a member until `shutdown` resolves or the member fails.
 ///
@@ -87,8 +98,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .with_context(|| format!("cannot listen for clients on {addr}"))?;
         client_listeners.push(listener);
     }
-    identity::claim(&config.data_dir, &expected, found)?;
-    log_config(&config, &client_listeners, &peer_listeners);
+    let (me, joined) = match &found {
+        Claim::Ours(recorded) => (recorded.clone(), None),
+        Claim::Unclaimed if config.cluster_state == ClusterState::Existing => {
+            let joined = join::ask_cluster(&config).await?;
+            let me = Identity {
+                cluster_id: joined.cluster_id,
+                member_id: joined.member_id,
+                ..expected.clone()
+            };
+            (me, Some(joined))
+        }
+        Claim::Unclaimed => (expected.clone(), None),
+    };
+    identity::claim(&config.data_dir, &me, &found)?;
+    log_config(&config, &me, &client_listeners, &peer_listeners);
+    // A member of a new cluster starts the cluster from the flags (its log, if it has one,
+    // already holds them); a member that joined waits for the leader to send it the log.
+    let bootstrap =
+        joined.is_none() && me.member_id == config.member_id && me.cluster_id == config.cluster_id;
 
     let member_dir = config.data_dir.join("member");
     let log = member_dir.join("log");
@@ -100,35 +128,66 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let kv = RedbKvStore::open(&state)
         .with_context(|| format!("cannot open the state machine {}", state.display()))?;
 
-    let local = NodeId(config.member_id);
-    let peers: HashMap<NodeId, String> = config
-        .members
-        .iter()
-        .map(|m| (NodeId(m.id), m.peer_urls[0].clone()))
-        .collect();
+    let local = NodeId(me.member_id);
+    // The peers to start with: as the cluster answered the join, else from the flags (a
+    // member added since is learnt from the replicated membership once the node runs).
+    let peers: HashMap<NodeId, String> = match &joined {
+        Some(joined) => peer_map(&joined.members, local),
+        None => config
+            .members
+            .iter()
+            .filter(|m| m.name != config.name)
+            .map(|m| (NodeId(m.id), m.peer_urls[0].clone()))
+            .collect(),
+    };
     let leader_link =
-        api::LeaderLink::new(config.cluster_id, &peers).map_err(|e| anyhow::anyhow!(e))?;
-    let transport = Arc::new(api::GrpcTransport::new(local, config.cluster_id, peers));
-    let node = Node::start(node_config(&config), log, kv, transport.clone())
-        .map_err(|e| anyhow::anyhow!("cannot start the member: {e}"))?;
+        api::LeaderLink::new(me.cluster_id, &peers).map_err(|e| anyhow::anyhow!(e))?;
+    let transport = Arc::new(api::GrpcTransport::new(local, me.cluster_id, peers));
+    let initial_members = if bootstrap {
+        config
+            .members
+            .iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                client_urls: Vec::new(),
+                is_learner: false,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let node = Node::start(
+        node_config(&config, &me, initial_members),
+        log,
+        kv,
+        transport.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the member: {e}"))?;
     transport.attach(node.clone());
+    tokio::spawn(follow_members(
+        node.clone(),
+        transport.clone(),
+        leader_link.clone(),
+    ));
+    tokio::spawn(publish(
+        node.clone(),
+        config.name.clone(),
+        config.advertise_client_urls.clone(),
+    ));
 
-    let members: api::Membership = config
-        .members
-        .iter()
-        .map(|m| api::Member {
-            id: m.id,
-            name: m.name.clone(),
-            peer_urls: m.peer_urls.clone(),
-            // Other members' client URLs are not in the flags; they arrive with membership
-            // changes.
-            client_urls: if m.id == config.member_id {
-                config.advertise_client_urls.clone()
-            } else {
-                Vec::new()
-            },
-        })
-        .collect();
+    let token = config.token.clone();
+    let cluster = api::ClusterConfig {
+        canonical_peer_url: config::canonical_peer_url,
+        new_member_id: Arc::new(move |peer_urls: &[String]| {
+            // The edge, where the clock may be read: the time makes the id new.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            added_member_id(peer_urls, &token, now)
+        }),
+    };
     let api_config = api::ApiConfig {
         max_request_bytes: config.max_request_bytes,
         max_txn_ops: config.max_txn_ops,
@@ -141,7 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut peer_servers = tokio::task::JoinSet::new();
     let mut servers = tokio::task::JoinSet::new();
     for listener in peer_listeners {
-        let routes = api::peer_routes(&node, config.cluster_id);
+        let routes = api::peer_routes(&node, me.cluster_id);
         peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
     }
     if config.initial_corrupt_check {
@@ -158,12 +217,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ));
     }
     for listener in client_listeners {
-        let routes = api::client_routes(&node, members.clone(), api_config, leader_link.clone());
+        let routes = api::client_routes(&node, cluster.clone(), api_config, leader_link.clone());
         servers.spawn(serve_clients(listener, routes, stop_rx.clone()));
     }
     tracing::info!(
-        member_id = format!("{:x}", config.member_id),
-        cluster_id = format!("{:x}", config.cluster_id),
+        member_id = format!("{:x}", me.member_id),
+        cluster_id = format!("{:x}", me.cluster_id),
         "serving"
     );
 
@@ -198,30 +257,100 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     outcome
 }
 
+/// Every member's first peer URL by id, but `local`'s.
+fn peer_map(members: &[Member], local: NodeId) -> HashMap<NodeId, String> {
+    members
+        .iter()
+        .filter(|m| m.id != local.0)
+        .filter_map(|m| Some((NodeId(m.id), m.peer_urls.first()?.clone())))
+        .collect()
+}
+
+/// Keeps the transport's and the leader link's peers as the replicated membership says:
+/// members added or moved are reached at their first peer URL, and removed ones are
+/// forgotten. A member is forgotten only when a change removes it (removed ids never come
+/// back), never for being absent from an older membership that this member is still
+/// catching up through: the peers it was started with may be newer than its log.
+async fn follow_members(
+    node: Node,
+    transport: Arc<api::GrpcTransport>,
+    leader_link: api::LeaderLink,
+) {
+    let local = node.id();
+    let mut members = node.watch_members();
+    let mut previous: Vec<u64> = Vec::new();
+    loop {
+        let current = members.borrow_and_update().clone();
+        if !current.is_empty() {
+            let peers = peer_map(&current, local);
+            let removed: Vec<NodeId> = previous
+                .iter()
+                .filter(|id| !current.iter().any(|m| m.id == **id))
+                .map(|id| NodeId(*id))
+                .collect();
+            transport.update_peers(&peers, &removed);
+            leader_link.update_peers(&peers, &removed);
+            previous = current.iter().map(|m| m.id).collect();
+        }
+        if members.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through Raft once the membership lists it,
+/// unless they are already recorded (etcd's publish), retrying until it applies or the node
+/// stops.
+async fn publish(node: Node, name: String, client_urls: Vec<String>) {
+    let local = node.id().0;
+    let mut members = node.watch_members();
+    loop {
+        let recorded = members
+            .borrow_and_update()
+            .iter()
+            .find(|m| m.id == local)
+            .map(|m| (m.name.clone(), m.client_urls.clone()));
+        match recorded {
+            // Not a member yet (joining): wait for the log to say so.
+            None => {
+                if members.changed().await.is_err() {
+                    return;
+                }
+            }
+            Some((n, urls)) if n == name && urls == client_urls => return,
+            Some(_) => {
+                let change = MembershipChange::Publish {
+                    id: local,
+                    name: name.clone(),
+                    client_urls: client_urls.clone(),
+                };
+                match node.change_membership(change).await {
+                    Ok(_) => {
+                        tracing::info!(name = %name, client_urls = ?client_urls, "published");
+                        return;
+                    }
+                    Err(NodeError::Stopped) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publish failed; trying again");
+                        tokio::time::sleep(PUBLISH_RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The node's settings, from the member's: etcd's tick model (one tick per heartbeat, the
 /// election timeout in ticks) and its request timeout (5 s plus two election timeouts).
-fn node_config(config: &Config) -> NodeConfig {
+/// `me` gives the ids; `initial_members` starts a new cluster (empty: join one).
+fn node_config(config: &Config, me: &Identity, initial_members: Vec<Member>) -> NodeConfig {
     let heartbeat_ms = config.heartbeat.as_millis().max(1);
     let election_ticks =
         usize::try_from(config.election_timeout.as_millis() / heartbeat_ms).unwrap_or(usize::MAX);
     NodeConfig {
-        node_id: NodeId(config.member_id),
-        cluster_id: config.cluster_id,
-        initial_members: match config.cluster_state {
-            ClusterState::New => config
-                .members
-                .iter()
-                .map(|m| node::Member {
-                    id: m.id,
-                    name: m.name.clone(),
-                    peer_urls: m.peer_urls.clone(),
-                    client_urls: Vec::new(),
-                    is_learner: false,
-                })
-                .collect(),
-            // A member of an existing cluster learns the members from its log.
-            ClusterState::Existing => Vec::new(),
-        },
+        node_id: NodeId(me.member_id),
+        cluster_id: me.cluster_id,
+        initial_members,
         tick_interval: config.heartbeat,
         election_ticks,
         heartbeat_ticks: 1,
@@ -239,7 +368,7 @@ fn node_config(config: &Config) -> NodeConfig {
 }
 
 /// Logs the effective configuration once, at startup.
-fn log_config(config: &Config, clients: &[TcpListener], peers: &[TcpListener]) {
+fn log_config(config: &Config, me: &Identity, clients: &[TcpListener], peers: &[TcpListener]) {
     let bound = |listeners: &[TcpListener]| -> Vec<String> {
         listeners
             .iter()
@@ -254,8 +383,8 @@ fn log_config(config: &Config, clients: &[TcpListener], peers: &[TcpListener]) {
         .collect();
     tracing::info!(
         name = %config.name,
-        member_id = format!("{:x}", config.member_id),
-        cluster_id = format!("{:x}", config.cluster_id),
+        member_id = format!("{:x}", me.member_id),
+        cluster_id = format!("{:x}", me.cluster_id),
         data_dir = %config.data_dir.display(),
         listen_client = ?bound(clients),
         advertise_client_urls = ?config.advertise_client_urls,

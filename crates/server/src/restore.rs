@@ -112,7 +112,7 @@ fn restore_into(
 ) -> anyhow::Result<node::BackupStatus> {
     let found = identity::check(data_dir, expected, ClusterState::New)?;
     debug_assert_eq!(found, Claim::Unclaimed);
-    identity::claim(data_dir, expected, found)?;
+    identity::claim(data_dir, expected, &found)?;
     let state = data_dir.join("member").join("state.redb");
     let kv = RedbKvStore::open(&state)
         .with_context(|| format!("cannot create the state machine {}", state.display()))?;

@@ -246,6 +246,12 @@ fn ids_are_stable_and_distinct() {
         member_id(&urls(&["http://a:1"]), "0t"),
         member_id(&urls(&["http://a:10"]), "t"),
     );
+    // An added member's id depends on the time it was added, so an id never comes back.
+    let peers = urls(&["http://a:1"]);
+    let at = |secs| added_member_id(&peers, "t", Duration::from_secs(secs));
+    assert_ne!(at(1), at(2));
+    assert_eq!(at(1), at(1));
+    assert_ne!(at(1), member_id(&peers, "t"));
     // Pinned values of the documented derivation.
     let default = parse(&[]).unwrap();
     assert_eq!(
@@ -264,6 +270,34 @@ fn pinned_member_id() -> u64 {
 /// bytes big-endian.
 fn pinned_cluster_id() -> u64 {
     0x526f_8032_35eb_e421
+}
+
+// Proves peer URLs given to MemberAdd are checked and spelt as the flags' are, and that
+// URL lists compare as sets with localhost as 127.0.0.1 (how a joining member finds itself).
+#[test]
+fn peer_urls_are_canonical() {
+    assert_eq!(
+        canonical_peer_url("http://127.0.0.1:2380/").as_deref(),
+        Some("http://127.0.0.1:2380")
+    );
+    for bad in [
+        "foo",
+        "http://127.0.0.1:5/x",
+        "http://h",
+        "http://h:0",
+        "https://h:1",
+    ] {
+        assert_eq!(canonical_peer_url(bad), None, "{bad}");
+    }
+    let urls = |list: &[&str]| list.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    assert!(config::same_peer_urls(
+        &urls(&["http://localhost:1", "http://b:2"]),
+        &urls(&["http://b:2", "http://127.0.0.1:1"])
+    ));
+    assert!(!config::same_peer_urls(
+        &urls(&["http://b:2"]),
+        &urls(&["http://b:2", "http://c:3"])
+    ));
 }
 
 // Proves every bad flag and flag combination is refused with one line naming the problem,
@@ -409,7 +443,20 @@ fn node_config_follows_etcd() {
         "1000",
     ])
     .unwrap();
-    let node = node_config(&config);
+    let me = Identity {
+        cluster_id: config.cluster_id,
+        member_id: config.member_id,
+        name: config.name.clone(),
+        token: config.token.clone(),
+    };
+    let bootstrap = vec![Member {
+        id: config.member_id,
+        name: config.name.clone(),
+        peer_urls: config.members[0].peer_urls.clone(),
+        client_urls: Vec::new(),
+        is_learner: false,
+    }];
+    let node = node_config(&config, &me, bootstrap.clone());
     assert_eq!(node.tick_interval, Duration::from_millis(50));
     assert_eq!(node.election_ticks, 10);
     assert_eq!(node.heartbeat_ticks, 1);
@@ -417,8 +464,7 @@ fn node_config_follows_etcd() {
     assert_eq!(node.snapshot_catchup_entries, 500);
     assert_eq!(node.request_timeout, Duration::from_millis(5000 + 1040));
     assert_eq!(node.node_id, NodeId(config.member_id));
-    let initial: Vec<u64> = node.initial_members.iter().map(|m| m.id).collect();
-    assert_eq!(initial, vec![config.member_id]);
+    assert_eq!(node.initial_members, bootstrap);
     assert_eq!(
         node.snapshot_dir,
         config.data_dir.join("member").join("snap")

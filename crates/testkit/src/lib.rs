@@ -6,7 +6,9 @@
 //! the member appends to the same file after a `==== testkit:` marker line.
 //!
 //! Members can be killed ([`Cluster::kill`], SIGKILL), stopped ([`Cluster::stop`], SIGTERM)
-//! and restarted with the same flags and data ([`Cluster::restart`]). Dropping the cluster
+//! and restarted with the same flags and data ([`Cluster::restart`]). A member can be added
+//! to the running cluster: [`Cluster::new_member`] gives it ports (to pass to `etcdctl member
+//! add`), and [`Cluster::start_joining`] starts it with `--initial-cluster-state existing`. Dropping the cluster
 //! kills every member it started, also when the test panics; on a panic it also prints the
 //! tail of every member's log and keeps the cluster's directory, naming its path, so a
 //! failure can be read after the fact. Set `TESTKIT_KEEP=1` to keep the directory always,
@@ -401,6 +403,10 @@ pub struct Cluster {
     members: Vec<Member>,
     token: String,
     extra_args: Vec<String>,
+    /// Members `0..bootstrap` started the cluster; the others joined it.
+    bootstrap: usize,
+    /// The command lines of members that joined, by index.
+    joined_args: std::collections::HashMap<usize, Vec<String>>,
 }
 
 impl Cluster {
@@ -433,9 +439,46 @@ impl Cluster {
             members: Vec::new(),
             token: format!("testkit-{}", std::process::id()),
             extra_args: extra_args.iter().map(|s| (*s).to_string()).collect(),
+            bootstrap: size,
+            joined_args: std::collections::HashMap::new(),
         };
         launch(&mut cluster, size, "m")?;
         Ok(cluster)
+    }
+
+    /// Makes room for a new member `m{i}` on free ports and returns its index `i`, without
+    /// starting it: add it to the cluster first (`etcdctl member add` with
+    /// [`Cluster::peer_url`]), then [`Cluster::start_joining`].
+    pub fn new_member(&mut self) -> usize {
+        let i = self.size();
+        let ports = free_ports(2);
+        let name = format!("m{i}");
+        self.members.push(Member {
+            log: self.dir().join(format!("{name}.log")),
+            name,
+            client_port: ports[0],
+            peer_port: ports[1],
+            child: None,
+            starts: 0,
+        });
+        i
+    }
+
+    /// Starts member `i` (made by [`Cluster::new_member`]) with `--initial-cluster-state
+    /// existing`, its `--initial-cluster` listing the members running now and itself, plus
+    /// `extra_args`. Later restarts use the same command line. Does not wait for it to
+    /// listen.
+    ///
+    /// # Errors
+    /// The process cannot be spawned.
+    pub fn start_joining(&mut self, i: usize, extra_args: &[&str]) -> anyhow::Result<()> {
+        let running: Vec<usize> = (0..self.size())
+            .filter(|&m| m == i || self.is_running(m))
+            .collect();
+        let mut args = self.args_with(i, &running, "existing");
+        args.extend(extra_args.iter().map(|s| (*s).to_string()));
+        self.joined_args.insert(i, args);
+        self.spawn(i)
     }
 
     /// Number of members.
@@ -474,8 +517,19 @@ impl Cluster {
     /// The command line of member `i`, without the binary (starts with `serve`).
     #[must_use]
     pub fn args(&self, i: usize) -> Vec<String> {
-        let initial_cluster: Vec<String> = (0..self.size())
-            .map(|m| format!("{}={}", self.members[m].name, self.peer_url(m)))
+        if let Some(args) = self.joined_args.get(&i) {
+            return args.clone();
+        }
+        let bootstrap: Vec<usize> = (0..self.bootstrap).collect();
+        self.args_with(i, &bootstrap, "new")
+    }
+
+    /// The command line of member `i` with `initial` as `--initial-cluster` and `state` as
+    /// `--initial-cluster-state`.
+    fn args_with(&self, i: usize, initial: &[usize], state: &str) -> Vec<String> {
+        let initial_cluster: Vec<String> = initial
+            .iter()
+            .map(|&m| format!("{}={}", self.members[m].name, self.peer_url(m)))
             .collect();
         let client = self.client_url(i);
         let peer = self.peer_url(i);
@@ -496,7 +550,7 @@ impl Cluster {
             "--initial-cluster",
             &initial_cluster.join(","),
             "--initial-cluster-state",
-            "new",
+            state,
             "--initial-cluster-token",
             &self.token,
         ]

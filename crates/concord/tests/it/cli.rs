@@ -88,10 +88,11 @@ fn unknown_flag_is_refused() {
     );
 }
 
-// Proves `--initial-cluster-state existing` with an empty data dir is refused at once with one
-// line: a member cannot join a cluster it knows nothing about.
+// Proves `--initial-cluster-state existing` with an empty data dir and no other member in
+// `--initial-cluster` is refused at once with one line: a joining member must have a running
+// member to ask for the cluster.
 #[test]
-fn existing_state_with_empty_data_dir_is_refused() {
+fn existing_state_without_a_peer_to_ask_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2);
     let peer = format!("http://127.0.0.1:{}", ports[1]);
@@ -110,7 +111,7 @@ fn existing_state_with_empty_data_dir_is_refused() {
         &format!("default={peer}"),
     ]));
     assert!(
-        line.contains("existing") && line.contains("empty"),
+        line.contains("existing") && line.contains("no other member"),
         "{line}"
     );
 }

@@ -20,6 +20,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod membership;
 mod rust_client;
 mod snapshot;
 mod watch;
