@@ -663,6 +663,13 @@ mod tests {
         seen.push(read(&mut stream).await);
         assert_eq!(seen, ["obs/1=first", "obs/1=again", "obs/2=second"]);
         next.await.unwrap().unwrap();
+        // The second campaign's own watch (on the key before it) goes away with its task.
+        for _ in 0..200 {
+            if node.watch_hub().watchers() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(
             node.watch_hub().watchers(),
             1,

@@ -263,6 +263,21 @@ impl<S: KvStore> ApplyLoop<S> {
         if membership_changed {
             self.shared.progress.publish_members(self.store.members());
         }
+        // A member that removes itself stops once the store loop hears of it, and stopping
+        // drops every waiter: answer first.
+        let me = self.shared.config.node_id.0;
+        let removes_me = conf_changes.iter().any(|(_, cc, position)| {
+            cc.get_change_type() == consensus::ConfChangeType::RemoveNode
+                && cc.node_id == me
+                && outcomes[*position]
+                    .as_ref()
+                    .is_some_and(|applied| applied.result.is_ok())
+        });
+        if removes_me {
+            self.shared
+                .waiters
+                .finish_applied(std::mem::take(&mut answers));
+        }
         // The Raft configuration follows the state machine's membership, entry by entry.
         let woke = !conf_changes.is_empty();
         for (index, cc, position) in conf_changes {

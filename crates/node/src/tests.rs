@@ -1211,3 +1211,32 @@ async fn a_backup_restores_into_a_new_cluster() {
     assert_eq!(applied.revision, revision + 1);
     node.shutdown();
 }
+
+// Proves that a leader asked to remove itself answers with the new membership before it
+// stops, and the others elect a leader among themselves and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_answers_before_it_stops() {
+    let mut cluster = TestCluster::new(3, 100_000);
+    cluster.put(1, "k", "v").await;
+    let leader = cluster.leader().await;
+    let members = cluster
+        .change(leader, MembershipChange::Remove(leader))
+        .await
+        .expect("the leader answers its own removal");
+    assert!(members.iter().all(|m| m.id != leader));
+    let failure = tokio::time::timeout(Duration::from_secs(5), cluster.node(leader).failed())
+        .await
+        .expect("the removed leader stops");
+    assert!(failure.contains(REMOVED), "{failure}");
+    cluster.stop(leader);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let next = cluster.leader().await;
+        if next != leader {
+            break next;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.put(next, "after", "removal").await;
+}
