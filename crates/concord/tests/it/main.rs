@@ -21,6 +21,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod membership;
+mod rolling;
 mod rust_client;
 mod snapshot;
 mod watch;
