@@ -11,7 +11,10 @@
 //!   `concord-dev`. Their output is relayed line by line, prefixed `m<i> | `. SIGINT or
 //!   SIGTERM sends SIGTERM to every member, waits for them, and exits 0; a member that exits
 //!   on its own is reported, the others are stopped, and dev exits 1. (A SIGKILLed dev
-//!   cannot stop its members.)
+//!   cannot stop its members.) `concord dev --join` adds one member to a running dev
+//!   cluster (`member add`, then `serve --initial-cluster-state existing`).
+//! - `concord snapshot restore FILE [etcd's restore flags]` and `concord snapshot status
+//!   FILE`: backups.
 //! - Usage errors are clap's (exit 2); `--help` and `--version` exit 0.
 //!
 //! `main` maps `run() -> anyhow::Result<ExitCode>` to the exit code, as ripgrep does.
@@ -80,6 +83,11 @@ struct DevArgs {
     /// 2399/2400 by default.
     #[arg(long, default_value_t = 2379)]
     base_port: u16,
+    /// Instead of starting a cluster: add one member to the dev cluster already running
+    /// with the same --data-dir and --base-port (`member add` through its first member),
+    /// and run it here until Ctrl-C, so that a membership change can be watched.
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +259,9 @@ struct DevMember {
 /// their output with their names, and stops them all on SIGINT or SIGTERM (exit 0) or when
 /// one of them exits on its own (exit 1).
 fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    if args.join {
+        return dev_join(args);
+    }
     let members = dev_members(args.members, args.base_port)?;
     let exe = std::env::current_exe().context("cannot find the concord executable")?;
     std::fs::create_dir_all(&args.data_dir)
@@ -371,6 +382,107 @@ fn dev_members(count: u16, base_port: u16) -> anyhow::Result<Vec<DevMember>> {
             })
         })
         .collect()
+}
+
+/// `concord dev --join`: asks the running dev cluster for its members, adds member m<n> (n
+/// the number of members) with `member add`, then runs it with `--initial-cluster-state
+/// existing` in the foreground: it receives the data from the leader and serves, and
+/// Ctrl-C stops it (it stays a member; `etcdctl member remove` takes it out).
+fn dev_join(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    use proto::etcdserverpb::cluster_client::ClusterClient;
+    use proto::etcdserverpb::{MemberAddRequest, MemberListRequest};
+    let first = dev_members(1, args.base_port)?.remove(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (name, member, initial_cluster) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(first.client_url.clone())?
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "no dev cluster answers at {} (start one with `concord dev`)",
+                    first.client_url
+                )
+            })?;
+        let mut cluster = ClusterClient::new(channel);
+        let listed = cluster
+            .member_list(MemberListRequest::default())
+            .await
+            .context("member list")?
+            .into_inner()
+            .members;
+        let index = u16::try_from(listed.len()).context("too many members")?;
+        let member = dev_members(index + 1, args.base_port)?.remove(usize::from(index));
+        let added = cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec![member.peer_url.clone()],
+                is_learner: false,
+            })
+            .await
+            .with_context(|| format!("member add {}", member.peer_url))?
+            .into_inner();
+        let new_id = added.member.map_or(0, |m| m.id);
+        let initial_cluster = added
+            .members
+            .iter()
+            .flat_map(|m| {
+                let name = if m.id == new_id {
+                    member.name.clone()
+                } else {
+                    m.name.clone()
+                };
+                m.peer_ur_ls
+                    .iter()
+                    .map(move |url| format!("{name}={url}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        anyhow::Ok((member.name.clone(), member, initial_cluster))
+    })?;
+    println!(
+        "added {name} ({}) to the dev cluster; starting it with --initial-cluster-state existing",
+        member.peer_url
+    );
+    let exe = std::env::current_exe().context("cannot find the concord executable")?;
+    runtime.block_on(async {
+        // Signals are watched before the member starts, so that it is never left behind.
+        let signal = dev_signal()?;
+        tokio::pin!(signal);
+        let child = Command::new(exe)
+            .arg("serve")
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(&name))
+            .args(["--listen-client-urls", &member.client_url])
+            .args(["--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", "existing"])
+            .args(["--initial-cluster-token", "concord-dev"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the new member")?;
+        let mut children = vec![(name, child)];
+        loop {
+            tokio::select! {
+                () = &mut signal => {
+                    stop_members(&mut children).await;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                () = tokio::time::sleep(DEV_POLL_INTERVAL) => {
+                    if let Ok(Some(status)) = children[0].1.try_wait() {
+                        eprintln!("concord dev: member {} exited ({status})", children[0].0);
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM; the handlers are installed before it is returned.

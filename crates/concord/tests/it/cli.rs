@@ -178,22 +178,24 @@ impl Drop for Dev {
 }
 
 // Proves `concord dev` starts a working 3-member cluster in one command, prints how to reach
-// it, and stops every member on Ctrl-C (SIGINT).
+// it, that `concord dev --join` adds a fourth member to it (a membership change through the
+// API; the new member receives the data and serves), and that Ctrl-C (SIGINT) stops every
+// member.
 #[test]
 fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     // Member i listens on base + 10*i (clients) and base + 10*i + 1 (peers); pick a base whose
-    // six ports are free now.
+    // eight ports (three members and the one that joins) are free now.
     let base = (0..100)
-        .map(|_| free_port().saturating_sub(30).max(1024))
+        .map(|_| free_port().saturating_sub(40).max(1024))
         .find(|base| {
-            (0..3u16).all(|i| {
+            (0..4u16).all(|i| {
                 [base + 10 * i, base + 10 * i + 1]
                     .iter()
                     .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
             })
         })
-        .expect("six free ports");
+        .expect("eight free ports");
     let mut dev = Dev(Command::new(binary())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("dev"))
@@ -239,6 +241,42 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
         );
     }
 
+    let mut join = Dev(Command::new(binary())
+        .args([
+            "dev",
+            "--join",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("dev"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = etcdctl(3, &["get", "dev-key"]);
+        if String::from_utf8_lossy(&got.stdout) == "dev-key\ndev-value\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && join.0.try_wait().unwrap().is_none(),
+            "the joined member did not serve the data within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = etcdctl(0, &["member", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    assert!(listed.contains(", m3, "), "{listed}");
+    join.interrupt();
+    let status = join
+        .wait(Duration::from_secs(20))
+        .expect("concord dev --join did not stop within 20 s of SIGINT");
+    assert!(status.success(), "{status}");
+
     dev.interrupt();
     let status = dev
         .wait(Duration::from_secs(20))
@@ -254,7 +292,7 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
     );
     assert!(printed.contains("etcdctl"), "{printed}");
     // No member outlived dev: nothing listens on any of their ports.
-    for port in (0..3u16).flat_map(|i| [base + 10 * i, base + 10 * i + 1]) {
+    for port in (0..4u16).flat_map(|i| [base + 10 * i, base + 10 * i + 1]) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         assert!(
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
