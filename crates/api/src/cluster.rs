@@ -159,13 +159,8 @@ impl ClusterService {
 }
 
 /// Checks `change` against etcd's rules, then proposes it; only the leader may (anyone
-/// else answers etcd's "not leader").
-///
-/// Raft's "recently active" flag of a follower is cleared at every quorum check (once per
-/// election timeout) and set again by the follower's next answer, a heartbeat later: a
-/// change refused as unhealthy is checked once more after two heartbeats' worth of time
-/// (a fifth of the election timeout), so that only a member that stays silent counts as
-/// down.
+/// else answers etcd's "not leader"). A member counts as connected if the leader heard
+/// from it within the last election timeout (see [`Node::peer_progress`]).
 ///
 /// # Errors
 /// etcd's status for a refused or failed change.
@@ -179,14 +174,7 @@ pub(crate) async fn change_as_leader(
         };
         check_change(&node.members(), &progress, node.id().0, &change)
     };
-    let checked = match check() {
-        Err(ApiError::Reconfig(ReconfigError::Unhealthy)) => {
-            tokio::time::sleep(node.election_timeout() / 5).await;
-            check()
-        }
-        checked => checked,
-    };
-    checked.map_err(to_status)?;
+    check().map_err(to_status)?;
     node.change_membership(change).await.map_err(to_status)
 }
 

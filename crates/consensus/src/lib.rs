@@ -312,7 +312,8 @@ pub struct PeerProgress {
     pub id: u64,
     /// The highest log index known to be replicated on it.
     pub matched: u64,
-    /// Whether the leader heard from it within the last election timeout.
+    /// Whether the leader heard from it lately (Raft's flag here; the node makes it "within
+    /// the last election timeout").
     pub recent_active: bool,
     /// Whether it is a learner.
     pub is_learner: bool,

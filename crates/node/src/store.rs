@@ -132,6 +132,8 @@ pub(crate) struct StoreLoop<L: LogStore> {
     apply: SyncSender<ApplyTask>,
     /// Conf changes apply has applied to the state machine (see [`ConfApplied`]).
     conf_applied: Receiver<ConfApplied>,
+    /// When each peer was last heard from: a leader's view of which members are up.
+    last_heard: HashMap<u64, Instant>,
     read_rounds: HashMap<Vec<u8>, ReadRound>,
     /// Waiters in `read_rounds`, published to `Waiters` for the bound on reads.
     reads_in_flight: usize,
@@ -186,6 +188,7 @@ impl<L: LogStore> StoreLoop<L> {
             inbox,
             apply,
             conf_applied,
+            last_heard: HashMap::new(),
             read_rounds: HashMap::new(),
             reads_in_flight: 0,
             stalled: VecDeque::new(),
@@ -337,6 +340,7 @@ impl<L: LogStore> StoreLoop<L> {
                 data,
             } => self.propose(shard, request_id, data),
             StoreMsg::Step { from, envelopes } => {
+                self.last_heard.insert(from.0, self.shared.config.clock.now());
                 for envelope in envelopes {
                     let message = match Message::parse_from_bytes(&envelope.message) {
                         Ok(message) => message,
@@ -489,11 +493,25 @@ impl<L: LogStore> StoreLoop<L> {
             replica.jitter.tick(&mut replica.peer);
         }
         self.shared.raft.tick();
+        // "Active" is "heard from within an election timeout": Raft's own flag is cleared at
+        // every quorum check and would call every follower down right after one.
+        let election = tick * self.shared.config.election_ticks as u32;
+        let me = self.shared.config.node_id.0;
         let leader_view = self
             .replicas
             .values()
             .next()
-            .and_then(|replica| consensus::progress(&replica.peer));
+            .and_then(|replica| consensus::progress(&replica.peer))
+            .map(|mut progress| {
+                for peer in &mut progress {
+                    peer.recent_active = peer.id == me
+                        || self
+                            .last_heard
+                            .get(&peer.id)
+                            .is_some_and(|heard| now.duration_since(*heard) < election);
+                }
+                progress
+            });
         self.shared.raft.observe_progress(leader_view);
         self.retry_read_rounds(now, self.read_retry);
         self.plan_log_compaction();
