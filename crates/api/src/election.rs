@@ -42,6 +42,7 @@ use crate::header;
 use crate::kv::{mismatch, propose};
 use crate::lease::min_ttl;
 use crate::lock::wait_deleted;
+use crate::waiter::Waiter;
 
 /// Leader updates waiting for gRPC to send them, per Observe stream. When it is full the
 /// stream stops reading its watch, whose own bounded queue then makes it catch up from
@@ -106,28 +107,6 @@ fn resign_txn(key: &[u8], rev: Revision) -> TxnRequest {
             prev_kv: false,
         })],
         failure: Vec::new(),
-    }
-}
-
-/// Resigns a campaign if the Campaign call is dropped before it answers.
-struct Waiter {
-    node: Node,
-    key: Vec<u8>,
-    rev: Revision,
-    armed: bool,
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let node = self.node.clone();
-        let resign = Command::Txn(resign_txn(&self.key, self.rev));
-        // Best effort: if it fails, the lease's expiry removes the key.
-        tokio::spawn(async move {
-            let _ = node.propose(resign).await;
-        });
     }
 }
 
@@ -297,14 +276,9 @@ impl ElectionService {
         }
         // Dropped while waiting (the client left), the campaign resigns. A failed wait keeps
         // its place, as in etcd: a retried Campaign with the same lease finds it.
-        let mut waiter = Waiter {
-            node: self.node.clone(),
-            key: key.clone(),
-            rev,
-            armed: true,
-        };
+        let mut waiter = Waiter::new(self.node.clone(), Command::Txn(resign_txn(&key, rev)));
         let waited = wait_turn(&self.node, &prefix, rev).await;
-        waiter.armed = false;
+        waiter.disarm();
         waited?;
         // As etcd, the answer does not look again at the campaigner's own key, and carries
         // the header of the txn that joined.

@@ -20,6 +20,8 @@ pub mod maintenance;
 pub mod peer;
 pub mod watch;
 
+mod waiter;
+
 use node::Node;
 use proto::etcdserverpb as pb;
 

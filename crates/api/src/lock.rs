@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::errors::to_status;
 use crate::header;
 use crate::kv::{mismatch, propose};
+use crate::waiter::Waiter;
 
 /// The Lock service.
 pub struct LockService {
@@ -37,29 +38,14 @@ impl LockService {
     }
 }
 
-/// Deletes a waiter's key if the Lock call is dropped before it answers.
-struct Waiter {
-    node: Node,
-    key: Vec<u8>,
-    armed: bool,
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let node = self.node.clone();
-        let delete = Command::DeleteRange(DeleteRangeRequest {
-            key: std::mem::take(&mut self.key),
-            range_end: Vec::new(),
-            prev_kv: false,
-        });
-        // Best effort: if it fails, the lease's expiry removes the key.
-        tokio::spawn(async move {
-            let _ = node.propose(delete).await;
-        });
-    }
+/// The command that deletes one lock key: what Unlock does, and what an abandoned Lock
+/// call leaves behind.
+fn delete_key(key: Vec<u8>) -> Command {
+    Command::DeleteRange(DeleteRangeRequest {
+        key,
+        range_end: Vec::new(),
+        prev_kv: false,
+    })
 }
 
 /// An error as etcd's lock service returns it: code `Unknown`, the same message.
@@ -82,11 +68,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        let delete = Command::DeleteRange(DeleteRangeRequest {
-            key: request.into_inner().key,
-            range_end: Vec::new(),
-            prev_kv: false,
-        });
+        let delete = delete_key(request.into_inner().key);
         let (_, header) = propose(&self.node, delete).await.map_err(unknown)?;
         Ok(Response::new(pb::UnlockResponse {
             header: Some(header),
@@ -134,11 +116,7 @@ impl LockService {
                 .map_or(header_at_join.revision, |kv| kv.create_revision),
             _ => header_at_join.revision,
         };
-        let mut waiter = Waiter {
-            node: self.node.clone(),
-            key: key.clone(),
-            armed: true,
-        };
+        let mut waiter = Waiter::new(self.node.clone(), delete_key(key.clone()));
         loop {
             self.node.read_index().await.map_err(to_status)?;
             let ahead = RangeRequest {
@@ -163,10 +141,10 @@ impl LockService {
             };
             let (mine, revision) = self.node.range(&mine).map_err(to_status)?;
             if mine.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
-                waiter.armed = false;
+                waiter.disarm();
                 return Err(Status::unknown("mutex: session is expired"));
             }
-            waiter.armed = false;
+            waiter.disarm();
             return Ok(Response::new(pb::LockResponse {
                 header: Some(header(&self.node, revision)),
                 key,

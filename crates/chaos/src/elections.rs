@@ -36,7 +36,7 @@ use etcd_client::{
 };
 
 use crate::nemesis::Rng;
-use crate::workload::{connect, run_clients, Connect};
+use crate::workload::{connect, connect_until, run_clients, Connect};
 
 /// The prefix of every key of the workload.
 const PREFIX: &str = "elect/";
@@ -644,16 +644,8 @@ async fn campaigner(
 ) -> Part {
     let mut rng = Rng::new(seed ^ 0x0065_6c65_6374 ^ (index as u64).wrapping_mul(0x9e37_79b9));
     let mut part = Part::default();
-    let how = Connect {
-        request_timeout: false,
-        require_leader: false,
-    };
     let mut n = 0;
-    while Instant::now() < until {
-        let Some(mut client) = connect(&endpoint, config.op_timeout, how).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
+    while let Some(mut client) = connect_until(&endpoint, config.op_timeout, until).await {
         while Instant::now() < until {
             if round(
                 &mut client,

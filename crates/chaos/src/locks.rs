@@ -20,7 +20,7 @@ use etcd_client::{
 };
 
 use crate::nemesis::Rng;
-use crate::workload::{connect, run_clients, Connect};
+use crate::workload::{connect, connect_until, run_clients, Connect};
 
 /// The lock's name, the fence's key and the resource's key.
 const LOCK: &str = "lock/resource";
@@ -255,16 +255,8 @@ async fn lock_client(
 ) -> LockHistory {
     let mut rng = Rng::new(seed ^ 0x6c6f_636b ^ (index as u64).wrapping_mul(0x9e37_79b9));
     let mut history = LockHistory::default();
-    let how = Connect {
-        request_timeout: false,
-        require_leader: false,
-    };
     let mut n = 0;
-    while Instant::now() < until {
-        let Some(mut client) = connect(&endpoint, config.op_timeout, how).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
+    while let Some(mut client) = connect_until(&endpoint, config.op_timeout, until).await {
         while Instant::now() < until {
             n += 1;
             let hold = Duration::from_millis(rng.below(300));

@@ -99,6 +99,26 @@ pub(crate) async fn connect(endpoint: &str, timeout: Duration, how: Connect) -> 
         .ok()
 }
 
+/// A client of `endpoint` for calls that wait as long as they must (Lock, Campaign): no
+/// request timeout. Tries again every 200 ms until it connects, or `until` passes (`None`).
+pub(crate) async fn connect_until(
+    endpoint: &str,
+    timeout: Duration,
+    until: Instant,
+) -> Option<Client> {
+    let how = Connect {
+        request_timeout: false,
+        require_leader: false,
+    };
+    while Instant::now() < until {
+        if let Some(client) = connect(endpoint, timeout, how).await {
+            return Some(client);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 /// Runs `per_member` clients per member at once, client `i` talking to member
 /// `i % members`; their results, in client order.
 ///

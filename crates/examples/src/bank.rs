@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::{connect, within, Common, Report};
+use crate::{connect, run_clients, within, Common, Report};
 
 /// The bank's flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -280,12 +280,12 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let until = Instant::now() + Duration::from_secs(config.seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let auditor = tokio::spawn(audit(config.clone(), prefix.clone(), stop.clone()));
-    let clients: Vec<_> = (0..config.clients)
-        .map(|i| tokio::spawn(client_loop(i, config.clone(), prefix.clone(), until)))
-        .collect();
+    let parts = run_clients(config.clients, |i| {
+        client_loop(i, config.clone(), prefix.clone(), until)
+    })
+    .await?;
     let mut tally = Tally::default();
-    for client in clients {
-        let part = client.await?;
+    for part in parts {
         tally.applied.extend(part.applied);
         tally.declined += part.declined;
         tally.conflicts += part.conflicts;

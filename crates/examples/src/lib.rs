@@ -119,6 +119,50 @@ pub async fn within<T>(
     tokio::time::timeout(timeout, call).await.ok()?.ok()
 }
 
+/// Runs `client(i)` for every `i` in `0..n`, each in its own task, and returns what each
+/// returned, in order of `i`.
+///
+/// # Errors
+/// If a client's task panicked.
+pub async fn run_clients<T, F>(n: usize, client: impl FnMut(usize) -> F) -> anyhow::Result<Vec<T>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(client).map(tokio::spawn).collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await?);
+    }
+    Ok(results)
+}
+
+/// Keeps lease `id`, granted with `ttl` seconds, alive through `client` until aborted. It
+/// renews four times a TTL (no more often than every 200 ms), so that one or two lost renewals do not
+/// end the session.
+pub fn keep_alive(client: &Client, id: i64, ttl: i64) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_millis((ttl as u64 * 1000 / 4).max(200));
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let renew = async {
+                let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), renew).await;
+        }
+    })
+}
+
+/// When every session with leases of `ttl` seconds has surely ended: closed, or its lease
+/// run out within a TTL (and the time a new leader of the cluster gives a lease).
+#[must_use]
+pub fn sessions_ended_by(ttl: i64) -> Instant {
+    Instant::now() + Duration::from_secs(ttl as u64 * 2 + 20)
+}
+
 /// What a run checked, and what it found broken.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -168,6 +212,26 @@ impl Report {
         }
         out
     }
+}
+
+/// The `main` of an example's binary: parses the example's flags `C` from the command line
+/// (with `about` as the help's summary), runs it and exits as [`exit`] does.
+pub fn main<C: clap::Args>(
+    example: &'static str,
+    about: &'static str,
+    run: impl AsyncFnOnce(&C) -> anyhow::Result<Report>,
+) -> ! {
+    // The summary goes on last: the flags' own doc comment would otherwise replace it.
+    let command = C::augment_args(clap::Command::new(example)).about(about);
+    let config = C::from_arg_matches(&command.clone().get_matches())
+        .map_err(|e| e.format(&mut command.clone()))
+        .unwrap_or_else(|e| e.exit());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("Failed building the Runtime");
+    let outcome = runtime.block_on(run(&config));
+    exit(example, outcome)
 }
 
 /// Prints a run's outcome and exits: 0 if every invariant held, 1 if one broke, 2 if the

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use crate::{connect, within, Common, Report};
+use crate::{connect, keep_alive, run_clients, sessions_ended_by, within, Common, Report};
 
 /// The shop's flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -107,22 +107,6 @@ async fn free_items(
     Some((free, sold_count >= stock))
 }
 
-/// Keeps lease `id` alive through `client` until aborted.
-fn keep_alive(client: &Client, id: i64, every: Duration) -> tokio::task::JoinHandle<()> {
-    let mut client = client.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let renew = async {
-                let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), renew).await;
-        }
-    })
-}
-
 /// One shopper: sessions and reservations until it buys, the stock is gone or the sale ends.
 async fn shopper(index: usize, config: Config, prefix: String, until: Instant) -> Visit {
     let mut visit = Visit::default();
@@ -140,8 +124,7 @@ async fn shopper(index: usize, config: Config, prefix: String, until: Instant) -
             continue;
         };
         let id = lease.id();
-        let every = Duration::from_millis((config.ttl as u64 * 1000 / 4).max(200));
-        let keeper = keep_alive(&client, id, every);
+        let keeper = keep_alive(&client, id, config.ttl);
         while Instant::now() < until {
             let Some((free, sold_out)) =
                 free_items(&mut client, &prefix, config.stock, timeout).await
@@ -246,17 +229,12 @@ async fn shopper(index: usize, config: Config, prefix: String, until: Instant) -
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let prefix = config.common.prefix("shop");
     let until = Instant::now() + Duration::from_secs(config.seconds);
-    let shoppers: Vec<_> = (0..config.shoppers)
-        .map(|i| tokio::spawn(shopper(i, config.clone(), prefix.clone(), until)))
-        .collect();
-    let mut visits = Vec::new();
-    for s in shoppers {
-        visits.push(s.await?);
-    }
+    let visits = run_clients(config.shoppers, |i| {
+        shopper(i, config.clone(), prefix.clone(), until)
+    })
+    .await?;
     let mut admin = connect(config.common.endpoint(0)).await?;
-    // Every session has ended: sessions were closed, or their leases run out within a TTL
-    // (and the time a new leader of the cluster gives a lease).
-    let deadline = Instant::now() + Duration::from_secs(config.ttl as u64 * 2 + 20);
+    let deadline = sessions_ended_by(config.ttl);
     let (holds, sold_kvs) = loop {
         let read = within(
             config.common.timeout(),

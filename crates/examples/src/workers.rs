@@ -23,7 +23,7 @@ use etcd_client::{
     SortTarget, Txn, TxnOp,
 };
 
-use crate::{connect, within, Common, Report};
+use crate::{connect, keep_alive, run_clients, sessions_ended_by, within, Common, Report};
 
 /// The workers' flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -92,22 +92,6 @@ async fn next_job(
         }
     }
     Some(done.iter().position(|d| !d))
-}
-
-/// Keeps lease `id` alive through `client` until aborted.
-fn keep_alive(client: &Client, id: i64, every: Duration) -> tokio::task::JoinHandle<()> {
-    let mut client = client.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let renew = async {
-                let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), renew).await;
-        }
-    })
 }
 
 /// How a term ended.
@@ -186,8 +170,7 @@ async fn worker(index: usize, config: Config, prefix: String, until: Instant) ->
         };
         shift.sessions += 1;
         let id = lease.id();
-        let every = Duration::from_millis((config.ttl as u64 * 1000 / 4).max(200));
-        let keeper = keep_alive(&client, id, every);
+        let keeper = keep_alive(&client, id, config.ttl);
         let registered = within(
             timeout,
             client.put(
@@ -231,18 +214,13 @@ async fn worker(index: usize, config: Config, prefix: String, until: Instant) ->
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let prefix = config.common.prefix("workers");
     let until = Instant::now() + Duration::from_secs(config.give_up_after);
-    let workers: Vec<_> = (0..config.workers)
-        .map(|i| tokio::spawn(worker(i, config.clone(), prefix.clone(), until)))
-        .collect();
-    let mut shifts = Vec::new();
-    for w in workers {
-        shifts.push(w.await?);
-    }
+    let shifts = run_clients(config.workers, |i| {
+        worker(i, config.clone(), prefix.clone(), until)
+    })
+    .await?;
     let mut admin = connect(config.common.endpoint(0)).await?;
     let timeout = config.common.timeout();
-    // Sessions were closed, or their leases run out within a TTL (and the time a new leader
-    // of the cluster gives a lease).
-    let deadline = Instant::now() + Duration::from_secs(config.ttl as u64 * 2 + 20);
+    let deadline = sessions_ended_by(config.ttl);
     let (records, left_over) = loop {
         let read = within(
             timeout,

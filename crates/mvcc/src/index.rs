@@ -163,20 +163,23 @@ fn scan_decoded(
     failure.map_or(Ok(()), Err)
 }
 
+/// Visits every Meta record whose key starts with `prefix`, in key order.
+fn scan_meta_prefix(
+    snapshot: &dyn KvSnapshot,
+    prefix: &[u8],
+    visit: impl FnMut(&[u8], &[u8]) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let end = prefix_end(prefix);
+    scan_decoded(snapshot, Table::Meta, prefix, Some(&end), visit)
+}
+
 /// The members recorded in `snapshot`, in id order.
 pub(crate) fn members_of(snapshot: &dyn KvSnapshot) -> Result<Vec<Member>, MvccError> {
     let mut members = Vec::new();
-    let end = prefix_end(META_MEMBER_PREFIX);
-    scan_decoded(
-        snapshot,
-        Table::Meta,
-        META_MEMBER_PREFIX,
-        Some(&end),
-        |_, value| {
-            members.push(decode_member(value)?);
-            Ok(())
-        },
-    )?;
+    scan_meta_prefix(snapshot, META_MEMBER_PREFIX, |_, value| {
+        members.push(decode_member(value)?);
+        Ok(())
+    })?;
     Ok(members)
 }
 
@@ -191,49 +194,28 @@ pub(crate) fn load_index(snapshot: &dyn KvSnapshot) -> Result<Index, MvccError> 
         term: meta_i64(snapshot, META_APPLIED_TERM)? as u64,
     };
     index.durable = index.applied;
-    let end = prefix_end(META_ALARM_PREFIX);
-    scan_decoded(
-        snapshot,
-        Table::Meta,
-        META_ALARM_PREFIX,
-        Some(&end),
-        |key, _| {
-            index.alarms.insert(decode_alarm_key(key)?);
-            Ok(())
-        },
-    )?;
-    let end = prefix_end(META_MEMBER_PREFIX);
-    scan_decoded(
-        snapshot,
-        Table::Meta,
-        META_MEMBER_PREFIX,
-        Some(&end),
-        |key, value| {
-            let id = decode_member_id(META_MEMBER_PREFIX, key)?;
-            let member = decode_member(value)?;
-            if member.id != id {
-                return Err(MvccError::Storage(format!(
-                    "member record {} stored under id {id}",
-                    member.id
-                )));
-            }
-            index.members.insert(id, member);
-            Ok(())
-        },
-    )?;
-    let end = prefix_end(META_REMOVED_PREFIX);
-    scan_decoded(
-        snapshot,
-        Table::Meta,
-        META_REMOVED_PREFIX,
-        Some(&end),
-        |key, _| {
-            index
-                .removed
-                .insert(decode_member_id(META_REMOVED_PREFIX, key)?);
-            Ok(())
-        },
-    )?;
+    scan_meta_prefix(snapshot, META_ALARM_PREFIX, |key, _| {
+        index.alarms.insert(decode_alarm_key(key)?);
+        Ok(())
+    })?;
+    scan_meta_prefix(snapshot, META_MEMBER_PREFIX, |key, value| {
+        let id = decode_member_id(META_MEMBER_PREFIX, key)?;
+        let member = decode_member(value)?;
+        if member.id != id {
+            return Err(MvccError::Storage(format!(
+                "member record {} stored under id {id}",
+                member.id
+            )));
+        }
+        index.members.insert(id, member);
+        Ok(())
+    })?;
+    scan_meta_prefix(snapshot, META_REMOVED_PREFIX, |key, _| {
+        index
+            .removed
+            .insert(decode_member_id(META_REMOVED_PREFIX, key)?);
+        Ok(())
+    })?;
     scan_decoded(snapshot, Table::Leases, &[], None, |key, value| {
         let (id, lease) = decode_lease(key, value)?;
         index.leases.insert(id, lease);

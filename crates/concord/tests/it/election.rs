@@ -18,7 +18,7 @@ use proto::v3electionpb::{
 use testkit::{Cluster, Etcd};
 use tonic::transport::Channel;
 
-use crate::{binary, prefix_end, ELECTION_DEADLINE};
+use crate::{assert_answers_as_etcd, binary, prefix_end, ELECTION_DEADLINE};
 
 /// A call's answer as text: `what` of a success, or the error's code and message.
 fn answer<T>(
@@ -297,12 +297,7 @@ async fn conversation(channel: Channel) -> Vec<String> {
 // message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_calls_answer_as_etcd_does() {
-    let etcd = Etcd::start().expect("start the reference etcd");
-    let mut cluster = Cluster::start(binary(), 3, &[]).expect("start a Concord cluster");
-    let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
-    let expected = conversation(etcd.channel()).await;
-    let got = conversation(cluster.channel((leader + 1) % 3)).await;
-    assert_eq!(got, expected);
+    assert_answers_as_etcd(conversation).await;
 }
 
 /// Reads what a running etcdctl printed so far, without waiting for more.

@@ -8,10 +8,10 @@ use proto::etcdserverpb as pb;
 use proto::etcdserverpb::lease_client::LeaseClient;
 use proto::v3lockpb::lock_client::LockClient;
 use proto::v3lockpb::{LockRequest, UnlockRequest};
-use testkit::{Cluster, Etcd};
+use testkit::Cluster;
 use tonic::transport::Channel;
 
-use crate::{binary, ELECTION_DEADLINE};
+use crate::{assert_answers_as_etcd, binary, ELECTION_DEADLINE};
 
 /// A lock call's answer: the key and header revision, or the error.
 fn answer(result: Result<tonic::Response<proto::v3lockpb::LockResponse>, tonic::Status>) -> String {
@@ -82,12 +82,7 @@ async fn conversation(channel: Channel) -> Vec<String> {
 // same lease holds at once, and a second locker waits until the first unlocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_calls_answer_as_etcd_does() {
-    let etcd = Etcd::start().expect("start the reference etcd");
-    let mut cluster = Cluster::start(binary(), 3, &[]).expect("start a Concord cluster");
-    let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
-    let expected = conversation(etcd.channel()).await;
-    let got = conversation(cluster.channel((leader + 1) % 3)).await;
-    assert_eq!(got, expected);
+    assert_answers_as_etcd(conversation).await;
 }
 
 // Proves `etcdctl lock` works: it holds the lock while its command runs, and a second

@@ -41,6 +41,21 @@ use testkit::Cluster;
 /// How long a fresh cluster may take to elect its first leader.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Holds `conversation` with a real etcd and with a follower of a fresh three-member
+/// Concord cluster (a follower, so that calls are forwarded), and asserts that both
+/// answered the same.
+async fn assert_answers_as_etcd<F>(conversation: impl Fn(tonic::transport::Channel) -> F)
+where
+    F: std::future::Future<Output = Vec<String>>,
+{
+    let etcd = testkit::Etcd::start().expect("start the reference etcd");
+    let mut cluster = Cluster::start(binary(), 3, &[]).expect("start a Concord cluster");
+    let leader = cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let expected = conversation(etcd.channel()).await;
+    let got = conversation(cluster.channel((leader + 1) % 3)).await;
+    assert_eq!(got, expected);
+}
+
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_concord"))
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use proto::etcdserverpb::cluster_client::ClusterClient;
 use proto::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MemberUpdateRequest, PutRequest,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, PutRequest,
 };
 use testkit::{Cluster, EtcdCluster};
 use tonic::transport::Channel;
@@ -352,6 +353,35 @@ async fn joining_without_being_added_is_refused() {
 /// gRPC code and message.
 type Outcome = Result<usize, (tonic::Code, String)>;
 
+/// A Cluster call's answer, of which the differential test compares the member count.
+trait MemberCount {
+    fn member_count(&self) -> usize;
+}
+
+macro_rules! member_count {
+    ($($response:ty),*) => {$(
+        impl MemberCount for $response {
+            fn member_count(&self) -> usize {
+                self.members.len()
+            }
+        }
+    )*};
+}
+
+member_count!(
+    MemberAddResponse,
+    MemberPromoteResponse,
+    MemberRemoveResponse,
+    MemberUpdateResponse
+);
+
+/// The outcome of a Cluster call.
+fn outcome<R: MemberCount>(result: Result<tonic::Response<R>, tonic::Status>) -> Outcome {
+    result
+        .map(|r| r.get_ref().member_count())
+        .map_err(|status| (status.code(), status.message().to_string()))
+}
+
 /// The refused membership changes of the differential test, against one system through
 /// `client`: a fresh peer URL comes from `free_url`.
 async fn refused_changes(mut client: ClusterClient<Channel>) -> Vec<(&'static str, Outcome)> {
@@ -363,54 +393,36 @@ async fn refused_changes(mut client: ClusterClient<Channel>) -> Vec<(&'static st
         .members;
     let voter = &list[0];
     let fresh = || format!("http://127.0.0.1:{}", testkit::free_port());
-    let outcome = |result: Result<usize, tonic::Status>| {
-        result.map_err(|status| (status.code(), status.message().to_string()))
-    };
     let mut outcomes = Vec::new();
     let r = client
         .member_remove(MemberRemoveRequest { id: 0x1234 })
         .await;
-    outcomes.push((
-        "remove an unknown id",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("remove an unknown id", outcome(r)));
     let r = client
         .member_add(MemberAddRequest {
             peer_ur_ls: voter.peer_ur_ls.clone(),
             is_learner: false,
         })
         .await;
-    outcomes.push((
-        "add a taken peer URL",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("add a taken peer URL", outcome(r)));
     let r = client
         .member_add(MemberAddRequest {
             peer_ur_ls: vec!["foo".into()],
             is_learner: false,
         })
         .await;
-    outcomes.push((
-        "add a bad peer URL",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("add a bad peer URL", outcome(r)));
     let r = client
         .member_promote(MemberPromoteRequest { id: voter.id })
         .await;
-    outcomes.push((
-        "promote a voter",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("promote a voter", outcome(r)));
     let r = client
         .member_update(MemberUpdateRequest {
             id: 0x1234,
             peer_ur_ls: vec![fresh()],
         })
         .await;
-    outcomes.push((
-        "update an unknown id",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("update an unknown id", outcome(r)));
     let r = client
         .member_add(MemberAddRequest {
             peer_ur_ls: vec![fresh()],
@@ -418,42 +430,27 @@ async fn refused_changes(mut client: ClusterClient<Channel>) -> Vec<(&'static st
         })
         .await;
     let learner = r.as_ref().ok().and_then(|r| r.get_ref().member.clone());
-    outcomes.push((
-        "add a learner",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("add a learner", outcome(r)));
     let r = client
         .member_add(MemberAddRequest {
             peer_ur_ls: vec![fresh()],
             is_learner: true,
         })
         .await;
-    outcomes.push((
-        "add a second learner",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("add a second learner", outcome(r)));
     let learner = learner.map_or(0, |m| m.id);
     let r = client
         .member_promote(MemberPromoteRequest { id: learner })
         .await;
-    outcomes.push((
-        "promote a learner that never started",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("promote a learner that never started", outcome(r)));
     let r = client
         .member_remove(MemberRemoveRequest { id: learner })
         .await;
-    outcomes.push((
-        "remove the learner",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("remove the learner", outcome(r)));
     let r = client
         .member_remove(MemberRemoveRequest { id: learner })
         .await;
-    outcomes.push((
-        "remove it again",
-        outcome(r.map(|r| r.into_inner().members.len())),
-    ));
+    outcomes.push(("remove it again", outcome(r)));
     outcomes
 }
 
