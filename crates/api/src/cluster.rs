@@ -251,8 +251,11 @@ pub fn check_change(
             let matched = |id: u64| progress.iter().find(|p| p.id == id).map(|p| p.matched);
             let is_learner = members.iter().any(|m| m.id == *id && m.is_learner);
             match (matched(*id), matched(leader)) {
+                // Only a learner's progress is checked (a voter is refused as not a learner
+                // when the change applies, as etcd refuses it).
                 (Some(learner), Some(lead))
-                    if u128::from(learner) * 10 < u128::from(lead) * LEARNER_READY_TENTHS =>
+                    if is_learner
+                        && u128::from(learner) * 10 < u128::from(lead) * LEARNER_READY_TENTHS =>
                 {
                     return Err(ReconfigError::LearnerNotReady.into());
                 }

@@ -340,7 +340,8 @@ impl<L: LogStore> StoreLoop<L> {
                 data,
             } => self.propose(shard, request_id, data),
             StoreMsg::Step { from, envelopes } => {
-                self.last_heard.insert(from.0, self.shared.config.clock.now());
+                self.last_heard
+                    .insert(from.0, self.shared.config.clock.now());
                 for envelope in envelopes {
                     let message = match Message::parse_from_bytes(&envelope.message) {
                         Ok(message) => message,
