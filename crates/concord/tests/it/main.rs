@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use proto::etcdserverpb::PutRequest;
@@ -79,6 +79,8 @@ fn value_for(key: &str) -> String {
 struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// When the last write was acknowledged, and the longest time between two.
+    gaps: Arc<Mutex<(Instant, Duration)>>,
     failed: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -91,10 +93,12 @@ impl Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(AtomicUsize::new(0));
+        let gaps = Arc::new(Mutex::new((Instant::now(), Duration::ZERO)));
         let tasks = (0..count)
             .map(|w| {
                 let clients: Vec<_> = members.iter().map(|&m| cluster.kv(m)).collect();
                 let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+                let gaps = gaps.clone();
                 let prefix = prefix.to_string();
                 tokio::spawn(async move {
                     let mut n = 0usize;
@@ -111,6 +115,9 @@ impl Writers {
                                 let revision =
                                     response.into_inner().header.map_or(0, |h| h.revision);
                                 acked.lock().unwrap().insert(key, revision);
+                                let mut gaps = gaps.lock().unwrap();
+                                gaps.1 = gaps.1.max(gaps.0.elapsed());
+                                gaps.0 = Instant::now();
                             }
                             _ => {
                                 failed.fetch_add(1, Ordering::Relaxed);
@@ -125,9 +132,15 @@ impl Writers {
         Writers {
             stop,
             acked,
+            gaps,
             failed,
             tasks,
         }
+    }
+
+    /// The longest time without an acknowledged write so far.
+    fn longest_gap(&self) -> Duration {
+        self.gaps.lock().unwrap().1
     }
 
     /// How many writes have been acknowledged so far.

@@ -473,3 +473,77 @@ async fn refused_changes_match_etcd() {
         "{expected:?}"
     );
 }
+
+// Proves a cluster grows from three members to five and shrinks back to three while clients
+// write, removing the leader on the way down: each new member joins with `existing` and
+// receives the data, writes never stop for longer than an election (with margin for a
+// loaded machine), no acknowledged write is lost, and the three left hold the same data.
+// The writers send through the members that stay (a client of a removed member sees its
+// connection end), and leadership is moved to a member that goes (`move-leader`), so that
+// the leader's own removal is among the changes. (Two runtime threads: waiting for a
+// removed member to exit blocks one, and the writers must go on meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grows_to_five_and_back_to_three_under_load() {
+    /// Longest time without an acknowledged write: an election (1 s) and margin.
+    const LONGEST_GAP: Duration = Duration::from_secs(4);
+    let mut cluster = start(3).await;
+    for _ in 0..2 {
+        let new = cluster.new_member();
+        let peer = format!("--peer-urls={}", cluster.peer_url(new));
+        // Refused as unhealthy until the last member to join is connected, as etcd does.
+        let name = cluster.name(new).to_string();
+        let cluster_ref = &cluster;
+        testkit::eventually(SETTLE_DEADLINE, "member add", || async {
+            etcdctl_ok(cluster_ref, 0, &["member", "add", &name, &peer]).map(|_| ())
+        })
+        .await
+        .unwrap();
+        cluster.start_joining(new, &[]).unwrap();
+        cluster.wait_listening(new, SETTLE_DEADLINE).unwrap();
+        put_keys(&cluster, new, &format!("grow-{new}"), 20).await;
+    }
+    assert_eq!(member_list(&cluster, 4).unwrap().len(), 5);
+    let staying = [2, 3, 4];
+    let writers = Writers::start(&cluster, &staying, 4, "grow");
+    writers.wait_acked(100, SETTLE_DEADLINE).await.unwrap();
+    let endpoints: Vec<String> = (0..5).map(|i| cluster.client_url(i)).collect();
+    let first_id = member_id(&cluster, 0).await;
+    let first = format!("{first_id:x}");
+    let cluster_ref = &cluster;
+    testkit::eventually(SETTLE_DEADLINE, "leadership on member 0", || async {
+        let leads = |status: proto::etcdserverpb::StatusResponse| status.leader == first_id;
+        if !leads(cluster_ref.status(2).await?) {
+            let _ = testkit::etcdctl(&endpoints.join(","), &["move-leader", &first], None)?;
+        }
+        anyhow::ensure!(
+            leads(cluster_ref.status(2).await?),
+            "member 0 does not lead yet"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for victim in [0, 1] {
+        let id = member_id(&cluster, victim).await;
+        etcdctl_ok(&cluster, 2, &["member", "remove", &format!("{id:x}")]).unwrap();
+        cluster.wait_exit(victim, SETTLE_DEADLINE).unwrap();
+        let acked = writers.acked();
+        writers
+            .wait_acked(acked + 100, SETTLE_DEADLINE)
+            .await
+            .unwrap();
+    }
+    let longest = writers.longest_gap();
+    let acked = writers.finish().await;
+    eprintln!(
+        "3 -> 5 -> 3: {} writes, longest gap {longest:?}",
+        acked.len()
+    );
+    assert!(longest < LONGEST_GAP, "writes stopped for {longest:?}");
+    wait_hashes_equal(&cluster, &staying).await.unwrap();
+    for &i in &staying {
+        let found = read_prefix(&cluster, i, "grow/").await.unwrap();
+        assert_acked_present(&acked, &found, &format!("member {i}"));
+    }
+    assert_eq!(member_list(&cluster, 2).unwrap().len(), 3);
+}
