@@ -22,7 +22,7 @@
 
 use std::pin::Pin;
 
-use ::watch::{KeyRange, Message, WatchSpec, WatchStream, AUTO_WATCH_ID};
+use ::watch::{KeyRange, Message};
 use futures::Stream;
 use mvcc::{
     prefix_end, Command, CommandResponse, Compare, CompareResult, CompareTarget,
@@ -41,7 +41,7 @@ use crate::errors::{election_status, recipe_status, to_status, ElectionError, Re
 use crate::header;
 use crate::kv::{mismatch, propose};
 use crate::lease::min_ttl;
-use crate::lock::wait_deleted;
+use crate::lock::{wait_deleted, watch_from};
 use crate::waiter::Waiter;
 
 /// Leader updates waiting for gRPC to send them, per Observe stream. When it is full the
@@ -393,7 +393,8 @@ async fn observe_leaders(
         let key = leader.key.clone();
         send(leader, revision).await?;
         // Every put to the leader's key is news, until it is deleted.
-        let (_stream, mut messages) = watch_from(node, KeyRange::Key(key), revision + 1, false)?;
+        let (_stream, mut messages) =
+            watch_from(node, KeyRange::Key(key), revision + 1, false, false)?;
         'leading: loop {
             match messages.recv().await {
                 Some(Message::Events {
@@ -415,32 +416,6 @@ async fn observe_leaders(
     }
 }
 
-/// A watch of `range` from `start`; the stream handle (dropping it ends the watch) and its
-/// messages.
-fn watch_from(
-    node: &Node,
-    range: KeyRange,
-    start: Revision,
-    no_delete: bool,
-) -> Result<(WatchStream, mpsc::Receiver<Message>), Status> {
-    let (stream, messages) = node.watch_hub().open();
-    let spec = WatchSpec {
-        id: AUTO_WATCH_ID,
-        range,
-        start_revision: start,
-        no_put: false,
-        no_delete,
-        prev_kv: false,
-        progress_notify: false,
-        fragment: false,
-    };
-    let (id, _) = stream
-        .watch(spec)
-        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-    stream.activate(id);
-    Ok((stream, messages))
-}
-
 /// Waits for the first put under `prefix` from `revision` on; the key and the revision it
 /// was put at.
 async fn first_put(
@@ -449,7 +424,7 @@ async fn first_put(
     revision: Revision,
 ) -> Result<(KeyValue, Revision), Status> {
     let range = KeyRange::Between(prefix.to_vec(), prefix_end(prefix));
-    let (_stream, mut messages) = watch_from(node, range, revision, true)?;
+    let (_stream, mut messages) = watch_from(node, range, revision, false, true)?;
     loop {
         match messages.recv().await {
             Some(Message::Events { events, .. }) => {

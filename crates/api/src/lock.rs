@@ -11,6 +11,7 @@
 //! As etcd's (whose lock service calls the KV API through a client and returns its errors
 //! as they are), every error comes back with the code `Unknown` and etcd's message.
 
+use ::watch::{KeyRange, Message, WatchSpec, WatchStream, AUTO_WATCH_ID};
 use mvcc::{
     prefix_end, Command, CommandResponse, Compare, CompareResult, CompareTarget,
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder, SortTarget,
@@ -18,6 +19,7 @@ use mvcc::{
 };
 use node::{Node, NodeError};
 use proto::v3lockpb as pb;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::errors::to_status;
@@ -153,17 +155,22 @@ impl LockService {
     }
 }
 
-/// Waits until `key`, present at `revision`, is deleted (or its history is compacted away,
-/// after which the caller looks again).
-pub(crate) async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Result<(), Status> {
-    use ::watch::{KeyRange, Message, WatchSpec, AUTO_WATCH_ID};
-    let (stream, mut messages) = node.watch_hub().open();
+/// A watch of `range` from `start`, without puts or deletes as asked; the stream handle
+/// (dropping it ends the watch) and its messages.
+pub(crate) fn watch_from(
+    node: &Node,
+    range: KeyRange,
+    start: i64,
+    no_put: bool,
+    no_delete: bool,
+) -> Result<(WatchStream, mpsc::Receiver<Message>), Status> {
+    let (stream, messages) = node.watch_hub().open();
     let spec = WatchSpec {
         id: AUTO_WATCH_ID,
-        range: KeyRange::Key(key.to_vec()),
-        start_revision: revision + 1,
-        no_put: true,
-        no_delete: false,
+        range,
+        start_revision: start,
+        no_put,
+        no_delete,
         prev_kv: false,
         progress_notify: false,
         fragment: false,
@@ -172,6 +179,14 @@ pub(crate) async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Resu
         .watch(spec)
         .map_err(|e| Status::resource_exhausted(e.to_string()))?;
     stream.activate(id);
+    Ok((stream, messages))
+}
+
+/// Waits until `key`, present at `revision`, is deleted (or its history is compacted away,
+/// after which the caller looks again).
+pub(crate) async fn wait_deleted(node: &Node, key: &[u8], revision: i64) -> Result<(), Status> {
+    let range = KeyRange::Key(key.to_vec());
+    let (_stream, mut messages) = watch_from(node, range, revision + 1, true, false)?;
     loop {
         match messages.recv().await {
             Some(Message::Events { .. } | Message::Compacted { .. }) => return Ok(()),

@@ -244,20 +244,39 @@ impl<S: KvStore> ApplyLoop<S> {
                     .expect("apply_batch returns one result per command")
             }));
         }
-        let node_id = self.shared.config.node_id.0;
         let now = self.shared.config.clock.now();
+        // What Raft is told of each conf change, decided before the results move to their
+        // waiters: only a change the state machine accepted changes the configuration.
+        let me = self.shared.config.node_id.0;
+        let reports: Vec<ConfApplied> = conf_changes
+            .into_iter()
+            .map(|(index, cc, position)| {
+                let accepted = outcomes[position]
+                    .as_ref()
+                    .is_some_and(|applied| applied.result.is_ok());
+                ConfApplied {
+                    index,
+                    conf_change: accepted.then_some(cc),
+                }
+            })
+            .collect();
+        let removes_me = reports.iter().any(|report| {
+            report.conf_change.as_ref().is_some_and(|cc| {
+                cc.get_change_type() == consensus::ConfChangeType::RemoveNode && cc.node_id == me
+            })
+        });
         let mut answers = Vec::new();
         let mut membership_changed = false;
-        for ((_, _, proposal), outcome) in decoded.iter().zip(&outcomes) {
+        for ((_, _, proposal), outcome) in decoded.iter().zip(outcomes) {
             let (Some(proposal), Some(applied)) = (proposal, outcome) else {
                 continue;
             };
-            self.shared.lessor.applied(now, &proposal.command, applied);
+            self.shared.lessor.applied(now, &proposal.command, &applied);
             if matches!(proposal.command, Command::Membership(_)) && applied.result.is_ok() {
                 membership_changed = true;
             }
-            if proposal.origin == node_id {
-                answers.push((proposal.request_id, applied.clone()));
+            if proposal.origin == me {
+                answers.push((proposal.request_id, applied));
             }
         }
         if membership_changed {
@@ -265,29 +284,14 @@ impl<S: KvStore> ApplyLoop<S> {
         }
         // A member that removes itself stops once the store loop hears of it, and stopping
         // drops every waiter: answer first.
-        let me = self.shared.config.node_id.0;
-        let removes_me = conf_changes.iter().any(|(_, cc, position)| {
-            cc.get_change_type() == consensus::ConfChangeType::RemoveNode
-                && cc.node_id == me
-                && outcomes[*position]
-                    .as_ref()
-                    .is_some_and(|applied| applied.result.is_ok())
-        });
         if removes_me {
             self.shared
                 .waiters
                 .finish_applied(std::mem::take(&mut answers));
         }
         // The Raft configuration follows the state machine's membership, entry by entry.
-        let woke = !conf_changes.is_empty();
-        for (index, cc, position) in conf_changes {
-            let accepted = outcomes[position]
-                .as_ref()
-                .is_some_and(|applied| applied.result.is_ok());
-            let report = ConfApplied {
-                index,
-                conf_change: accepted.then_some(cc),
-            };
+        let woke = !reports.is_empty();
+        for report in reports {
             if self.conf_applied.send(report).is_err() {
                 return Err(NodeError::Stopped);
             }
