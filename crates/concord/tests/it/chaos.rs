@@ -287,6 +287,9 @@ async fn elections_keep_one_leader_per_term_under_faults() {
             ..scenario(seed, nemesis, Workload::Election(ElectionConfig::default()))
         })
         .collect::<Vec<_>>();
-    // Terms last a fraction of a second, or a TTL and more when a lease lapses.
-    run_all_with(&scenarios, |(_, terms, _, _)| terms >= 4).await;
+    // Terms last a fraction of a second, or a TTL and more when a lease lapses; with the
+    // members split for most of an 8 s run only a few get through (3 on a loaded machine):
+    // at least two, one of them after the heal (the liveness check), make a run mean
+    // something.
+    run_all_with(&scenarios, |(_, terms, _, _)| terms >= 2).await;
 }
