@@ -27,8 +27,27 @@ use crate::errors::{to_status, ApiError, ReconfigError, RequestError};
 use crate::header;
 use crate::peer::LeaderLink;
 
-/// Most learners a cluster may have (etcd 3.4's fixed `maxLearners`).
-pub const MAX_LEARNERS: usize = 1;
+/// The checks a leader makes before a membership change (etcd's `--strict-reconfig-check`
+/// and `--max-learners`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconfigRules {
+    /// Refuse a change that would leave too few started or connected voters for a quorum.
+    /// Off, adding and removing are not checked at all, and promoting only for the
+    /// learner's progress (as in etcd).
+    pub strict: bool,
+    /// Most learners the cluster may have.
+    pub max_learners: usize,
+}
+
+impl Default for ReconfigRules {
+    /// etcd's defaults: strict, one learner.
+    fn default() -> Self {
+        Self {
+            strict: true,
+            max_learners: 1,
+        }
+    }
+}
 
 /// A learner may be promoted once its log reaches this share of the leader's (etcd's
 /// `readyPercent`, 90%), in tenths.
@@ -52,6 +71,8 @@ pub struct ClusterConfig {
     /// A new member's id from its sorted canonical peer URLs (etcd hashes them with the
     /// cluster token and the current time, so a member added again gets a new id).
     pub new_member_id: NewMemberId,
+    /// The checks made before a change, when this member leads.
+    pub rules: ReconfigRules,
 }
 
 /// The Cluster service.
@@ -100,7 +121,7 @@ impl ClusterService {
             let leader = self.node.leader();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = if leader == self.node.id().0 {
-                Some(change_as_leader(&self.node, change.clone()).await)
+                Some(change_as_leader(&self.node, self.config.rules, change.clone()).await)
             } else if leader != 0 {
                 self.leader
                     .change_membership(NodeId(leader), &change, remaining)
@@ -166,13 +187,14 @@ impl ClusterService {
 /// etcd's status for a refused or failed change.
 pub(crate) async fn change_as_leader(
     node: &Node,
+    rules: ReconfigRules,
     change: MembershipChange,
 ) -> Result<Vec<Member>, Status> {
     let check = || {
         let Some(progress) = node.peer_progress() else {
             return Err(ApiError::Node(NodeError::NotLeader(node.leader())));
         };
-        check_change(&node.members(), &progress, node.id().0, &change)
+        check_change(&node.members(), &progress, node.id().0, &change, rules)
     };
     check().map_err(to_status)?;
     node.change_membership(change).await.map_err(to_status)
@@ -185,7 +207,7 @@ pub(crate) async fn change_as_leader(
 /// - adding any member: every voter must be connected to the leader (etcd: connected for the
 ///   last 5 s; here: recently active by Raft's progress);
 /// - then, as etcd's apply does: the peer URLs must be free, and a learner may be added only
-///   below [`MAX_LEARNERS`];
+///   below `rules.max_learners`;
 /// - removing a voter: the started voters left must be a quorum of the voters left; and,
 ///   unless the member is already down, the connected voters left must be one too;
 /// - promoting: the learner's log must reach 90% of the leader's (a learner the leader has
@@ -193,7 +215,9 @@ pub(crate) async fn change_as_leader(
 ///   of the voters with it.
 ///
 /// `members` is the replicated membership, `progress` the leader's view of each member, and
-/// `leader` the leader's id. Unknown ids pass: the state machine answers them.
+/// `leader` the leader's id. Unknown ids pass: the state machine answers them. With
+/// `rules.strict` off, as in etcd, adding skips the started and connected checks, removing
+/// skips every check, and promoting checks only the learner's progress.
 ///
 /// # Errors
 /// The check that failed, with etcd's error.
@@ -202,6 +226,7 @@ pub fn check_change(
     progress: &[PeerProgress],
     leader: u64,
     change: &MembershipChange,
+    rules: ReconfigRules,
 ) -> Result<(), ApiError> {
     let quorum = |n: usize| n / 2 + 1;
     let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
@@ -210,11 +235,13 @@ pub fn check_change(
     let connected = voters.iter().filter(|m| active(m.id)).count();
     match change {
         MembershipChange::Add(member) => {
-            if !member.is_learner && started(&voters) < quorum(voters.len() + 1) {
-                return Err(ReconfigError::NotEnoughStarted.into());
-            }
-            if connected < voters.len() {
-                return Err(ReconfigError::Unhealthy.into());
+            if rules.strict {
+                if !member.is_learner && started(&voters) < quorum(voters.len() + 1) {
+                    return Err(ReconfigError::NotEnoughStarted.into());
+                }
+                if connected < voters.len() {
+                    return Err(ReconfigError::Unhealthy.into());
+                }
             }
             let taken = members
                 .iter()
@@ -224,10 +251,11 @@ pub fn check_change(
                 return Err(mvcc::MvccError::PeerUrlExists.into());
             }
             let learners = members.iter().filter(|m| m.is_learner).count();
-            if member.is_learner && learners >= MAX_LEARNERS {
+            if member.is_learner && learners >= rules.max_learners {
                 return Err(ReconfigError::TooManyLearners.into());
             }
         }
+        MembershipChange::Remove(_) if !rules.strict => {}
         MembershipChange::Remove(id) => {
             let Some(target) = members.iter().find(|m| m.id == *id) else {
                 return Ok(());
@@ -263,7 +291,7 @@ pub fn check_change(
                 (None, _) if is_learner => return Err(ReconfigError::LearnerNotReady.into()),
                 _ => {}
             }
-            if 1 + started(&voters) < quorum(voters.len() + 1) {
+            if rules.strict && 1 + started(&voters) < quorum(voters.len() + 1) {
                 return Err(ReconfigError::NotEnoughStarted.into());
             }
         }

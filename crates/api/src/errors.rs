@@ -26,6 +26,9 @@ pub enum RequestError {
     EmptyRequestOp,
     /// A member's peer URLs are missing or not URLs a member can be reached at.
     InvalidMemberUrls,
+    /// A learner serves only serializable ranges, status and backups (see
+    /// [`crate::learner`]).
+    NotSupportedForLearner,
 }
 
 /// A membership change refused by etcd's safety checks, which the leader runs before it
@@ -147,6 +150,11 @@ pub fn code_and_message(error: &ApiError) -> (Code, String) {
         Request(RequestError::EmptyRequestOp) | Node(NodeError::Mvcc(MvccError::KeyNotFound)) => {
             (Code::InvalidArgument, "etcdserver: key not found")
         }
+        // Unavailable, as etcd answers: clients try another endpoint.
+        Request(RequestError::NotSupportedForLearner) => (
+            Code::Unavailable,
+            "etcdserver: rpc not supported for learner",
+        ),
         Request(RequestError::InvalidMemberUrls) => (
             Code::InvalidArgument,
             "etcdserver: given member URLs are invalid",

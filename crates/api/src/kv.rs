@@ -42,8 +42,8 @@ impl KvService {
 /// refused. Writes that add nothing pass.
 ///
 /// The quota counts the bytes the data occupies, not the file's size: the engine reuses
-/// the space compaction frees and is never defragmented, so counting the file would keep
-/// a cluster refusing writes after the operator freed space.
+/// the space compaction frees, so the data fits again once compaction freed room, even
+/// before an operator defragments.
 pub(crate) async fn check_quota(node: &Node, config: &ApiConfig, cost: u64) -> Result<(), Status> {
     let Some(quota) = config.quota_backend_bytes else {
         return Ok(());
@@ -90,6 +90,7 @@ impl pb::kv_server::Kv for KvService {
         let range =
             convert::range_request(request.into_inner(), &self.config).map_err(to_status)?;
         if !range.serializable {
+            crate::learner::refuse_if_learner(&self.node)?;
             self.node.read_index().await.map_err(to_status)?;
         }
         let (result, revision) = self.node.range(&range).map_err(to_status)?;

@@ -14,6 +14,7 @@ pub mod corruption;
 pub mod election;
 pub mod errors;
 pub mod kv;
+pub mod learner;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
@@ -115,23 +116,28 @@ pub fn client_routes(
         election::ElectionService::new(node.clone()),
     )
     .max_decoding_message_size(limit);
-    tonic::service::Routes::new(kv)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(lock)
-        .add_service(election)
-        .add_service(maintenance)
-        .add_service(cluster)
+    tonic::service::Routes::new(learner::LearnerGate::new(kv, node.clone()))
+        .add_service(learner::LearnerGate::new(watch, node.clone()))
+        .add_service(learner::LearnerGate::new(lease, node.clone()))
+        .add_service(learner::LearnerGate::new(lock, node.clone()))
+        .add_service(learner::LearnerGate::new(election, node.clone()))
+        .add_service(learner::LearnerGate::new(maintenance, node.clone()))
+        .add_service(learner::LearnerGate::new(cluster, node.clone()))
 }
 
 /// The peer service for `node`.
 #[must_use]
-pub fn peer_routes(node: &Node, cluster_id: u64) -> tonic::service::Routes {
+pub fn peer_routes(
+    node: &Node,
+    cluster_id: u64,
+    rules: cluster::ReconfigRules,
+) -> tonic::service::Routes {
     let local = node::NodeId(node.status().member_id);
     let service = proto::peer::peer_server::PeerServer::new(PeerService::new(
         node.clone(),
         local,
         cluster_id,
+        rules,
     ))
     .max_decoding_message_size(peer::PEER_MESSAGE_BYTES_MAX);
     tonic::service::Routes::new(service)

@@ -88,21 +88,29 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 .map(convert::alarm_error)
                 .collect(),
             db_size_in_use,
-            is_learner: false,
+            is_learner: self.node.is_learner(),
         }))
     }
 
-    /// etcd rewrites its database file to return free pages to the file system, blocking the
-    /// member meanwhile. Concord's engine reuses the pages compaction frees for new data and
-    /// counts its quota by the data's size, so there is nothing a rewrite would win back that
-    /// it needs, and it never stops the world: defragmenting succeeds at once, changing
-    /// nothing. `db_size` minus `db_size_in_use` is the free space held for reuse.
+    /// etcd's defragmentation: this member's state machine file is rewritten without the
+    /// space compaction freed, and the smaller file replaces it. Applying waits meanwhile
+    /// (as in etcd, writes stall); unlike etcd, reads go on, served from the old file.
     async fn defragment(
         &self,
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let started = std::time::Instant::now();
+        let before = self.node.status().db_size;
+        self.node.defragment().await.map_err(to_status)?;
+        let status = self.node.status();
+        tracing::info!(
+            before_bytes = before,
+            after_bytes = status.db_size,
+            took_ms = started.elapsed().as_millis() as u64,
+            "defragmented the state machine"
+        );
         Ok(Response::new(pb::DefragmentResponse {
-            header: Some(header(&self.node, self.node.status().revision)),
+            header: Some(header(&self.node, status.revision)),
         }))
     }
 

@@ -573,16 +573,24 @@ pub struct PeerService {
     node: Node,
     local: NodeId,
     cluster_id: u64,
+    /// The checks made before a membership change forwarded to this member as leader.
+    rules: crate::cluster::ReconfigRules,
 }
 
 impl PeerService {
     /// Serves peer traffic for `node`.
     #[must_use]
-    pub fn new(node: Node, local: NodeId, cluster_id: u64) -> Self {
+    pub fn new(
+        node: Node,
+        local: NodeId,
+        cluster_id: u64,
+        rules: crate::cluster::ReconfigRules,
+    ) -> Self {
         Self {
             node,
             local,
             cluster_id,
+            rules,
         }
     }
 
@@ -730,7 +738,7 @@ impl pb::peer_server::Peer for PeerService {
             }
         };
         // Answered here or not at all: a forwarded change is never forwarded again.
-        let members = crate::cluster::change_as_leader(&self.node, change).await?;
+        let members = crate::cluster::change_as_leader(&self.node, self.rules, change).await?;
         Ok(Response::new(pb::MembershipResponse {
             members: members.iter().map(to_pb).collect(),
         }))

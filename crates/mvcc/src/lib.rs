@@ -14,7 +14,8 @@
 //! - Readers never see an index entry whose value storage cannot serve: the index lock is
 //!   held while a batch is committed to storage, and a reader opens its storage snapshot
 //!   while holding the lock.
-//! - One writer (the apply task); any number of readers.
+//! - One writer at a time (the apply task, a restore or a defragmentation: `Store::writer`);
+//!   any number of readers.
 //!
 //! This crate reads no clock, draws no randomness, knows no protobuf and does IO only through
 //! `KvStore`.
@@ -43,7 +44,7 @@ mod types;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 pub use types::*;
 
 use storage::{KvSnapshot, KvStore, StorageError, Table, WriteOp};
@@ -172,6 +173,10 @@ pub struct Store<S: KvStore> {
     /// duration, so that status and quota checks never wait for one.
     current: AtomicI64,
     bytes: AtomicU64,
+    /// Held by whatever writes to `kv` (apply, restore, defragmentation), taken before the
+    /// index lock: a long defragmentation holds writes back without holding the index, so
+    /// reads go on.
+    writer: Mutex<()>,
 }
 
 impl<S: KvStore> Store<S> {
@@ -186,6 +191,7 @@ impl<S: KvStore> Store<S> {
             current: AtomicI64::new(index.current),
             bytes: AtomicU64::new(index.bytes),
             index: RwLock::new(index),
+            writer: Mutex::new(()),
         })
     }
 
@@ -226,6 +232,7 @@ impl<S: KvStore> Store<S> {
             return Ok((Vec::new(), Vec::new()));
         };
         let mut events = Vec::new();
+        let _writer = self.writer.lock();
         let snapshot = self.kv.snapshot()?;
         let mut index = self.index.write();
         let (mut previous, mut term) = (index.applied.index, index.applied.term);
@@ -466,6 +473,7 @@ impl<S: KvStore> Store<S> {
     /// # Errors
     /// Storage errors.
     pub fn reset_for_new_cluster(&self) -> Result<(), MvccError> {
+        let _writer = self.writer.lock();
         let mut index = self.index.write();
         let mut ops = Vec::new();
         for id in index.members.keys() {
@@ -541,6 +549,7 @@ impl<S: KvStore> Store<S> {
         &self,
         entries: &mut dyn Iterator<Item = storage::Result<(Table, Vec<u8>, Vec<u8>)>>,
     ) -> Result<AppliedIndex, MvccError> {
+        let _writer = self.writer.lock();
         let mut index = self.index.write();
         self.kv.restore(entries)?;
         *index = load_index(&self.kv.snapshot()?)?;
@@ -574,6 +583,17 @@ impl<S: KvStore> Store<S> {
             true
         })?;
         Ok((hash, compacted, at))
+    }
+
+    /// Rewrites the storage compactly (etcd's defragmentation), returning the space that
+    /// compaction freed to the file system. Writes wait until it is done; reads go on.
+    ///
+    /// # Errors
+    /// Storage errors; the store is then as it was.
+    pub fn defragment(&self) -> Result<(), MvccError> {
+        let _writer = self.writer.lock();
+        self.kv.defragment()?;
+        Ok(())
     }
 
     /// The underlying store (for snapshots and size).

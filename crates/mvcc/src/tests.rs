@@ -1170,6 +1170,113 @@ impl KvStore for FailingReads {
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
     }
+
+    fn defragment(&self) -> storage::Result<()> {
+        self.inner.defragment()
+    }
+}
+
+/// A store whose defragmentation says it started, then waits until released.
+struct GatedDefragment {
+    inner: MemKvStore,
+    started: std::sync::mpsc::SyncSender<()>,
+    release: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl KvStore for GatedDefragment {
+    type Snapshot = <MemKvStore as KvStore>::Snapshot;
+
+    fn write(&self, ops: Vec<WriteOp>, durable: bool) -> storage::Result<()> {
+        self.inner.write(ops, durable)
+    }
+
+    fn snapshot(&self) -> storage::Result<Self::Snapshot> {
+        self.inner.snapshot()
+    }
+
+    fn restore(
+        &self,
+        records: &mut dyn Iterator<Item = storage::Result<(Table, Vec<u8>, Vec<u8>)>>,
+    ) -> storage::Result<()> {
+        self.inner.restore(records)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+
+    fn defragment(&self) -> storage::Result<()> {
+        self.started.send(()).unwrap();
+        self.release.lock().recv().unwrap();
+        self.inner.defragment()
+    }
+}
+
+// Proves a defragmentation holds writes back but not reads: while it runs, a range is
+// served, and a batch waits until it is done (a write made during the rewrite would be
+// lost with the old file).
+#[test]
+fn defragmenting_holds_writes_back_and_lets_reads_go_on() {
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (release, release_rx) = std::sync::mpsc::sync_channel(1);
+    let store = std::sync::Arc::new(
+        Store::open(GatedDefragment {
+            inner: MemKvStore::new(),
+            started: started_tx,
+            release: parking_lot::Mutex::new(release_rx),
+        })
+        .unwrap(),
+    );
+    let put = |key: &str| {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    };
+    let first = put("a");
+    let entry = |index, command| ApplyEntry {
+        index,
+        term: 1,
+        command: Some(command),
+    };
+    store.apply_batch(&[entry(1, &first)], true).unwrap();
+
+    let defragmenting = std::thread::spawn({
+        let store = store.clone();
+        move || store.defragment()
+    });
+    started.recv().unwrap();
+    let writing = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            let second = put("b");
+            let entry = ApplyEntry {
+                index: 2,
+                term: 1,
+                command: Some(&second),
+            };
+            store.apply_batch(&[entry], true).unwrap();
+        }
+    });
+    let read = |key: &str| {
+        store
+            .range(&RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .0
+            .count
+    };
+    assert_eq!(read("a"), 1, "a read during the defragmentation");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!writing.is_finished(), "a write went on during the rewrite");
+    assert_eq!(read("b"), 0);
+    release.send(()).unwrap();
+    defragmenting.join().unwrap().unwrap();
+    writing.join().unwrap();
+    assert_eq!(read("b"), 1);
 }
 
 // Proves a storage failure met while executing a command stops the member: the batch fails

@@ -714,6 +714,11 @@ impl Node {
         self.shared.progress.members()
     }
 
+    /// Whether this member is a learner, as of its applied index.
+    pub fn is_learner(&self) -> bool {
+        self.shared.progress.is_learner(self.id().0)
+    }
+
     /// Follows the cluster's members: the receiver sees every change this member applies.
     pub fn watch_members(&self) -> tokio::sync::watch::Receiver<Vec<Member>> {
         self.shared.progress.watch_members()
@@ -745,6 +750,20 @@ impl Node {
     /// As [`mvcc::Store::read_txn`].
     pub fn read_txn(&self, req: &TxnRequest) -> Result<(TxnResponse, Revision), NodeError> {
         Ok(self.shared.state.read_txn(req)?)
+    }
+
+    /// etcd's defragmentation of this member's state machine: rewrites its file so that the
+    /// space compaction freed goes back to the file system. Applying waits meanwhile (the
+    /// store loop does not: Raft goes on, and entries queue for apply); reads go on.
+    ///
+    /// # Errors
+    /// `Storage` if the rewrite failed; the state machine is then as it was.
+    pub async fn defragment(&self) -> Result<(), NodeError> {
+        let state = self.shared.state.clone();
+        tokio::task::spawn_blocking(move || state.defragment())
+            .await
+            .map_err(|e| NodeError::Storage(format!("defragment: {e}")))??;
+        Ok(())
     }
 
     /// etcd's HashKV on local state.

@@ -288,6 +288,14 @@ impl Progress {
         self.members.borrow().clone()
     }
 
+    /// Whether member `id` is a learner (false if it is not a member).
+    pub(crate) fn is_learner(&self, id: u64) -> bool {
+        self.members
+            .borrow()
+            .iter()
+            .any(|m| m.id == id && m.is_learner)
+    }
+
     pub(crate) fn watch_members(&self) -> watch::Receiver<Vec<Member>> {
         self.members.subscribe()
     }

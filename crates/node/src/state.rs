@@ -15,6 +15,8 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn current_revision(&self) -> Revision;
     fn snapshot_view(&self) -> Result<(Box<dyn KvSnapshot>, AppliedIndex), MvccError>;
     fn size_bytes(&self) -> u64;
+    /// The one write made outside the apply task: it holds apply back, never reads.
+    fn defragment(&self) -> Result<(), MvccError>;
     fn bytes_in_use(&self) -> u64;
     fn alarms(&self) -> Vec<AlarmMember>;
     fn leases(&self) -> Vec<Lease>;
@@ -45,6 +47,10 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn size_bytes(&self) -> u64 {
         self.kv().size_bytes()
+    }
+
+    fn defragment(&self) -> Result<(), MvccError> {
+        Store::defragment(self)
     }
 
     fn bytes_in_use(&self) -> u64 {

@@ -152,6 +152,10 @@ impl storage::KvStore for SlowKv {
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
     }
+
+    fn defragment(&self) -> storage::Result<()> {
+        self.inner.defragment()
+    }
 }
 
 struct TestCluster {

@@ -134,6 +134,21 @@ pub struct ServeArgs {
         default_value = "5m0s"
     )]
     pub experimental_corrupt_check_time: String,
+    /// Refuse membership changes that would leave too few started or connected voters
+    /// for a quorum (etcd's default); `false` skips those checks.
+    #[arg(
+        long,
+        env = "CONCORD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub strict_reconfig_check: bool,
+    /// Most learners the cluster may have at once; checked by the leader when a learner is
+    /// added.
+    #[arg(long, env = "CONCORD_MAX_LEARNERS", default_value_t = 1)]
+    pub max_learners: usize,
 }
 
 /// Whether this member starts a new cluster or joins an existing one.
@@ -201,6 +216,8 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// Period of the leader's corruption check; `None` when off.
     pub corrupt_check_interval: Option<Duration>,
+    /// The checks this member makes, as leader, before a membership change.
+    pub reconfig: api::cluster::ReconfigRules,
 }
 
 /// Why a configuration is refused. Every message is one lowercase line; where etcd has a
@@ -785,6 +802,13 @@ impl ServeArgs {
                 .iter()
                 .map(HttpUrl::canonical)
                 .collect();
+        if self.max_learners == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "--max-learners",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Ok(Config {
             name: self.name.clone(),
@@ -811,6 +835,10 @@ impl ServeArgs {
             watch_progress_notify_interval,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
             corrupt_check_interval,
+            reconfig: api::cluster::ReconfigRules {
+                strict: self.strict_reconfig_check,
+                max_learners: self.max_learners,
+            },
         })
     }
 }

@@ -187,6 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .unwrap_or_default();
             added_member_id(peer_urls, &token, now)
         }),
+        rules: config.reconfig,
     };
     let api_config = api::ApiConfig {
         max_request_bytes: config.max_request_bytes,
@@ -200,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut peer_servers = tokio::task::JoinSet::new();
     let mut servers = tokio::task::JoinSet::new();
     for listener in peer_listeners {
-        let routes = api::peer_routes(&node, me.cluster_id);
+        let routes = api::peer_routes(&node, me.cluster_id, config.reconfig);
         peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
     }
     if config.initial_corrupt_check {

@@ -122,6 +122,28 @@ fn corruption_check_flags_are_accepted() {
     assert!(interval("soon").is_err());
 }
 
+// Proves the membership-change flags are read as etcd reads them: strict checks on by
+// default (a bare flag too), off with `=false`, one learner unless `--max-learners` says
+// otherwise, and no learners at all refused.
+#[test]
+fn reconfig_flags_are_accepted() {
+    let defaults = parse(&[]).unwrap();
+    assert_eq!(defaults.reconfig, api::cluster::ReconfigRules::default());
+    assert!(defaults.reconfig.strict);
+    assert_eq!(defaults.reconfig.max_learners, 1);
+    assert!(parse(&["--strict-reconfig-check"]).unwrap().reconfig.strict);
+    let lax = parse(&["--strict-reconfig-check=false", "--max-learners=3"]).unwrap();
+    assert!(!lax.reconfig.strict);
+    assert_eq!(lax.reconfig.max_learners, 3);
+    assert!(matches!(
+        parse(&["--max-learners=0"]),
+        Err(ConfigError::Invalid {
+            flag: "--max-learners",
+            ..
+        })
+    ));
+}
+
 // Proves the flags etcd users write are read as etcd reads them: lists, several listeners,
 // IPv6, a name given twice (one member, two URLs), localhost equal to 127.0.0.1 when the
 // advertised URLs are compared.

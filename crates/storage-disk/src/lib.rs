@@ -36,10 +36,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 use raft_proto::eraftpb::{ConfState, Entry, HardState};
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use storage::{
     KvSnapshot, KvStore, LogStore, Result, ShardId, ShardLogState, ShardLogWrite, StorageError,
     Table, WriteOp,
@@ -501,8 +501,29 @@ fn redb_error(context: &str, e: impl std::fmt::Display) -> StorageError {
 
 /// The state machine's tables in one redb file.
 pub struct RedbKvStore {
-    db: redb::Database,
+    /// The open database. Defragmenting replaces it with a rewritten one; views taken
+    /// before that keep the old one (and its unlinked file) alive until they are dropped.
+    db: RwLock<Arc<redb::Database>>,
     path: PathBuf,
+}
+
+/// Entries copied per transaction while defragmenting: bounds the memory a rewrite holds.
+const DEFRAGMENT_BATCH: usize = 10_000;
+
+fn open_database(path: &Path) -> Result<redb::Database> {
+    redb::Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StorageError::Corruption(format!("state file {}: {detail}", path.display()))
+        }
+        other => StorageError::Io(format!("open state file {}: {other}", path.display())),
+    })
+}
+
+/// Where a defragmentation writes the new file before it replaces the old one.
+fn defragment_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".defrag");
+    PathBuf::from(name)
 }
 
 impl RedbKvStore {
@@ -511,24 +532,61 @@ impl RedbKvStore {
     /// # Errors
     /// `Corruption` if the file is not a valid redb database, `Io` otherwise.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = redb::Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                StorageError::Corruption(format!("state file {}: {detail}", path.display()))
-            }
-            other => StorageError::Io(format!("open state file {}: {other}", path.display())),
-        })?;
-        let store = Self {
-            db,
-            path: path.to_path_buf(),
-        };
+        // A defragmentation that did not finish left its partial copy; the file at `path`
+        // is whole (the copy replaces it only once complete and durable).
+        let partial = defragment_path(path);
+        if partial.exists() {
+            std::fs::remove_file(&partial)
+                .map_err(|e| StorageError::Io(format!("remove {}: {e}", partial.display())))?;
+        }
+        let db = open_database(path)?;
         // Create every table up front so readers never meet a missing one.
-        let txn = store.db.begin_write().map_err(|e| redb_error("begin", e))?;
+        let txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
         for table in Table::ALL {
             txn.open_table(table_definition(table))
                 .map_err(|e| redb_error("open table", e))?;
         }
         txn.commit().map_err(|e| redb_error("commit", e))?;
-        Ok(store)
+        Ok(Self {
+            db: RwLock::new(Arc::new(db)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn db(&self) -> Arc<redb::Database> {
+        self.db.read().clone()
+    }
+
+    /// Copies every table of `from` into a new database at `to`, durably.
+    fn copy_to(from: &redb::Database, to: &Path) -> Result<redb::Database> {
+        let copy = open_database(to)?;
+        let source = from.begin_read().map_err(|e| redb_error("begin read", e))?;
+        for table in Table::ALL {
+            let source = source
+                .open_table(table_definition(table))
+                .map_err(|e| redb_error("open table", e))?;
+            let mut items = source.iter().map_err(|e| redb_error("scan", e))?.peekable();
+            // An empty table is created all the same: readers never meet a missing one.
+            loop {
+                let txn = copy.begin_write().map_err(|e| redb_error("begin", e))?;
+                {
+                    let mut target = txn
+                        .open_table(table_definition(table))
+                        .map_err(|e| redb_error("open table", e))?;
+                    for item in items.by_ref().take(DEFRAGMENT_BATCH) {
+                        let (key, value) = item.map_err(|e| redb_error("scan", e))?;
+                        target
+                            .insert(key.value(), value.value())
+                            .map_err(|e| redb_error("write", e))?;
+                    }
+                }
+                txn.commit().map_err(|e| redb_error("commit", e))?;
+                if items.peek().is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(copy)
     }
 }
 
@@ -559,6 +617,8 @@ fn table_index(table: Table) -> usize {
 pub struct RedbSnapshot {
     /// One opened table per `Table::ALL` entry, in that order.
     tables: Vec<ReadOnlyBytesTable>,
+    /// The database the view reads: a defragmentation may have replaced it since.
+    _db: Arc<redb::Database>,
 }
 
 impl RedbSnapshot {
@@ -604,7 +664,8 @@ impl KvStore for RedbKvStore {
     type Snapshot = RedbSnapshot;
 
     fn write(&self, ops: Vec<WriteOp>, durable: bool) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(|e| redb_error("begin", e))?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
         let durability = if durable {
             redb::Durability::Immediate
         } else {
@@ -633,10 +694,8 @@ impl KvStore for RedbKvStore {
     }
 
     fn snapshot(&self) -> Result<RedbSnapshot> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| redb_error("begin read", e))?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(|e| redb_error("begin read", e))?;
         let mut tables = Vec::with_capacity(Table::ALL.len());
         for table in Table::ALL {
             let opened = txn
@@ -644,14 +703,15 @@ impl KvStore for RedbKvStore {
                 .map_err(|e| redb_error("open table", e))?;
             tables.push(opened);
         }
-        Ok(RedbSnapshot { tables })
+        Ok(RedbSnapshot { tables, _db: db })
     }
 
     fn restore(
         &self,
         entries: &mut dyn Iterator<Item = Result<(Table, Vec<u8>, Vec<u8>)>>,
     ) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(|e| redb_error("begin", e))?;
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| redb_error("durability", e))?;
         for table in Table::ALL {
@@ -673,6 +733,33 @@ impl KvStore for RedbKvStore {
 
     fn size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Copies the data into a new file, which then replaces the old one: redb reuses freed
+    /// pages but never gives them back to the file system. Readers go on meanwhile (on the
+    /// old file); the caller holds writes back. The new file is durable before it replaces
+    /// the old one, and the rename is made durable before the new file serves anything, so
+    /// a crash at any point leaves one whole file at `path`.
+    fn defragment(&self) -> Result<()> {
+        let old = self.db();
+        let partial = defragment_path(&self.path);
+        let copy = match Self::copy_to(&old, &partial) {
+            Ok(copy) => copy,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        let io = |what: &str, e: std::io::Error| {
+            StorageError::Io(format!("defragment: {what} {}: {e}", self.path.display()))
+        };
+        std::fs::rename(&partial, &self.path).map_err(|e| io("replace", e))?;
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))?;
+        *self.db.write() = Arc::new(copy);
+        Ok(())
     }
 }
 

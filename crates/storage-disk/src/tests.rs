@@ -71,3 +71,57 @@ fn corruption_location_is_parsed() {
         Some((false, 12, 77))
     );
 }
+
+// Proves defragmenting returns the space of deleted data to the file system: the file
+// shrinks, keeps what is left, and a leftover partial copy from a crash is cleared at open.
+#[test]
+fn defragment_shrinks_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = RedbKvStore::open(&path).unwrap();
+    let value = vec![7u8; 4096];
+    for batch in 0..40u32 {
+        let ops = (0..100u32)
+            .map(|i| WriteOp::Put {
+                table: Table::Revisions,
+                key: (batch * 100 + i).to_be_bytes().to_vec(),
+                value: value.clone(),
+            })
+            .collect();
+        store.write(ops, true).unwrap();
+    }
+    // Delete all but the first hundred keys.
+    let ops = (100..4000u32)
+        .map(|i| WriteOp::Delete {
+            table: Table::Revisions,
+            key: i.to_be_bytes().to_vec(),
+        })
+        .collect();
+    store.write(ops, true).unwrap();
+    let full = store.size_bytes();
+    assert!(full > 16 << 20, "4000 values of 4 KiB take {full} bytes");
+
+    store.defragment().unwrap();
+    let compact = store.size_bytes();
+    assert!(
+        compact < full / 4,
+        "defragmenting left {compact} of {full} bytes for a fortieth of the data"
+    );
+    assert_eq!(compact, std::fs::metadata(&path).unwrap().len());
+
+    std::fs::write(defragment_path(&path), b"half a copy").unwrap();
+    drop(store);
+    let store = RedbKvStore::open(&path).unwrap();
+    assert!(!defragment_path(&path).exists(), "partial copy left behind");
+    let mut keys = 0;
+    store
+        .snapshot()
+        .unwrap()
+        .scan(Table::Revisions, b"", None, &mut |_, v| {
+            assert_eq!(v, value.as_slice());
+            keys += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(keys, 100);
+}

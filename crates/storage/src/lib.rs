@@ -253,6 +253,15 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Bytes the store occupies on its medium (the database file size).
     fn size_bytes(&self) -> u64;
+
+    /// Rewrites the store compactly, returning the space freed by deletions to the medium
+    /// (etcd's defragmentation). A write: never concurrent with `write` or `restore`.
+    /// Snapshots taken before it stay readable; the content is unchanged, and durable on
+    /// return.
+    ///
+    /// # Errors
+    /// `Io` from the engine; the store is then as it was.
+    fn defragment(&self) -> Result<()>;
 }
 
 /// A shared store is a store: lets a test keep a handle to the store it gave a node, so the
@@ -277,5 +286,9 @@ impl<K: KvStore> KvStore for std::sync::Arc<K> {
 
     fn size_bytes(&self) -> u64 {
         (**self).size_bytes()
+    }
+
+    fn defragment(&self) -> Result<()> {
+        (**self).defragment()
     }
 }

@@ -3,7 +3,7 @@
 
 use node::{Member, MembershipChange, PeerProgress};
 
-use super::check_change;
+use super::{check_change, ReconfigRules};
 use crate::errors::{ApiError, ReconfigError};
 
 const LEADER: u64 = 1;
@@ -50,7 +50,19 @@ fn check(
     progress: &[PeerProgress],
     change: MembershipChange,
 ) -> Result<(), ApiError> {
-    check_change(members, progress, LEADER, &change)
+    check_change(members, progress, LEADER, &change, ReconfigRules::default())
+}
+
+fn check_lax(
+    members: &[Member],
+    progress: &[PeerProgress],
+    change: MembershipChange,
+) -> Result<(), ApiError> {
+    let rules = ReconfigRules {
+        strict: false,
+        max_learners: 2,
+    };
+    check_change(members, progress, LEADER, &change, rules)
 }
 
 // Proves adding is refused, as etcd 3.4 refuses it, while a voter is disconnected, when too
@@ -205,5 +217,50 @@ fn promote_needs_a_learner_in_sync() {
     assert_eq!(
         check(&unstarted, &progress, MembershipChange::Promote(4)),
         Err(ReconfigError::NotEnoughStarted.into())
+    );
+}
+
+// Proves `--strict-reconfig-check=false` skips the quorum checks as etcd skips them (adding
+// and removing while a voter is down or unstarted pass; promoting still needs a learner in
+// sync), and that `--max-learners` sets the learner limit.
+#[test]
+fn lax_rules_skip_the_quorum_checks_only() {
+    let (members, mut progress) = healthy();
+    progress[2].recent_active = false;
+    assert_eq!(
+        check_lax(&members, &progress, MembershipChange::Add(voter(9, false))),
+        Ok(())
+    );
+    assert_eq!(
+        check_lax(&members, &progress, MembershipChange::Remove(2)),
+        Ok(())
+    );
+    let unstarted = vec![voter(1, true), voter(2, false), voter(3, false)];
+    assert_eq!(
+        check_lax(&unstarted, &progress, MembershipChange::Remove(1)),
+        Ok(())
+    );
+
+    let mut with_learner = members.clone();
+    with_learner.push(learner(4));
+    assert_eq!(
+        check_lax(&with_learner, &progress, MembershipChange::Add(learner(9))),
+        Ok(())
+    );
+    with_learner.push(learner(5));
+    assert_eq!(
+        check_lax(&with_learner, &progress, MembershipChange::Add(learner(9))),
+        Err(ReconfigError::TooManyLearners.into())
+    );
+    // Taken peer URLs are refused whatever the rules.
+    let mut taken = voter(9, false);
+    taken.peer_urls = members[1].peer_urls.clone();
+    assert_eq!(
+        check_lax(&members, &progress, MembershipChange::Add(taken)),
+        Err(mvcc::MvccError::PeerUrlExists.into())
+    );
+    assert_eq!(
+        check_lax(&with_learner, &progress, MembershipChange::Promote(4)),
+        Err(ReconfigError::LearnerNotReady.into())
     );
 }

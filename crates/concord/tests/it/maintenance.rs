@@ -454,3 +454,104 @@ async fn move_leader_answers_as_etcd_does() {
     let answers = move_leader_answers(&mut concord).await;
     assert_eq!(answers, expected);
 }
+
+// Proves `etcdctl defrag` returns the space freed by deletion and compaction to the file
+// system: the member's reported db size and its state file shrink, what is left reads back
+// whole, reads made meanwhile all succeed, and writes go on afterwards and survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defrag_returns_freed_space_to_the_file_system() {
+    let mut cluster = Cluster::start(binary(), 1, &[]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    // 24 MiB of values, five sixths of them deleted and compacted away.
+    let value = vec![b'd'; 8192];
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut kv = cluster.kv(0);
+        let value = value.clone();
+        writers.push(tokio::spawn(async move {
+            for i in (w..3072).step_by(8) {
+                let key = format!("defrag/{:04}/{i:04}", i % 6);
+                kv.put(pb::PutRequest {
+                    key: key.into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for group in 1..6 {
+        let prefix = format!("defrag/{group:04}/");
+        let deleted = etcdctl_ok(&cluster, 0, &["del", &prefix, "--prefix"]);
+        assert_eq!(deleted.trim(), "512");
+    }
+    let revision = cluster.status(0).await.unwrap().header.unwrap().revision;
+    etcdctl_ok(
+        &cluster,
+        0,
+        &["compact", &revision.to_string(), "--physical"],
+    );
+    let state_file = cluster.data_dir(0).join("member").join("state.redb");
+    let before = cluster.status(0).await.unwrap().db_size;
+    assert_eq!(before as u64, std::fs::metadata(&state_file).unwrap().len());
+    assert!(before > 24 << 20, "24 MiB written, the file holds {before}");
+
+    // A reader goes on through the defragmentation.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let mut kv = cluster.kv(0);
+        let stop = stop.clone();
+        async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = kv
+                    .range(pb::RangeRequest {
+                        key: b"defrag/0000/".to_vec(),
+                        range_end: b"defrag/0000/\xff".to_vec(),
+                        count_only: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a read during defragmentation");
+                assert_eq!(response.into_inner().count, 512);
+                reads += 1;
+            }
+            reads
+        }
+    });
+    let defragmented = etcdctl_ok(&cluster, 0, &["defrag"]);
+    assert!(
+        defragmented.starts_with("Finished defragmenting etcd member["),
+        "{defragmented}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+    let after = cluster.status(0).await.unwrap().db_size;
+    assert_eq!(after as u64, std::fs::metadata(&state_file).unwrap().len());
+    assert!(
+        after < before / 3,
+        "defrag left {after} of {before} bytes with a sixth of the data"
+    );
+
+    let left = etcdctl_ok(&cluster, 0, &["get", "defrag/", "--prefix", "--keys-only"]);
+    assert_eq!(left.lines().filter(|l| !l.is_empty()).count(), 512);
+    etcdctl_ok(&cluster, 0, &["put", "defrag/after", "written"]);
+    cluster.stop_all();
+    cluster.restart_all().unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    assert_eq!(
+        etcdctl_ok(&cluster, 0, &["get", "defrag/after", "--print-value-only"]).trim(),
+        "written"
+    );
+    let values = etcdctl_ok(
+        &cluster,
+        0,
+        &["get", "defrag/0000/", "--prefix", "--print-value-only"],
+    );
+    let expected = String::from_utf8(value).unwrap();
+    assert_eq!(values.lines().filter(|l| *l == expected).count(), 512);
+}

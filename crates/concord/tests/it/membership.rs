@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use proto::etcdserverpb::cluster_client::ClusterClient;
 use proto::etcdserverpb::{
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, PutRequest,
+    request_op, HashKvRequest, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use testkit::{Cluster, EtcdCluster};
 use tonic::transport::Channel;
@@ -164,11 +164,55 @@ async fn member_list_shows_every_member_on_every_member() {
     }
 }
 
+/// Writes `count` keys `<prefix>/<n>` through member `i`, in txns of 100 puts from eight
+/// clients at once.
+async fn put_many(cluster: &Cluster, i: usize, prefix: &str, count: usize) {
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let mut kv = cluster.kv(i);
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            for batch in (client * 100..count).step_by(800) {
+                let success = (batch..(batch + 100).min(count))
+                    .map(|n| {
+                        let key = format!("{prefix}/{n:06}");
+                        RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                value: crate::value_for(&key).into_bytes(),
+                                key: key.into_bytes(),
+                                ..Default::default()
+                            })),
+                        }
+                    })
+                    .collect();
+                kv.txn(TxnRequest {
+                    success,
+                    ..Default::default()
+                })
+                .await
+                .expect("txn");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// The code and message of a refused call, or `None` if it succeeded.
+fn refusal<T>(result: Result<T, tonic::Status>) -> Option<(tonic::Code, String)> {
+    result
+        .err()
+        .map(|status| (status.code(), status.message().to_string()))
+}
+
 // Proves a learner added with `member add --learner` joins with `--initial-cluster-state
-// existing`, receives the data (HashKV equal), publishes its name, counts toward etcd's
-// one-learner limit, and is promoted to a voter; promoting a voter is refused with etcd's
-// message. The joined member restarts on its own data.
-#[tokio::test]
+// existing`, counts toward etcd's one-learner limit, and cannot be promoted while behind
+// (100,000 keys written before it started); once started it receives the data, serves
+// serializable reads and refuses every other request as etcd's learners do, publishes its
+// name, and is promoted to a voter, after which its HashKV equals the others'. Promoting a
+// voter is refused with etcd's message. The promoted member restarts on its own data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_joins_catches_up_and_is_promoted() {
     let mut cluster = start(3).await;
     put_keys(&cluster, 0, "before", 200).await;
@@ -208,13 +252,73 @@ async fn learner_joins_catches_up_and_is_promoted() {
         "Error: etcdserver: too many learner members in cluster"
     );
 
+    // Far behind: refused.
+    put_many(&cluster, 0, "bulk", 100_000).await;
+    let id = format!("{:x}", learner.id);
+    assert_eq!(
+        etcdctl_error(&cluster, 1, &["member", "promote", &id]),
+        "Error: etcdserver: can only promote a learner member which is in sync with leader"
+    );
+
     cluster.start_joining(new, &[]).unwrap();
     cluster.wait_listening(new, SETTLE_DEADLINE).unwrap();
-    wait_hashes_equal(&cluster, &[0, 1, 2, new]).await.unwrap();
     assert_eq!(member_id(&cluster, new).await, learner.id);
+    let bulk_end = crate::prefix_end(b"bulk/");
+    let mut kv = cluster.kv(new);
+    testkit::eventually(SETTLE_DEADLINE, "the learner has the data", || {
+        let mut kv = kv.clone();
+        let bulk_end = bulk_end.clone();
+        async move {
+            let count = kv
+                .range(RangeRequest {
+                    key: b"bulk/".to_vec(),
+                    range_end: bulk_end,
+                    serializable: true,
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .count;
+            anyhow::ensure!(count == 100_000, "{count} keys");
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(cluster.status(new).await.unwrap().is_learner);
+    // Everything else is refused, as etcd's learners refuse it.
+    let refused = Some((
+        tonic::Code::Unavailable,
+        "etcdserver: rpc not supported for learner".to_string(),
+    ));
+    let linearizable = kv
+        .range(RangeRequest {
+            key: b"before/00000".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(refusal(linearizable), refused);
+    let put = kv
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(refusal(put), refused);
+    let hash = cluster
+        .maintenance(new)
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await;
+    assert_eq!(refusal(hash), refused);
+    let list = cluster
+        .cluster_client(new)
+        .member_list(MemberListRequest::default())
+        .await;
+    assert_eq!(refusal(list), refused);
 
-    // Promotion is refused until the learner is in sync; it is, or soon will be.
-    let id = format!("{:x}", learner.id);
+    // Caught up: promoted.
     testkit::eventually(SETTLE_DEADLINE, "the promotion", || async {
         etcdctl_ok(&cluster, 2, &["member", "promote", &id]).map(|_| ())
     })
@@ -231,10 +335,19 @@ async fn learner_joins_catches_up_and_is_promoted() {
     assert_eq!(listed.len(), 4);
     assert_eq!(listed[&learner.id].name, cluster.name(new));
     assert_eq!(listed[&learner.id].client_urls, cluster.client_url(new));
+    assert!(!cluster.status(new).await.unwrap().is_learner);
+    wait_hashes_equal(&cluster, &[0, 1, 2, new]).await.unwrap();
 
     // A voter now: it restarts on its own data and the cluster of four keeps writing.
+    // (Until it has applied its log again it knows itself as the learner it was.)
     cluster.restart(new).unwrap();
     cluster.wait_listening(new, SETTLE_DEADLINE).unwrap();
+    testkit::eventually(SETTLE_DEADLINE, "a voter again", || async {
+        anyhow::ensure!(!cluster.status(new).await?.is_learner);
+        Ok(())
+    })
+    .await
+    .unwrap();
     put_keys(&cluster, new, "after", 50).await;
     wait_hashes_equal(&cluster, &[0, 1, 2, new]).await.unwrap();
     assert_eq!(
