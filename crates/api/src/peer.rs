@@ -255,6 +255,13 @@ async fn send_loop(
         drop(stream_tx);
         if let Ok(Err(status)) = call.await {
             tracing::debug!(peer_id = to.0, error = %status, "peer stream ended");
+            if status.code() == tonic::Code::FailedPrecondition && status.message() == node::REMOVED
+            {
+                if let Some(node) = node.get() {
+                    node.removed_by_peer(to);
+                }
+                return;
+            }
         }
         if let Some(node) = node.get() {
             node.report_unreachable(to);
@@ -620,6 +627,10 @@ impl pb::peer_server::Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check(batch.cluster_id, batch.to)?;
+            if self.node.was_removed(NodeId(batch.from)) {
+                // As etcd tells a removed member that still sends: it stops on this answer.
+                return Err(Status::failed_precondition(node::REMOVED));
+            }
             let envelopes = batch
                 .envelopes
                 .into_iter()

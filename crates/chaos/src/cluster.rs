@@ -21,6 +21,8 @@ pub struct Members {
     binary: PathBuf,
     dir: PathBuf,
     namespaces: Vec<String>,
+    /// Each member's peer URL (its host's address: the same for a member that replaced it).
+    peer_urls: Vec<String>,
     args: Vec<Vec<String>>,
     children: Vec<Option<Child>>,
     /// Members stopped with SIGSTOP, so that they are continued before being killed.
@@ -80,6 +82,10 @@ impl Members {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             namespaces: hosts.iter().map(|h| h.namespace.clone()).collect(),
+            peer_urls: hosts
+                .iter()
+                .map(|h| format!("http://{}:{PEER_PORT}", h.ip))
+                .collect(),
             args,
             children: (0..hosts.len()).map(|_| None).collect(),
             paused: vec![false; hosts.len()],
@@ -148,6 +154,58 @@ impl Members {
             self.spawn(i)?;
         }
         Ok(())
+    }
+
+    /// Member `i`'s peer URL.
+    #[must_use]
+    pub fn peer_url(&self, i: usize) -> &str {
+        &self.peer_urls[i]
+    }
+
+    /// Waits up to `timeout` for member `i` to exit on its own (as a removed member does),
+    /// then kills it if it still runs; reaps it either way. Returns whether it exited on
+    /// its own.
+    pub async fn wait_exit(&mut self, i: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(child) = &mut self.children[i] {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.children[i] = None;
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.kill(i);
+        false
+    }
+
+    /// Starts a new member in place of member `i` (which must have stopped): on an empty
+    /// data directory, with `--initial-cluster-state existing` and `initial_cluster` (the
+    /// members as the cluster lists them, this one included), so it joins the cluster.
+    /// Later restarts start it on its own data.
+    ///
+    /// # Errors
+    /// If the old data cannot be removed or the process cannot be started.
+    pub fn start_replacement(&mut self, i: usize, initial_cluster: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.children[i].is_none(), "m{i} still runs");
+        let data = self.dir.join(format!("m{i}"));
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("wipe m{i}'s data"))?;
+        }
+        let args = &mut self.args[i];
+        for (flag, value) in [
+            ("--initial-cluster-state", "existing"),
+            ("--initial-cluster", initial_cluster),
+        ] {
+            let at = args
+                .iter()
+                .position(|a| a == flag)
+                .expect("every member is started with the flag");
+            args[at + 1] = value.to_string();
+        }
+        self.spawn(i)
     }
 
     /// Freezes member `i` (SIGSTOP): it holds its connections but answers nothing.

@@ -31,7 +31,8 @@ struct Args {
     /// one election writing a fenced resource, observers following it).
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed.
+    /// Fault kind: none, kill, pause, partition-leader, partition-halves, one-way, mixed,
+    /// kill-leader, overlapping or membership (members removed and added back).
     #[arg(long, default_value = "mixed")]
     nemesis: String,
     /// Members: 3 or 5.

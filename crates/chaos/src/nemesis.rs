@@ -30,11 +30,15 @@ pub enum NemesisKind {
     /// Faults that pile up: groups of two or three of the above, each struck before the
     /// previous one healed; the run ends with the leader paused for 5.5 s.
     Overlapping,
+    /// Membership changes: a member (the leader half the time) is removed from the cluster,
+    /// its data wiped, and added back as a new member that joins and catches up, as an
+    /// operator replaces a machine.
+    Membership,
 }
 
 impl NemesisKind {
     /// Every kind, for listing and parsing.
-    pub const ALL: [NemesisKind; 9] = [
+    pub const ALL: [NemesisKind; 10] = [
         NemesisKind::None,
         NemesisKind::Kill,
         NemesisKind::Pause,
@@ -44,6 +48,7 @@ impl NemesisKind {
         NemesisKind::Mixed,
         NemesisKind::KillLeader,
         NemesisKind::Overlapping,
+        NemesisKind::Membership,
     ];
 
     /// The name used on the command line and in reports.
@@ -59,6 +64,7 @@ impl NemesisKind {
             NemesisKind::Mixed => "mixed",
             NemesisKind::KillLeader => "kill-leader",
             NemesisKind::Overlapping => "overlapping",
+            NemesisKind::Membership => "membership",
         }
     }
 
@@ -91,6 +97,9 @@ pub enum Fault {
     Split(Vec<usize>),
     /// `(from, to)`: `to` stops hearing `from`.
     Cut(Vec<(Target, usize)>),
+    /// Removed from the cluster, its data wiped, added again as a new member and started to
+    /// join; the heal has nothing to undo.
+    Replace(Target),
 }
 
 /// A fault, when it starts and how long it lasts.
@@ -146,6 +155,7 @@ pub fn schedule(kind: NemesisKind, seed: u64, members: usize, duration: Duration
             NemesisKind::KillLeader => Fault::Kill(Target::Leader),
             NemesisKind::Pause => Fault::Pause(target(&mut rng)),
             NemesisKind::PartitionLeader => Fault::Isolate(Target::Leader),
+            NemesisKind::Membership => Fault::Replace(target(&mut rng)),
             NemesisKind::PartitionHalves => {
                 let mut order: Vec<usize> = (0..members).collect();
                 for i in (1..order.len()).rev() {
@@ -266,7 +276,8 @@ mod tests {
                     | (Fault::Kill(_), NemesisKind::Kill | NemesisKind::Mixed)
                     | (Fault::Pause(_), NemesisKind::Pause | NemesisKind::Mixed)
                     | (Fault::Isolate(_), NemesisKind::PartitionLeader | NemesisKind::Mixed)
-                    | (Fault::Cut(_), NemesisKind::OneWay | NemesisKind::Mixed) => {}
+                    | (Fault::Cut(_), NemesisKind::OneWay | NemesisKind::Mixed)
+                    | (Fault::Replace(_), NemesisKind::Membership) => {}
                     (fault, kind) => panic!("{kind:?} scheduled {fault:?}"),
                 }
             }

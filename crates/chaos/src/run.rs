@@ -232,7 +232,104 @@ async fn inject(
             }
             format!("cut {}", done.join(" "))
         }
+        Fault::Replace(target) => {
+            let i = resolve(*target, endpoints, rng).await;
+            replace(i, members, endpoints).await?
+        }
     })
+}
+
+/// How long each part of a replacement may take: the removal (refusals while the cluster
+/// settles are retried), the removed member's stop, the addition.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The member of `list` whose peer URLs include `peer`.
+fn member_at(list: &[etcd_client::Member], peer: &str) -> Option<u64> {
+    list.iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer))
+        .map(etcd_client::Member::id)
+}
+
+/// Replaces member `i` as an operator replaces a machine, through the other members:
+/// `member remove`, wait for it to stop (a removed member stops on its own; it is killed if
+/// it has not within the deadline), wipe its data, `member add` its peer URL again, and
+/// start it with `--initial-cluster-state existing`. A removal still refused at the deadline
+/// skips the step; a member removed but never added back fails the run.
+async fn replace(i: usize, members: &mut Members, endpoints: &[String]) -> anyhow::Result<String> {
+    let others: Vec<&str> = endpoints
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != i)
+        .map(|(_, e)| e.as_str())
+        .collect();
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3));
+    let mut client = etcd_client::Client::connect(others, Some(options))
+        .await
+        .context("connect for a membership change")?;
+    let peer = members.peer_url(i).to_string();
+    let list = |client: &mut etcd_client::Client| {
+        let mut client = client.clone();
+        async move { client.member_list().await.map(|l| l.members().to_vec()) }
+    };
+
+    let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+    let removed = loop {
+        let outcome = match list(&mut client).await {
+            Ok(listed) => match member_at(&listed, &peer) {
+                // An earlier attempt that timed out took effect.
+                None => break None,
+                Some(id) => client.member_remove(id).await.map(|_| Some(id)),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(id) => break id,
+            Err(e) if Instant::now() >= deadline => {
+                return Ok(format!(
+                    "replace m{i}: removal refused until the deadline: {e}"
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    let on_its_own = members.wait_exit(i, MEMBERSHIP_DEADLINE).await;
+
+    let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+    let listed = loop {
+        let added = client.member_add([peer.as_str()], None).await;
+        // Read back, whether or not the answer arrived: a timed-out addition may have
+        // been applied.
+        match list(&mut client).await {
+            Ok(listed) if member_at(&listed, &peer).is_some() => break listed,
+            _ if Instant::now() >= deadline => anyhow::bail!(
+                "m{i} was removed but could not be added back within {MEMBERSHIP_DEADLINE:?}: \
+                 {added:?}"
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    let added = member_at(&listed, &peer).expect("listed");
+    // Names by host: the member on host j is m{j}, whoever it replaced.
+    let initial: Vec<String> = listed
+        .iter()
+        .filter_map(|m| {
+            let url = m.peer_urls().first()?;
+            let host = (0..members.len()).find(|&j| members.peer_url(j) == url)?;
+            Some(format!("m{host}={url}"))
+        })
+        .collect();
+    members.start_replacement(i, &initial.join(","))?;
+    Ok(format!(
+        "replace m{i}: removed {} ({}), added {added:x}",
+        removed.map_or("earlier".to_string(), |id| format!("{id:x}")),
+        if on_its_own {
+            "it stopped on its own"
+        } else {
+            "killed: it had not stopped"
+        }
+    ))
 }
 
 /// How soon after the final heal every member must serve linearizable reads again: killed

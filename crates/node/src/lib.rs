@@ -714,6 +714,24 @@ impl Node {
         self.shared.progress.members()
     }
 
+    /// Whether member `id` was removed from the cluster, as of this member's applied index
+    /// (ids are never reused).
+    pub fn was_removed(&self, id: NodeId) -> bool {
+        self.shared.state.was_removed(id.0)
+    }
+
+    /// A peer refused this member's traffic because the cluster removed it: it missed its
+    /// own removal (the leader stops sending to a member as soon as it is removed, so the
+    /// commit of that removal may never reach it). It stops for good, as if it had applied
+    /// the removal.
+    pub fn removed_by_peer(&self, peer: NodeId) {
+        tracing::error!(
+            peer_id = format!("{:x}", peer.0),
+            "a peer says this member was removed from the cluster"
+        );
+        self.shared.fail(REMOVED.to_string());
+    }
+
     /// Whether this member is a learner, as of its applied index.
     pub fn is_learner(&self) -> bool {
         self.shared.progress.is_learner(self.id().0)

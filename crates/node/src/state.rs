@@ -19,6 +19,7 @@ pub(crate) trait StateReader: Send + Sync + 'static {
     fn defragment(&self) -> Result<(), MvccError>;
     fn bytes_in_use(&self) -> u64;
     fn alarms(&self) -> Vec<AlarmMember>;
+    fn was_removed(&self, id: u64) -> bool;
     fn leases(&self) -> Vec<Lease>;
     fn lease(&self, id: LeaseId) -> Option<Lease>;
 }
@@ -59,6 +60,10 @@ impl<S: KvStore> StateReader for Store<S> {
 
     fn alarms(&self) -> Vec<AlarmMember> {
         Store::alarms(self)
+    }
+
+    fn was_removed(&self, id: u64) -> bool {
+        Store::was_removed(self, id)
     }
 
     fn leases(&self) -> Vec<Lease> {

@@ -444,6 +444,35 @@ async fn removed_leader_stops_and_the_rest_go_on() {
     assert!(!listed.contains_key(&leader_id));
 }
 
+// Proves a member that missed its own removal (it was down meanwhile, and the leader no
+// longer sends to it) stops as soon as it speaks to a peer again, with etcd's reason in its
+// log: the peers refuse a removed member's traffic, instead of letting it campaign forever.
+#[tokio::test]
+async fn member_that_missed_its_removal_stops_when_it_returns() {
+    let mut cluster = start(3).await;
+    let leader = cluster.leader().await.unwrap();
+    let (gone, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let gone_id = member_id(&cluster, gone).await;
+    cluster.kill(gone);
+    etcdctl_ok(
+        &cluster,
+        other,
+        &["member", "remove", &format!("{gone_id:x}")],
+    )
+    .unwrap();
+    put_keys(&cluster, leader, "without-it", 10).await;
+    cluster.restart(gone).unwrap();
+    cluster
+        .wait_exit(gone, SETTLE_DEADLINE)
+        .expect("the removed member stops");
+    let log = cluster.current_log(gone);
+    assert!(log.contains(REMOVED), "{log}");
+    assert!(
+        log.contains("a peer says this member was removed from the cluster"),
+        "{log}"
+    );
+}
+
 // Proves a member started with `existing` that was never added is refused with a line
 // naming its peer URLs and the command that adds it, and writes nothing.
 #[tokio::test]
