@@ -296,13 +296,27 @@ impl Sim {
             lease_checkpoint_interval: node::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
         };
         let member = &mut self.members[i];
-        let started = Node::start_driven(
+        let started = match Node::start_driven(
             config,
             member.log.clone(),
             member.kv.clone(),
             self.net.transport(id),
-        )
-        .map_err(|e| format!("at {:?}: start member {id}: {e}", self.clock.elapsed()))?;
+        ) {
+            Ok(started) => started,
+            // A planned disk failure struck the start's own writes (recovery records what
+            // it repairs): the member stops, as it must; it gets another power cycle.
+            Err(_) if member.log.has_failed() || member.kv.has_failed() => {
+                self.disk_failures += 1;
+                self.crash(i, Duration::from_millis(100));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(format!(
+                    "at {:?}: start member {id}: {e}",
+                    self.clock.elapsed()
+                ))
+            }
+        };
         if let Some(index) = member.installed.take() {
             let applied = started.0.applied_index();
             if applied < index {
