@@ -16,6 +16,9 @@ use crate::header;
 /// Concord does not serve watches yet, so it claims the 3.4 line's first release.
 pub const CLAIMED_ETCD_VERSION: &str = "3.4.0";
 
+/// The cluster version of [`CLAIMED_ETCD_VERSION`] (major.minor), as etcd names it.
+pub const CLUSTER_VERSION: &str = "3.4";
+
 /// The Maintenance service.
 pub struct MaintenanceService {
     node: Node,

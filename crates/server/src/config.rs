@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
+use sha1::{Digest as _, Sha1};
 
 /// etcd's ceiling on the election timeout (`maxElectionMs`).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
@@ -446,52 +446,43 @@ fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>,
     Ok(addrs)
 }
 
-/// Domain separators for the id digests, so a member id can never equal a cluster id
-/// computed from the same bytes, and a future derivation can be told apart by its version.
-const MEMBER_ID_DOMAIN: &[u8] = b"concord member id v1\0";
-const CLUSTER_ID_DOMAIN: &[u8] = b"concord cluster id v1\0";
-
-/// The first eight bytes of a SHA-256 digest, big-endian, never 0 (Raft's "no node").
-fn digest_id(hasher: Sha256) -> u64 {
-    let digest = hasher.finalize();
+/// The first eight bytes of a SHA-1 digest of `bytes`, big-endian, never 0 (Raft's "no
+/// node").
+fn digest_id(bytes: &[u8]) -> u64 {
+    let digest = Sha1::digest(bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first).max(1)
 }
 
-/// A member's id, derived as etcd derives it, with SHA-256 instead of SHA-1: the first 8
-/// bytes, big-endian, of SHA-256 over `"concord member id v1\0"`, then each of the member's
-/// peer URLs sorted (canonical, `http://host:port`) followed by a NUL byte, then the cluster
-/// token. 0 (which Raft reserves) becomes 1. Every member computes the same ids from the
-/// same `--initial-cluster` and token, on every start, without talking to the others.
+/// A member's id, derived as etcd derives it, so that the same flags give the same ids as
+/// etcd's (scripts and tests compare them): the first 8 bytes, big-endian, of SHA-1 over the
+/// member's peer URLs sorted (canonical, `http://host:port`) and concatenated, then the
+/// cluster token. 0 (which Raft reserves) becomes 1. Every member computes the same ids
+/// from the same `--initial-cluster` and token, on every start, without talking to the
+/// others.
 #[must_use]
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
-    digest_id(member_hasher(peer_urls, token))
+    digest_id(&member_bytes(peer_urls, token))
 }
 
 /// The id of a member added at runtime (MemberAdd) at `since_epoch` (the time since the Unix
-/// epoch): as [`member_id`], with the time in nanoseconds (8 bytes, big-endian) hashed
-/// last, as etcd hashes the time for an added member. A member removed and added again
-/// with the same peer URLs so gets a new id: removed ids are never used again.
+/// epoch): as [`member_id`], with the time appended in decimal, as etcd appends it (etcd
+/// writes seconds; nanoseconds here, so that a member removed and added again with the same
+/// peer URLs within a second still gets a new id: removed ids are never used again).
 #[must_use]
 pub fn added_member_id(peer_urls: &[String], token: &str, since_epoch: Duration) -> u64 {
-    let mut hasher = member_hasher(peer_urls, token);
-    let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
-    hasher.update(nanos.to_be_bytes());
-    digest_id(hasher)
+    let mut bytes = member_bytes(peer_urls, token);
+    bytes.extend_from_slice(since_epoch.as_nanos().to_string().as_bytes());
+    digest_id(&bytes)
 }
 
-fn member_hasher(peer_urls: &[String], token: &str) -> Sha256 {
+fn member_bytes(peer_urls: &[String], token: &str) -> Vec<u8> {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
-    let mut hasher = Sha256::new();
-    hasher.update(MEMBER_ID_DOMAIN);
-    for url in urls {
-        hasher.update(url.as_bytes());
-        hasher.update([0]);
-    }
-    hasher.update(token.as_bytes());
-    hasher
+    let mut bytes: Vec<u8> = urls.concat().into_bytes();
+    bytes.extend_from_slice(token.as_bytes());
+    bytes
 }
 
 /// The canonical spelling of a peer URL a member can be reached at (`http://host:port`),
@@ -513,21 +504,15 @@ pub(crate) fn same_peer_urls(a: &[String], b: &[String]) -> bool {
     comparable(a) == comparable(b)
 }
 
-/// The cluster's id: the first 8 bytes, big-endian, of SHA-256 over
-/// `"concord cluster id v1\0"`, then the member ids sorted, each as 8 big-endian bytes,
-/// then the cluster token; 0 becomes 1. (etcd hashes the sorted member ids, which already
-/// carry the token.)
+/// The cluster's id, as etcd derives it: the first 8 bytes, big-endian, of SHA-1 over the
+/// initial member ids sorted, each as 8 big-endian bytes (they already carry the token);
+/// 0 becomes 1.
 #[must_use]
-pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
     let mut ids = member_ids.to_vec();
     ids.sort_unstable();
-    let mut hasher = Sha256::new();
-    hasher.update(CLUSTER_ID_DOMAIN);
-    for id in ids {
-        hasher.update(id.to_be_bytes());
-    }
-    hasher.update(token.as_bytes());
-    digest_id(hasher)
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    digest_id(&bytes)
 }
 
 /// Parses `--initial-cluster` as etcd does: `name=url` pairs; a name given twice is one
@@ -813,7 +798,7 @@ impl ServeArgs {
         Ok(Config {
             name: self.name.clone(),
             member_id,
-            cluster_id: cluster_id(&member_ids, &token),
+            cluster_id: cluster_id(&member_ids),
             data_dir,
             client_addrs,
             advertise_client_urls,

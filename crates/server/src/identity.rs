@@ -16,7 +16,9 @@
 //! of the directory), before any store is created: a directory with stores has an identity.
 //!
 //! A member of a new cluster derives its ids from its flags, and a later start whose flags
-//! give other ids is refused. A member that joined a running cluster (`--initial-cluster-state
+//! give other ids is refused. Version 1 files were written when Concord derived ids its own
+//! way (version 2 derives them as etcd does): their ids are kept, checked by `--name` and
+//! `--initial-cluster-token` instead. A member that joined a running cluster (`--initial-cluster-state
 //! existing`) was given its ids by the cluster: they cannot be derived from flags, so a start
 //! with `existing` takes the file's ids, and only checks that `--name` is the one recorded.
 
@@ -30,7 +32,10 @@ use crate::ClusterState;
 /// The identity file's name inside `<data-dir>/member/`.
 pub const FILE_NAME: &str = "identity";
 const FORMAT_PREFIX: &str = "concord-identity v";
-const FORMAT_VERSION: u32 = 1;
+/// The format version new files are written in.
+pub const FORMAT_VERSION: u32 = 2;
+/// The last version whose ids were not derived as etcd derives them.
+const FORMAT_OWN_IDS: u32 = 1;
 
 /// Which cluster and member a data directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub struct Identity {
     pub name: String,
     /// The `--initial-cluster-token` when the directory was claimed.
     pub token: String,
+    /// The format version the file was written in ([`FORMAT_VERSION`] for a new one).
+    pub version: u32,
 }
 
 impl Identity {
@@ -62,15 +69,15 @@ impl Identity {
             .next()
             .and_then(|line| line.strip_prefix(FORMAT_PREFIX))
             .ok_or("not a concord identity file")?;
-        match version.parse::<u32>() {
-            Ok(FORMAT_VERSION) => {}
+        let version = match version.parse::<u32>() {
+            Ok(known @ 1..=FORMAT_VERSION) => known,
             Ok(newer) if newer > FORMAT_VERSION => {
                 return Err(format!(
                 "format version {newer} is newer than this concord understands ({FORMAT_VERSION})"
             ))
             }
             _ => return Err(format!("unknown format version {version:?}")),
-        }
+        };
         let (mut cluster_id, mut member_id) = (None, None);
         let (mut name, mut token) = (String::new(), String::new());
         for line in lines {
@@ -93,6 +100,7 @@ impl Identity {
             member_id: member_id.ok_or("no member_id")?,
             name,
             token,
+            version,
         })
     }
 }
@@ -142,7 +150,15 @@ pub fn check(data_dir: &Path, expected: &Identity, state: ClusterState) -> anyho
         return Ok(Claim::Unclaimed);
     };
     let same_ids = found.cluster_id == expected.cluster_id && found.member_id == expected.member_id;
-    if !same_ids && state == ClusterState::Existing {
+    if !same_ids && found.version <= FORMAT_OWN_IDS && found.token != expected.token {
+        bail!(
+            "data dir {} belongs to a cluster with token {:?}, not {:?}",
+            data_dir.display(),
+            found.token,
+            expected.token
+        );
+    }
+    if !same_ids && (state == ClusterState::Existing || found.version <= FORMAT_OWN_IDS) {
         if !found.name.is_empty() && found.name != expected.name {
             bail!(
                 "data dir {} belongs to member {:x} ({:?}), not {:?} (wrong --data-dir or --name?)",
@@ -236,6 +252,7 @@ mod tests {
             member_id,
             name: "a".into(),
             token: "etcd-cluster".into(),
+            version: FORMAT_VERSION,
         }
     }
 
@@ -252,7 +269,7 @@ mod tests {
         assert_eq!(Identity::decode(&with_unknown), Ok(me));
         for (text, reason) in [
             ("garbage", "not a concord identity file"),
-            ("concord-identity v2\n", "newer"),
+            ("concord-identity v3\n", "newer"),
             ("concord-identity v1\nmember_id=1\n", "no cluster_id"),
             ("concord-identity v1\ncluster_id=xyz\n", "not hex"),
         ] {
@@ -318,6 +335,33 @@ mod tests {
             refused.to_string().contains("no identity file"),
             "{refused}"
         );
+    }
+
+    // Proves a directory claimed by a version 1 file (ids derived Concord's own way, before
+    // they were derived as etcd derives them) keeps its ids when the flags give other ids,
+    // if the name and token match, and is refused for another token.
+    #[test]
+    fn version_one_directories_keep_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("member")).unwrap();
+        let old = "concord-identity v1\ncluster_id=0000000000000011\nmember_id=0000000000000022\n\
+                   name=a\ntoken=etcd-cluster\n";
+        std::fs::write(data.join("member").join(FILE_NAME), old).unwrap();
+        let derived = identity(1, 2);
+        let Claim::Ours(found) = check(&data, &derived, ClusterState::New).unwrap() else {
+            panic!("a claimed directory")
+        };
+        assert_eq!(
+            (found.cluster_id, found.member_id, found.version),
+            (0x11, 0x22, 1)
+        );
+        let other_token = Identity {
+            token: "other".into(),
+            ..derived
+        };
+        let refused = check(&data, &other_token, ClusterState::New).unwrap_err();
+        assert!(refused.to_string().contains("token"), "{refused}");
     }
 
     // Proves a damaged identity file stops the start with a line naming the file.

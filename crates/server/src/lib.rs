@@ -82,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         member_id: config.member_id,
         name: config.name.clone(),
         token: config.token.clone(),
+        version: identity::FORMAT_VERSION,
     };
     let found = identity::check(&config.data_dir, &expected, config.cluster_state)?;
     let mut peer_listeners = Vec::with_capacity(config.peer_addrs.len());
@@ -305,40 +306,45 @@ async fn follow_members(
 async fn publish(node: Node, name: String, client_urls: Vec<String>) {
     let local = node.id().0;
     let mut members = node.watch_members();
+    // Not a member yet (joining): wait for the log to say so.
     loop {
-        let recorded = members
-            .borrow_and_update()
-            .iter()
-            .find(|m| m.id == local)
-            .map(|m| (m.name.clone(), m.client_urls.clone()));
-        match recorded {
-            // Not a member yet (joining): wait for the log to say so.
-            None => {
-                if members.changed().await.is_err() {
-                    return;
-                }
-            }
-            Some((n, urls)) if n == name && urls == client_urls => return,
-            Some(_) => {
-                let change = MembershipChange::Publish {
-                    id: local,
-                    name: name.clone(),
-                    client_urls: client_urls.clone(),
-                };
-                match node.change_membership(change).await {
-                    Ok(_) => {
-                        tracing::info!(name = %name, client_urls = ?client_urls, "published");
-                        return;
-                    }
-                    Err(NodeError::Stopped) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "publish failed; trying again");
-                        tokio::time::sleep(PUBLISH_RETRY).await;
-                    }
-                }
+        if members.borrow_and_update().iter().any(|m| m.id == local) {
+            break;
+        }
+        if members.changed().await.is_err() {
+            return;
+        }
+    }
+    // Published through the log at every start, as etcd does, even when the attributes are
+    // already recorded: once the publish is applied here, this member has applied its log
+    // that far and serves. Operators' scripts and etcd's tests wait for these lines.
+    let change = MembershipChange::Publish {
+        id: local,
+        name: name.clone(),
+        client_urls: client_urls.clone(),
+    };
+    loop {
+        match node.change_membership(change.clone()).await {
+            Ok(_) => break,
+            Err(NodeError::Stopped) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "publish failed; trying again");
+                tokio::time::sleep(PUBLISH_RETRY).await;
             }
         }
     }
+    let (cluster_id, _, _) = node.header_fields();
+    tracing::info!(
+        name = %name,
+        client_urls = ?client_urls,
+        cluster_id = format!("{cluster_id:x}"),
+        "published local member to cluster through raft"
+    );
+    tracing::info!(
+        "enabled capabilities for version {}",
+        api::maintenance::CLUSTER_VERSION
+    );
+    tracing::info!("ready to serve client requests");
 }
 
 /// The node's settings, from the member's: etcd's tick model (one tick per heartbeat, the

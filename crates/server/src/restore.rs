@@ -89,6 +89,7 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         member_id: config.member_id,
         name: config.name.clone(),
         token: config.token.clone(),
+        version: identity::FORMAT_VERSION,
     };
     let made = restore_into(&args.file, &data_dir, &expected, args.skip_hash_check);
     if made.is_err() {
