@@ -133,9 +133,12 @@ impl ClusterService {
             // itself may answer "server stopped", or nothing: the removal is known done when
             // this member applies it too. (So is an earlier attempt's, answered "not found"
             // on the retry.)
-            if let (Some(id), Some(Err(_))) = (removing, &answer) {
-                if let Some(members) = self.wait_removed(id).await {
-                    return Ok(members);
+            // ("Not leader" is definite: that member changed nothing.)
+            if let (Some(id), Some(Err(status))) = (removing, &answer) {
+                if status.message() != NOT_LEADER {
+                    if let Some(members) = self.wait_removed(id).await {
+                        return Ok(members);
+                    }
                 }
             }
             match answer {
@@ -194,10 +197,35 @@ pub(crate) async fn change_as_leader(
         let Some(progress) = node.peer_progress() else {
             return Err(ApiError::Node(NodeError::NotLeader(node.leader())));
         };
-        check_change(&node.members(), &progress, node.id().0, &change, rules)
+        check_change(&node.members(), &progress, node.id().0, &change, rules)?;
+        Ok(progress)
     };
-    check().map_err(to_status)?;
+    let progress = check().map_err(to_status)?;
+    let me = node.id().0;
+    if change == MembershipChange::Remove(me) {
+        // A leader that removes itself first hands leadership to the voter most caught
+        // up: once it stops, the others would otherwise wait out an election timeout with
+        // no leader. The new leader makes the change: the caller asks again on "not
+        // leader". If the hand-over fails, this member makes the change itself.
+        if let Some(to) = successor(&progress, me) {
+            match node.move_leader(to).await {
+                Ok(()) => return Err(to_status(NodeError::NotLeader(to))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand leadership over before removing this member")
+                }
+            }
+        }
+    }
     node.change_membership(change).await.map_err(to_status)
+}
+
+/// The connected voter other than `leader` whose log reaches furthest.
+fn successor(progress: &[PeerProgress], leader: u64) -> Option<u64> {
+    progress
+        .iter()
+        .filter(|p| p.id != leader && !p.is_learner && p.recent_active)
+        .max_by_key(|p| p.matched)
+        .map(|p| p.id)
 }
 
 /// etcd 3.4's checks before a membership change, as its leader runs them, in its order:

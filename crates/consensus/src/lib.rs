@@ -283,6 +283,12 @@ pub fn status<L: LogStore>(peer: &Peer<L>) -> RaftStatus {
     }
 }
 
+/// Whether the replica leads and is handing leadership over: Raft drops every proposal
+/// meanwhile, its own and those followers forward.
+pub fn transferring<L: LogStore>(peer: &Peer<L>) -> bool {
+    peer.raft.state == StateRole::Leader && peer.raft.lead_transferee.is_some()
+}
+
 /// Whether the replica's commit index has reached an entry of its current term: from then on
 /// the leader of that term answers ReadIndex requests (it ignores them before).
 pub fn committed_in_current_term<L: LogStore>(peer: &Peer<L>) -> bool {

@@ -46,6 +46,9 @@ use crate::{Envelope, NodeError, OutgoingSnapshot, Proposed, REMOVED};
 const INBOX_BATCH: usize = 4096;
 /// Proposals kept while there is no leader, re-proposed when one appears.
 const STALLED_PROPOSALS_MAX: usize = 10_000;
+/// Most forwarded proposals a leader holds while it hands leadership over; more are dropped
+/// (their clients time out, as all would without holding).
+const HELD_PROPOSALS_MAX: usize = 10_000;
 /// Committed entries held back while the apply queue is full, at most; beyond, the loop
 /// waits for apply.
 const APPLY_BACKLOG_MAX: usize = 100_000;
@@ -106,6 +109,16 @@ struct Replica<L: LogStore> {
     conf_pending: VecDeque<u64>,
     /// Conf changes up to this index are covered by an installed snapshot's configuration.
     conf_covered_to: u64,
+    /// Proposals other members forwarded while this replica could not take them (it knew
+    /// no leader, or handed leadership over), which Raft would drop without a word: the
+    /// sender's client would wait out its timeout. Never appended, so stepping them again
+    /// once it can cannot duplicate them: a follower forwards them to the leader it knows.
+    held: Vec<Message>,
+}
+
+/// Whether Raft would take (append or forward) a proposal stepped into `replica` now.
+fn can_take_proposals<L: LogStore>(replica: &Replica<L>) -> bool {
+    consensus::status(&replica.peer).leader_id != 0 && !consensus::transferring(&replica.peer)
 }
 
 /// A snapshot Raft accepted, being restored into the state machine by apply.
@@ -176,6 +189,7 @@ impl<L: LogStore> StoreLoop<L> {
                     installing: None,
                     conf_pending: VecDeque::new(),
                     conf_covered_to: 0,
+                    held: Vec::new(),
                 };
                 (shard, replica)
             })
@@ -404,8 +418,32 @@ impl<L: LogStore> StoreLoop<L> {
             }
             return;
         }
+        if message.get_msg_type() == MessageType::MsgPropose && !can_take_proposals(replica) {
+            if replica.held.len() < HELD_PROPOSALS_MAX {
+                replica.held.push(message);
+            }
+            return;
+        }
         if let Err(e) = replica.peer.step(message) {
             tracing::debug!(shard_id = shard.0, error = %e, "raft rejected a message");
+        }
+    }
+
+    /// Steps again the proposals held while this replica could not take them.
+    fn release_held(&mut self) {
+        let me = self.shared.config.node_id.0;
+        for replica in self.replicas.values_mut() {
+            if replica.held.is_empty() || !can_take_proposals(replica) {
+                continue;
+            }
+            for mut message in std::mem::take(&mut replica.held) {
+                // Raft forwards a proposal as it is: from this member now, or the receiver
+                // would take it for a forged one.
+                message.from = me;
+                if let Err(e) = replica.peer.step(message) {
+                    tracing::debug!(error = %e, "raft rejected a held proposal");
+                }
+            }
         }
     }
 
@@ -438,11 +476,13 @@ impl<L: LogStore> StoreLoop<L> {
         match proposed {
             Ok(()) => {}
             Err(RaftError::ProposalDropped)
-                if replica.parked() || consensus::status(&replica.peer).leader_id == 0 =>
+                if replica.parked()
+                    || consensus::status(&replica.peer).leader_id == 0
+                    || consensus::transferring(&replica.peer) =>
             {
-                // No leader yet, or the replica installs a snapshot: keep it until it can be
-                // proposed (as etcd blocks proposals during an election) rather than fail a
-                // request that could succeed.
+                // No leader yet, a leadership hand-over, or the replica installs a snapshot:
+                // keep it until it can be proposed (as etcd blocks proposals during an
+                // election) rather than fail a request that could succeed.
                 if self.stalled.len() < STALLED_PROPOSALS_MAX {
                     self.stalled.push_back((shard, request_id, data));
                 } else {
@@ -467,10 +507,11 @@ impl<L: LogStore> StoreLoop<L> {
     }
 
     fn retry_stalled(&mut self) {
-        let has_leader = self
-            .replicas
-            .values()
-            .all(|replica| !replica.parked() && consensus::status(&replica.peer).leader_id != 0);
+        let has_leader = self.replicas.values().all(|replica| {
+            !replica.parked()
+                && consensus::status(&replica.peer).leader_id != 0
+                && !consensus::transferring(&replica.peer)
+        });
         if self.stalled.is_empty() || !has_leader {
             return;
         }
@@ -900,6 +941,7 @@ impl<L: LogStore> StoreLoop<L> {
             self.submit_committed(shard, committed, persisted)?;
         }
         self.flush_outbox();
+        self.release_held();
         self.retry_stalled();
         // Rounds held while a replica was parked, or that a new leader ignored until it had
         // committed in its term, go out at once.

@@ -1244,3 +1244,54 @@ async fn a_leader_that_removes_itself_answers_before_it_stops() {
     };
     cluster.put(next, "after", "removal").await;
 }
+
+// Proves no proposal is lost while leadership moves: writers propose through every member
+// without pause while the leader hands leadership over again and again. Raft drops the
+// proposals a leader receives while it hands over, and those a member receives while it
+// knows no leader; the member that forwarded them cannot tell, and its client would wait
+// out its timeout. Held and stepped again once a leader is known, every one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_survive_leadership_hand_overs() {
+    let cluster = TestCluster::new(3, 100_000);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, via) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+        let node = cluster.node(via);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut done, mut lost) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let command = Command::Put(PutRequest {
+                    key: format!("w{w}/{done}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                });
+                match tokio::time::timeout(Duration::from_secs(2), node.propose(command)).await {
+                    Ok(Ok(applied)) => assert!(applied.result.is_ok(), "{applied:?}"),
+                    Ok(Err(e)) => lost.push(format!("refused: {e}")),
+                    Err(_) => lost.push("timed out".to_string()),
+                }
+                done += 1;
+            }
+            (done, lost)
+        }));
+    }
+    for _ in 0..6 {
+        let leader = cluster.leader().await;
+        let to = leader % 3 + 1;
+        cluster
+            .node(leader)
+            .move_leader(to)
+            .await
+            .expect("hand over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for writer in writers {
+        let (done, lost) = writer.await.unwrap();
+        assert!(lost.is_empty(), "lost proposals: {lost:?}");
+        total += done;
+    }
+    assert!(total > 100, "only {total} proposals made");
+}
