@@ -13,6 +13,7 @@ pub mod convert;
 pub mod corruption;
 pub mod election;
 pub mod errors;
+pub mod http;
 pub mod kv;
 pub mod learner;
 pub mod lease;
@@ -116,13 +117,19 @@ pub fn client_routes(
         election::ElectionService::new(node.clone()),
     )
     .max_decoding_message_size(limit);
-    tonic::service::Routes::new(learner::LearnerGate::new(kv, node.clone()))
+    let grpc = tonic::service::Routes::new(learner::LearnerGate::new(kv, node.clone()))
         .add_service(learner::LearnerGate::new(watch, node.clone()))
         .add_service(learner::LearnerGate::new(lease, node.clone()))
         .add_service(learner::LearnerGate::new(lock, node.clone()))
         .add_service(learner::LearnerGate::new(election, node.clone()))
         .add_service(learner::LearnerGate::new(maintenance, node.clone()))
-        .add_service(learner::LearnerGate::new(cluster, node.clone()))
+        .add_service(learner::LearnerGate::new(cluster, node.clone()));
+    // etcd serves its HTTP endpoints on the client port too.
+    let router = grpc
+        .into_axum_router()
+        .merge(http::routes(node))
+        .fallback(http::fallback);
+    tonic::service::Routes::from(router)
 }
 
 /// The peer service for `node`.

@@ -445,7 +445,9 @@ async fn serve_clients(
             api::authority::AuthorityFix::new(stream)
         })
     });
+    // HTTP/1.1 too: etcd's `/health` and `/version` share the port with gRPC.
     server_builder()
+        .accept_http1(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

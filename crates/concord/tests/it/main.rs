@@ -16,6 +16,7 @@ mod etcdctl;
 mod examples;
 mod failover;
 mod faults;
+mod http;
 mod kv;
 mod lease;
 mod lock;
