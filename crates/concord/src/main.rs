@@ -135,7 +135,17 @@ fn main() -> ExitCode {
 /// Parses the command line and runs the subcommand; the exit code on success or on a
 /// failure that has been reported already.
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut warnings = Vec::new();
+    if args.get(1).is_some_and(|a| a == "serve") {
+        // etcd's flags Concord has no setting for are decided first (see
+        // `server::take_etcd_flags`): clap would refuse them all as unknown.
+        let (kept, warned) = server::take_etcd_flags(&args[2..]).map_err(anyhow::Error::msg)?;
+        args.truncate(2);
+        args.extend(kept);
+        warnings = warned;
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // clap's own report: usage errors (exit 2) on stderr, --help and --version
@@ -145,7 +155,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Commands::Serve(args) => serve(&args),
+        Commands::Serve(args) => serve(&args, &warnings),
         Commands::Dev(args) => dev(&args),
         Commands::Bench(args) => bench(&args),
         Commands::Snapshot(SnapshotCommand::Restore(args)) => snapshot_restore(&args),
@@ -222,9 +232,12 @@ fn init_tracing(level: &str) {
 
 /// `concord serve`: validates the flags (a bad one is one line and exit 1, before anything
 /// starts), then runs the member until SIGINT or SIGTERM.
-fn serve(args: &server::ServeArgs) -> anyhow::Result<ExitCode> {
+fn serve(args: &server::ServeArgs, warnings: &[String]) -> anyhow::Result<ExitCode> {
     let config = args.validate()?;
     init_tracing(config.log_level);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(server::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

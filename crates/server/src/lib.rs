@@ -25,6 +25,7 @@
 //! client URLs through Raft once it runs (etcd's publish).
 
 mod config;
+mod etcd_flags;
 mod identity;
 mod join;
 mod restore;
@@ -46,6 +47,7 @@ pub use config::{
     added_member_id, canonical_peer_url, cluster_id, member_id, ClusterState, Config, ConfigError,
     InitialMember, ServeArgs, MAX_REQUEST_BYTES_CEILING,
 };
+pub use etcd_flags::take_etcd_flags;
 pub use identity::Identity;
 pub use node::{backup_status, BackupStatus};
 pub use restore::{restore, RestoreArgs, Restored};

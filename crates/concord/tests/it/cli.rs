@@ -88,6 +88,26 @@ fn unknown_flag_is_refused() {
     );
 }
 
+// Proves etcd's flags that ask for what Concord does not do are refused at once with one
+// line giving the reason, and harmless ones are accepted with a warning in the log.
+#[test]
+fn etcd_flags_concord_does_not_honour_are_refused_with_the_reason() {
+    let line = one_error_line(&refused(&["--enable-v2", "--trusted-ca-file", "/ca.crt"]));
+    assert_eq!(
+        line,
+        "concord: error: --trusted-ca-file=/ca.crt is not supported: TLS is not supported yet; \
+         Concord serves plain HTTP/2"
+    );
+    let line = one_error_line(&refused(&["--force-new-cluster"]));
+    assert!(
+        line.contains("--force-new-cluster=true is not supported"),
+        "{line}"
+    );
+    // Harmless: accepted and warned about (the start then fails on purpose: a bad name).
+    let line = one_error_line(&refused(&["--enable-v2", "--max-wals=9", "--name", ""]));
+    assert!(line.contains("--name"), "{line}");
+}
+
 // Proves `--initial-cluster-state existing` with an empty data dir and no other member in
 // `--initial-cluster` is refused at once with one line: a joining member must have a running
 // member to ask for the cluster.
