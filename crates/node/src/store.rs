@@ -110,7 +110,8 @@ struct Replica<L: LogStore> {
     /// Conf changes up to this index are covered by an installed snapshot's configuration.
     conf_covered_to: u64,
     /// Proposals other members forwarded while this replica could not take them (it knew
-    /// no leader, or handed leadership over), which Raft would drop without a word: the
+    /// no leader, handed leadership over, or was parked), which Raft would drop without a
+    /// word: the
     /// sender's client would wait out its timeout. Never appended, so stepping them again
     /// once it can cannot duplicate them: a follower forwards them to the leader it knows.
     held: Vec<Message>,
@@ -407,6 +408,19 @@ impl<L: LogStore> StoreLoop<L> {
             tracing::debug!(shard_id = shard.0, "message for an unknown shard");
             return;
         };
+        let mut message = message;
+        if message.get_msg_type() == MessageType::MsgPropose {
+            // A member that is not the leader forwards a proposal as it is, and the leader
+            // would take it for a forged one if it still named the member it came from:
+            // it comes from this one now (a proposal's sender means nothing to Raft).
+            message.from = self.shared.config.node_id.0;
+            if replica.parked() || !can_take_proposals(replica) {
+                if replica.held.len() < HELD_PROPOSALS_MAX {
+                    replica.held.push(message);
+                }
+                return;
+            }
+        }
         if replica.parked() {
             // Raft must not be stepped with a snapshot not yet persisted; the sender retries.
             if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -418,12 +432,6 @@ impl<L: LogStore> StoreLoop<L> {
             }
             return;
         }
-        if message.get_msg_type() == MessageType::MsgPropose && !can_take_proposals(replica) {
-            if replica.held.len() < HELD_PROPOSALS_MAX {
-                replica.held.push(message);
-            }
-            return;
-        }
         if let Err(e) = replica.peer.step(message) {
             tracing::debug!(shard_id = shard.0, error = %e, "raft rejected a message");
         }
@@ -431,15 +439,11 @@ impl<L: LogStore> StoreLoop<L> {
 
     /// Steps again the proposals held while this replica could not take them.
     fn release_held(&mut self) {
-        let me = self.shared.config.node_id.0;
         for replica in self.replicas.values_mut() {
-            if replica.held.is_empty() || !can_take_proposals(replica) {
+            if replica.held.is_empty() || replica.parked() || !can_take_proposals(replica) {
                 continue;
             }
-            for mut message in std::mem::take(&mut replica.held) {
-                // Raft forwards a proposal as it is: from this member now, or the receiver
-                // would take it for a forged one.
-                message.from = me;
+            for message in std::mem::take(&mut replica.held) {
                 if let Err(e) = replica.peer.step(message) {
                     tracing::debug!(error = %e, "raft rejected a held proposal");
                 }
