@@ -149,6 +149,13 @@ pub struct ServeArgs {
     /// added.
     #[arg(long, env = "CONCORD_MAX_LEARNERS", default_value_t = 1)]
     pub max_learners: usize,
+    /// Where the Raft log goes [default: <data-dir>/member/log]: another disk keeps its
+    /// fsyncs apart from the state machine's writes.
+    #[arg(long, env = "CONCORD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Most concurrent HTTP/2 streams (requests and watch streams) per client connection.
+    #[arg(long, env = "CONCORD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
 }
 
 /// Whether this member starts a new cluster or joins an existing one.
@@ -218,6 +225,10 @@ pub struct Config {
     pub corrupt_check_interval: Option<Duration>,
     /// The checks this member makes, as leader, before a membership change.
     pub reconfig: api::cluster::ReconfigRules,
+    /// The Raft log's directory.
+    pub wal_dir: PathBuf,
+    /// Most concurrent streams per client connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// Why a configuration is refused. Every message is one lowercase line; where etcd has a
@@ -799,7 +810,6 @@ impl ServeArgs {
             name: self.name.clone(),
             member_id,
             cluster_id: cluster_id(&member_ids),
-            data_dir,
             client_addrs,
             advertise_client_urls,
             peer_addrs,
@@ -824,6 +834,12 @@ impl ServeArgs {
                 strict: self.strict_reconfig_check,
                 max_learners: self.max_learners,
             },
+            wal_dir: self
+                .wal_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("member").join("log")),
+            max_concurrent_streams: self.max_concurrent_streams.max(1),
+            data_dir,
         })
     }
 }

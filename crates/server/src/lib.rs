@@ -62,8 +62,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries kept behind a log compaction for followers that are only a little behind
 /// (etcd: 5000).
 const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
-/// Concurrent HTTP/2 streams per client connection.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Concurrent HTTP/2 streams per peer connection (clients': `--max-concurrent-streams`).
+const PEER_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Pause before publishing this member's name and client URLs again after a failure.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
@@ -122,9 +122,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         joined.is_none() && me.member_id == config.member_id && me.cluster_id == config.cluster_id;
 
     let member_dir = config.data_dir.join("member");
-    let log = member_dir.join("log");
+    let log = &config.wal_dir;
     let log = Arc::new(
-        RaftLogStore::open(&log)
+        RaftLogStore::open(log)
             .with_context(|| format!("cannot open the raft log in {}", log.display()))?,
     );
     let state = member_dir.join("state.redb");
@@ -222,7 +222,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     for listener in client_listeners {
         let routes = api::client_routes(&node, cluster.clone(), api_config, leader_link.clone());
-        servers.spawn(serve_clients(listener, routes, stop_rx.clone()));
+        servers.spawn(serve_clients(
+            listener,
+            routes,
+            config.max_concurrent_streams,
+            stop_rx.clone(),
+        ));
     }
     tracing::info!(
         member_id = format!("{:x}", me.member_id),
@@ -438,6 +443,7 @@ async fn serve_peers(
 async fn serve_clients(
     listener: TcpListener,
     routes: tonic::service::Routes,
+    max_concurrent_streams: u32,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     use tokio_stream::StreamExt as _;
@@ -449,6 +455,7 @@ async fn serve_clients(
     });
     // HTTP/1.1 too: etcd's `/health` and `/version` share the port with gRPC.
     server_builder()
+        .max_concurrent_streams(max_concurrent_streams)
         .accept_http1(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -471,7 +478,7 @@ fn nodelay(stream: &tokio::net::TcpStream) {
 fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(PEER_MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }

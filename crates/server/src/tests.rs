@@ -122,9 +122,10 @@ fn corruption_check_flags_are_accepted() {
     assert!(interval("soon").is_err());
 }
 
-// Proves the membership-change flags are read as etcd reads them: strict checks on by
-// default (a bare flag too), off with `=false`, one learner unless `--max-learners` says
-// otherwise, and no learners at all refused.
+// Proves the membership-change and placement flags are read as etcd reads them: strict
+// checks on by default (a bare flag too), off with `=false`, one learner unless
+// `--max-learners` says otherwise, no learners at all refused; the Raft log under the data
+// directory unless `--wal-dir` puts it elsewhere; `--max-concurrent-streams`.
 #[test]
 fn reconfig_flags_are_accepted() {
     let defaults = parse(&[]).unwrap();
@@ -135,6 +136,14 @@ fn reconfig_flags_are_accepted() {
     let lax = parse(&["--strict-reconfig-check=false", "--max-learners=3"]).unwrap();
     assert!(!lax.reconfig.strict);
     assert_eq!(lax.reconfig.max_learners, 3);
+    assert_eq!(
+        defaults.wal_dir,
+        defaults.data_dir.join("member").join("log")
+    );
+    assert_eq!(defaults.max_concurrent_streams, 1024);
+    let placed = parse(&["--wal-dir=/fast/wal", "--max-concurrent-streams=64"]).unwrap();
+    assert_eq!(placed.wal_dir, std::path::PathBuf::from("/fast/wal"));
+    assert_eq!(placed.max_concurrent_streams, 64);
     assert!(matches!(
         parse(&["--max-learners=0"]),
         Err(ConfigError::Invalid {

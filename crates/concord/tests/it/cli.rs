@@ -320,3 +320,32 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
         );
     }
 }
+
+// Proves `--wal-dir` puts the Raft log where it says (nothing under the data directory's
+// own log), and that the member restarts from it with its writes.
+#[tokio::test]
+async fn wal_dir_holds_the_raft_log() {
+    let wal = tempfile::tempdir().unwrap();
+    let wal_dir = wal.path().join("wal");
+    let flag = format!("--wal-dir={}", wal_dir.display());
+    let mut cluster = Cluster::start(binary(), 1, &[flag.as_str()]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let put = cluster.etcdctl(0, &["put", "k", "v"]).unwrap();
+    assert!(put.status.success());
+    let logs = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".raftlog"))
+        })
+        .count();
+    assert!(logs > 0, "no log files in {}", wal_dir.display());
+    assert!(!cluster.data_dir(0).join("member").join("log").exists());
+    cluster.kill(0);
+    cluster.restart(0).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    let got = cluster
+        .etcdctl(0, &["get", "k", "--print-value-only"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
+}
