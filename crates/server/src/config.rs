@@ -432,6 +432,19 @@ fn parse_advertised_list(flag: &'static str, value: &str) -> Result<Vec<HttpUrl>
     urls.iter().map(|url| parse_advertised(flag, url)).collect()
 }
 
+/// Parses `--advertise-client-urls`: as etcd, any URL is accepted, port 0 included (they
+/// are only told to clients, which may know better, as a proxy in front does).
+fn parse_client_urls(value: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+    let flag = "--advertise-client-urls";
+    let urls = split_list(value);
+    if urls.is_empty() {
+        return Err(invalid(flag, value, "at least one URL is needed"));
+    }
+    urls.iter()
+        .map(|url| parse_http_url(url).map_err(|reason| invalid(flag, url, reason)))
+        .collect()
+}
+
 /// Parses a non-empty list of URLs to listen on into addresses to bind.
 fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let urls = split_list(value);
@@ -793,11 +806,10 @@ impl ServeArgs {
         {
             return Err(ConfigError::ListenTwice { addr: *addr });
         }
-        let advertise_client_urls =
-            parse_advertised_list("--advertise-client-urls", &self.advertise_client_urls)?
-                .iter()
-                .map(HttpUrl::canonical)
-                .collect();
+        let advertise_client_urls = parse_client_urls(&self.advertise_client_urls)?
+            .iter()
+            .map(HttpUrl::canonical)
+            .collect();
         if self.max_learners == 0 {
             return Err(ConfigError::Invalid {
                 flag: "--max-learners",

@@ -189,6 +189,9 @@ fn etcd_style_flags_are_accepted() {
     assert_eq!(config.members[0].peer_urls.len(), 2);
     assert_eq!(config.cluster_state, ClusterState::Existing);
     assert_eq!(config.log_level, "error");
+    // As etcd: advertised client URLs are only told to clients, port 0 included.
+    let told = parse(&["--advertise-client-urls", "http://0.0.0.0:0"]).unwrap();
+    assert_eq!(told.advertise_client_urls, ["http://0.0.0.0:0"]);
 }
 
 // Proves every flag can come from its CONCORD_ environment variable, and that a flag on the
@@ -425,7 +428,7 @@ fn bad_flags_are_refused() {
             "127.0.0.1:2379 is listened on twice",
         ),
         (
-            &["--advertise-client-urls", "http://127.0.0.1:0"],
+            &["--initial-advertise-peer-urls", "http://127.0.0.1:0"],
             "port 0 cannot be dialled",
         ),
         (&["--name", ""], "must not be empty"),
