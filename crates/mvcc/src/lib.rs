@@ -568,14 +568,14 @@ impl<S: KvStore> Store<S> {
         let snapshot = self.kv.snapshot()?;
         let (current, compacted) = (index.current, index.compacted);
         drop(index);
-        // As etcd answers: a revision asked for explicitly must be past the compaction
-        // (the compacted revision itself is refused); the current one is always hashed.
-        if revision > 0 && revision <= compacted {
-            return Err(MvccError::Compacted);
-        }
         let at = if revision <= 0 { current } else { revision };
         if at > current {
             return Err(MvccError::FutureRevision);
+        }
+        // As etcd 3.5.5 and later: the compacted revision itself is hashed (etcd 3.4 refused
+        // it, which kept the leader's compaction-time hash check from ever comparing).
+        if at < compacted {
+            return Err(MvccError::Compacted);
         }
         let mut hash = 0u32;
         let end = rev_key((at + 1, 0));

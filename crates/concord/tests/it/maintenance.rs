@@ -602,10 +602,11 @@ async fn maintenance_answers(members: &mut impl testkit::Members) -> Vec<(&'stat
     )))
     .await;
 
+    // (Exactly at the compaction etcd 3.4 refuses, etcd 3.5.5 and later hash, as Concord
+    // does: `diff::Pair::check_hash_kv` covers that case.)
     let mut answers = Vec::new();
     for (what, revision) in [
         ("hash_kv below the compaction", 3),
-        ("hash_kv at the compaction", 4),
         ("hash_kv at the current revision", 5),
         ("hash_kv of the current revision", 0),
         ("hash_kv past the current revision", 100),
