@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, unit tests and the real-process cluster tests.
-# Installs what the tests need first (etcdctl and etcd from Debian, a C compiler, protoc,
-# iproute2 and nftables). The chaos scenarios need root.
+# Runs the whole test suite: formatting, lints, unit tests, the real-process cluster tests and
+# the etcd e2e tests Concord must pass. Installs what the tests need first (etcdctl and etcd
+# from Debian, a C compiler, protoc, iproute2 and nftables; the e2e script installs Go and
+# etcd's test sources). The chaos scenarios need root.
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 # Environment:
@@ -75,6 +76,11 @@ phase "cargo test (unit and in-process tests)"
 "${bounded[@]}" cargo test --workspace --locked --no-fail-fast --exclude concord || failed+=("unit and in-process tests")
 phase "cargo test (real-process cluster tests, one at a time: each runs its own cluster)"
 "${bounded[@]}" cargo test -p concord --locked --no-fail-fast -- --test-threads=1 || failed+=("cluster tests")
+# etcd's own end-to-end tests that Concord passes (the list grows with every feature); the
+# script installs Go and etcd's test sources from Debian and builds the suite once.
+phase "etcd's e2e tests that must pass (scripts/etcd-e2e.sh --must-pass)"
+CONCORD="${CARGO_TARGET_DIR:-target}/debug/concord" E2E_TEST_TIMEOUT=60 \
+  "${bounded[@]}" scripts/etcd-e2e.sh --must-pass || failed+=("etcd e2e tests")
 phase ""
 echo "== total: $SECONDS s"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -231,7 +231,8 @@ fn successor(progress: &[PeerProgress], leader: u64) -> Option<u64> {
 /// etcd 3.4's checks before a membership change, as its leader runs them, in its order:
 ///
 /// - adding a voter: the voters that have started (published their name) must be a quorum
-///   of the voters with the new one (strict reconfiguration check);
+///   of the voters with the new one (strict reconfiguration check), except that a started
+///   single member may take a second;
 /// - adding any member: every voter must be connected to the leader (etcd: connected for the
 ///   last 5 s; here: recently active by Raft's progress);
 /// - then, as etcd's apply does: the peer URLs must be free, and a learner may be added only
@@ -264,7 +265,13 @@ pub fn check_change(
     match change {
         MembershipChange::Add(member) => {
             if rules.strict {
-                if !member.is_learner && started(&voters) < quorum(voters.len() + 1) {
+                // etcd lets a started single member take a second voter (how a cluster
+                // restored from a backup grows), though one of two is no quorum.
+                let grows_a_single_member = voters.len() == 1 && started(&voters) == 1;
+                if !member.is_learner
+                    && !grows_a_single_member
+                    && started(&voters) < quorum(voters.len() + 1)
+                {
                     return Err(ReconfigError::NotEnoughStarted.into());
                 }
                 if connected < voters.len() {

@@ -112,6 +112,24 @@ fn add_follows_etcds_checks() {
         ),
         Err(ReconfigError::NotEnoughStarted.into())
     );
+    // A started single member may take a second voter, as etcd lets it; an unstarted one
+    // may not.
+    assert_eq!(
+        check(
+            &[voter(1, true)],
+            &progress[..1],
+            MembershipChange::Add(voter(9, false))
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check(
+            &[voter(1, false)],
+            &progress[..1],
+            MembershipChange::Add(voter(9, false))
+        ),
+        Err(ReconfigError::NotEnoughStarted.into())
+    );
     // A learner needs no started quorum.
     assert_eq!(
         check(&unstarted, &progress, MembershipChange::Add(learner(9))),
