@@ -46,8 +46,8 @@ use crate::{Envelope, NodeError, OutgoingSnapshot, Proposed, REMOVED};
 const INBOX_BATCH: usize = 4096;
 /// Proposals kept while there is no leader, re-proposed when one appears.
 const STALLED_PROPOSALS_MAX: usize = 10_000;
-/// Most forwarded proposals a leader holds while it hands leadership over; more are dropped
-/// (their clients time out, as all would without holding).
+/// Most proposals from other members a replica holds while it cannot take them (see
+/// `Replica::held`); more are dropped (their clients time out, as all would without holding).
 const HELD_PROPOSALS_MAX: usize = 10_000;
 /// Committed entries held back while the apply queue is full, at most; beyond, the loop
 /// waits for apply.
@@ -109,17 +109,20 @@ struct Replica<L: LogStore> {
     conf_pending: VecDeque<u64>,
     /// Conf changes up to this index are covered by an installed snapshot's configuration.
     conf_covered_to: u64,
-    /// Proposals other members forwarded while this replica could not take them (it knew
-    /// no leader, handed leadership over, or was parked), which Raft would drop without a
-    /// word: the
-    /// sender's client would wait out its timeout. Never appended, so stepping them again
-    /// once it can cannot duplicate them: a follower forwards them to the leader it knows.
+    /// Proposals other members forwarded while this replica could not take them (see
+    /// [`can_take_proposals`]), which Raft would drop without a word: the sender's client
+    /// would wait out its timeout. Never appended, so stepping them again once it can cannot
+    /// duplicate them: a follower forwards them to the leader it knows.
     held: Vec<Message>,
 }
 
-/// Whether Raft would take (append or forward) a proposal stepped into `replica` now.
+/// Whether Raft would take (append or forward) a proposal stepped into `replica` now: not
+/// while it is parked, knows no leader, or hands leadership over. Proposals that arrive
+/// meanwhile wait (local ones in `StoreLoop::stalled`, other members' in `Replica::held`).
 fn can_take_proposals<L: LogStore>(replica: &Replica<L>) -> bool {
-    consensus::status(&replica.peer).leader_id != 0 && !consensus::transferring(&replica.peer)
+    !replica.parked()
+        && consensus::status(&replica.peer).leader_id != 0
+        && !consensus::transferring(&replica.peer)
 }
 
 /// A snapshot Raft accepted, being restored into the state machine by apply.
@@ -414,7 +417,7 @@ impl<L: LogStore> StoreLoop<L> {
             // would take it for a forged one if it still named the member it came from:
             // it comes from this one now (a proposal's sender means nothing to Raft).
             message.from = self.shared.config.node_id.0;
-            if replica.parked() || !can_take_proposals(replica) {
+            if !can_take_proposals(replica) {
                 if replica.held.len() < HELD_PROPOSALS_MAX {
                     replica.held.push(message);
                 }
@@ -440,7 +443,7 @@ impl<L: LogStore> StoreLoop<L> {
     /// Steps again the proposals held while this replica could not take them.
     fn release_held(&mut self) {
         for replica in self.replicas.values_mut() {
-            if replica.held.is_empty() || replica.parked() || !can_take_proposals(replica) {
+            if replica.held.is_empty() || !can_take_proposals(replica) {
                 continue;
             }
             for message in std::mem::take(&mut replica.held) {
@@ -479,11 +482,7 @@ impl<L: LogStore> StoreLoop<L> {
         };
         match proposed {
             Ok(()) => {}
-            Err(RaftError::ProposalDropped)
-                if replica.parked()
-                    || consensus::status(&replica.peer).leader_id == 0
-                    || consensus::transferring(&replica.peer) =>
-            {
+            Err(RaftError::ProposalDropped) if !can_take_proposals(replica) => {
                 // No leader yet, a leadership hand-over, or the replica installs a snapshot:
                 // keep it until it can be proposed (as etcd blocks proposals during an
                 // election) rather than fail a request that could succeed.
@@ -496,7 +495,7 @@ impl<L: LogStore> StoreLoop<L> {
                 }
             }
             Err(RaftError::ProposalDropped) => {
-                // A leader exists but refused (leadership transfer, uncommitted-size limit).
+                // A leader exists but refused (the uncommitted-size limit).
                 self.shared
                     .waiters
                     .finish_proposal(request_id, Err(NodeError::TooManyRequests));
@@ -511,11 +510,7 @@ impl<L: LogStore> StoreLoop<L> {
     }
 
     fn retry_stalled(&mut self) {
-        let has_leader = self.replicas.values().all(|replica| {
-            !replica.parked()
-                && consensus::status(&replica.peer).leader_id != 0
-                && !consensus::transferring(&replica.peer)
-        });
+        let has_leader = self.replicas.values().all(can_take_proposals);
         if self.stalled.is_empty() || !has_leader {
             return;
         }
