@@ -715,9 +715,11 @@ impl Node {
     }
 
     /// Whether member `id` was removed from the cluster, as of this member's applied index
-    /// (ids are never reused).
+    /// (ids are never reused). Called for every batch of Raft messages: a current member
+    /// is answered from the published membership, without the state machine's index lock,
+    /// which apply holds for a whole batch.
     pub fn was_removed(&self, id: NodeId) -> bool {
-        self.shared.state.was_removed(id.0)
+        !self.shared.progress.is_member(id.0) && self.shared.state.was_removed(id.0)
     }
 
     /// A peer refused this member's traffic because the cluster removed it: it missed its

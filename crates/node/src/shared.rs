@@ -288,6 +288,11 @@ impl Progress {
         self.members.borrow().clone()
     }
 
+    /// Whether `id` is a member.
+    pub(crate) fn is_member(&self, id: u64) -> bool {
+        self.members.borrow().iter().any(|m| m.id == id)
+    }
+
     /// Whether member `id` is a learner (false if it is not a member).
     pub(crate) fn is_learner(&self, id: u64) -> bool {
         self.members
