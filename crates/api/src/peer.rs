@@ -72,6 +72,8 @@ pub struct GrpcTransport {
     links: RwLock<HashMap<NodeId, Link>>,
     node: Arc<OnceLock<Node>>,
     runtime: tokio::runtime::Handle,
+    /// Dials peers: plain for `http` peer URLs, TLS with the peer settings for `https`.
+    dialer: tls::Dialer,
 }
 
 impl GrpcTransport {
@@ -81,13 +83,19 @@ impl GrpcTransport {
     /// # Panics
     /// Outside a tokio runtime.
     #[must_use]
-    pub fn new(local: NodeId, cluster_id: u64, peers: HashMap<NodeId, String>) -> Self {
+    pub fn new(
+        local: NodeId,
+        cluster_id: u64,
+        peers: HashMap<NodeId, String>,
+        dialer: tls::Dialer,
+    ) -> Self {
         let transport = Self {
             local,
             cluster_id,
             links: RwLock::new(HashMap::new()),
             node: Arc::new(OnceLock::new()),
             runtime: tokio::runtime::Handle::current(),
+            dialer,
         };
         transport.update_peers(&peers, &[]);
         transport
@@ -112,7 +120,7 @@ impl GrpcTransport {
                 self.local,
                 self.cluster_id,
                 id,
-                url.clone(),
+                (self.dialer.clone(), url.clone()),
                 rx,
                 self.node.clone(),
             ));
@@ -160,11 +168,12 @@ impl Transport for GrpcTransport {
         }
         let in_flight = link.snapshot_in_flight.clone();
         let url = link.url.clone();
+        let dialer = self.dialer.clone();
         let node = self.node.clone();
         let (local, cluster_id) = (self.local, self.cluster_id);
         self.runtime.spawn(async move {
             let shard = snapshot.shard;
-            let delivered = send_snapshot(local, cluster_id, to, &url, snapshot).await;
+            let delivered = send_snapshot(local, cluster_id, to, (&dialer, &url), snapshot).await;
             if let Err(e) = &delivered {
                 tracing::warn!(peer_id = to.0, error = %e, "snapshot send failed");
             }
@@ -176,17 +185,19 @@ impl Transport for GrpcTransport {
     }
 }
 
-async fn connect(url: &str) -> Result<PeerClient<tonic::transport::Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
+async fn connect(
+    dialer: &tls::Dialer,
+    url: &str,
+) -> Result<PeerClient<tonic::transport::Channel>, String> {
+    let (endpoint, connector) = dialer.endpoint(url)?;
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(PEER_PING_INTERVAL)
         .keep_alive_timeout(PEER_PING_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect()
+        .connect_with_connector(connector)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
@@ -196,13 +207,13 @@ async fn send_loop(
     local: NodeId,
     cluster_id: u64,
     to: NodeId,
-    url: String,
+    (dialer, url): (tls::Dialer, String),
     mut queue: mpsc::Receiver<Vec<Envelope>>,
     node: Arc<OnceLock<Node>>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let mut client = match connect(&url).await {
+        let mut client = match connect(&dialer, &url).await {
             Ok(client) => client,
             Err(e) => {
                 tracing::debug!(peer_id = to.0, error = %e, "peer unreachable");
@@ -273,10 +284,10 @@ async fn send_snapshot(
     local: NodeId,
     cluster_id: u64,
     to: NodeId,
-    url: &str,
+    (dialer, url): (&tls::Dialer, &str),
     snapshot: OutgoingSnapshot,
 ) -> Result<(), String> {
-    let mut client = connect(url).await?;
+    let mut client = connect(dialer, url).await?;
     let shard = snapshot.shard;
     let (chunk_tx, mut chunk_rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
     let mut chunks = snapshot.chunks;
@@ -324,6 +335,7 @@ async fn send_snapshot(
 #[derive(Clone)]
 pub struct LeaderLink {
     cluster_id: u64,
+    dialer: tls::Dialer,
     /// Shared by every clone; written only when the membership changes.
     peers: Arc<RwLock<HashMap<NodeId, LinkPeer>>>,
 }
@@ -335,13 +347,30 @@ struct LinkPeer {
 }
 
 /// A client of the peer service at `url`; connects when first used.
-fn lazy_client(url: &str) -> Result<PeerClient<tonic::transport::Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("peer URL {url}: {e}"))?
+fn lazy_client(
+    dialer: &tls::Dialer,
+    url: &str,
+) -> Result<PeerClient<tonic::transport::Channel>, String> {
+    let (endpoint, connector) = dialer
+        .endpoint(url)
+        .map_err(|e| format!("peer URL {url}: {e}"))?;
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy();
+        .connect_with_connector_lazy(connector);
     Ok(PeerClient::new(channel))
+}
+
+/// An error and its sources on one line: tonic's transport error alone says only
+/// "transport error"; the cause (refused, TLS certificate unknown, ...) is in its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 impl LeaderLink {
@@ -349,15 +378,20 @@ impl LeaderLink {
     ///
     /// # Errors
     /// A peer URL that is not a valid URI.
-    pub fn new(cluster_id: u64, peers: &HashMap<NodeId, String>) -> Result<Self, String> {
+    pub fn new(
+        cluster_id: u64,
+        peers: &HashMap<NodeId, String>,
+        dialer: tls::Dialer,
+    ) -> Result<Self, String> {
         let mut clients = HashMap::new();
         for (id, url) in peers {
-            let client = lazy_client(url)?;
+            let client = lazy_client(&dialer, url)?;
             let url = url.clone();
             clients.insert(*id, LinkPeer { url, client });
         }
         Ok(Self {
             cluster_id,
+            dialer,
             peers: Arc::new(RwLock::new(clients)),
         })
     }
@@ -374,7 +408,7 @@ impl LeaderLink {
             if known.get(&id).is_some_and(|peer| peer.url == *url) {
                 continue;
             }
-            match lazy_client(url) {
+            match lazy_client(&self.dialer, url) {
                 Ok(client) => {
                     let url = url.clone();
                     known.insert(id, LinkPeer { url, client });
@@ -534,14 +568,18 @@ impl LeaderLink {
 ///
 /// # Errors
 /// The member cannot be reached or does not answer in time.
-pub async fn ask_members(url: &str, timeout: Duration) -> Result<(u64, Vec<Member>), String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
+pub async fn ask_members(
+    dialer: &tls::Dialer,
+    url: &str,
+    timeout: Duration,
+) -> Result<(u64, Vec<Member>), String> {
+    let (endpoint, connector) = dialer.endpoint(url)?;
+    let channel = endpoint
         .connect_timeout(timeout)
         .timeout(timeout)
-        .connect()
+        .connect_with_connector(connector)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     let answer = PeerClient::new(channel)
         .members(pb::MembersRequest {})
         .await

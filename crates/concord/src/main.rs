@@ -88,6 +88,11 @@ struct DevArgs {
     /// and run it here until Ctrl-C, so that a membership change can be watched.
     #[arg(long)]
     join: bool,
+    /// Serve plain HTTP instead of TLS. By default the dev cluster makes a private CA in
+    /// <data-dir>/pki, serves clients and peers over TLS with certificates from it, and
+    /// requires client certificates (the etcdctl flags to use are printed).
+    #[arg(long)]
+    plaintext: bool,
 }
 
 #[derive(clap::Args)]
@@ -275,10 +280,16 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     if args.join {
         return dev_join(args);
     }
-    let members = dev_members(args.members, args.base_port)?;
+    let members = dev_members(args.members, args.base_port, !args.plaintext)?;
     let exe = std::env::current_exe().context("cannot find the concord executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let pki = if args.plaintext {
+        None
+    } else {
+        Some(DevPki::make(&args.data_dir)?)
+    };
+    let tls_flags = pki.as_ref().map(DevPki::member_flags).unwrap_or_default();
     let initial_cluster = members
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer_url))
@@ -314,6 +325,7 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
                 .args(["--initial-cluster", &initial_cluster])
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "concord-dev"])
+                .args(&tls_flags)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -347,7 +359,16 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!("client endpoints: {endpoints}");
-        println!("try: etcdctl --endpoints={endpoints} put foo bar");
+        match &pki {
+            Some(pki) => {
+                println!("clients need a certificate from the dev CA; in a shell:");
+                println!("  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS={endpoints}");
+                println!("  export {}", pki.etcdctl_env().join(" "));
+                println!("  etcdctl put foo bar");
+                println!("or with flags: etcdctl --endpoints={endpoints} {} put foo bar", pki.etcdctl_flags().join(" "));
+            }
+            None => println!("try: etcdctl --endpoints={endpoints} put foo bar"),
+        }
         println!("press Ctrl-C to stop");
 
         let mut poll = tokio::time::interval(DEV_POLL_INTERVAL);
@@ -377,8 +398,105 @@ fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The members of a dev cluster: m<i> on ports base + 10*i (clients) and + 1 (peers).
-fn dev_members(count: u16, base_port: u16) -> anyhow::Result<Vec<DevMember>> {
+/// The dev cluster's private CA and certificates, in `<data-dir>/pki`: one member
+/// certificate for 127.0.0.1 and localhost that every member (and every member that joins)
+/// uses, and a client certificate for `root`. Made on the first TLS run, then reused.
+struct DevPki {
+    dir: PathBuf,
+}
+
+impl DevPki {
+    fn make(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = std::path::absolute(data_dir.join("pki"))
+            .context("cannot find the dev data directory")?;
+        let pki = Self { dir };
+        if pki.file("ca.pem").is_file()
+            && pki.file("member.key").is_file()
+            && pki.file("client.key").is_file()
+        {
+            return Ok(pki);
+        }
+        use tls::pki::{Authority, Validity};
+        // A year: long enough for a development cluster, short enough to be obviously not
+        // a production CA.
+        let validity = Validity::from_now(Duration::from_secs(365 * 24 * 3600));
+        let ca = Authority::new("concord-dev-ca", validity)?;
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let member = ca.issue("concord-dev-member", &hosts, validity)?;
+        let client = ca.issue("root", &hosts, validity)?;
+        let write = |name: &str, pem: &str, private: bool| {
+            tls::pki::write_pem(&pki.file(name), pem, private)
+        };
+        write("member.key", &member.key_pem, true)?;
+        write("member.crt", &member.cert_pem, false)?;
+        write("client.key", &client.key_pem, true)?;
+        write("client.crt", &client.cert_pem, false)?;
+        // The CA last: its presence says the set is complete.
+        write("ca.pem", &ca.cert_pem(), false)?;
+        Ok(pki)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.file(name).display().to_string()
+    }
+
+    /// `concord serve`'s flags: TLS and client-certificate auth on both ports.
+    fn member_flags(&self) -> Vec<String> {
+        let (cert, key, ca) = (
+            self.path("member.crt"),
+            self.path("member.key"),
+            self.path("ca.pem"),
+        );
+        vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+
+    fn etcdctl_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.path("ca.pem")),
+            format!("--cert={}", self.path("client.crt")),
+            format!("--key={}", self.path("client.key")),
+        ]
+    }
+
+    fn etcdctl_env(&self) -> Vec<String> {
+        vec![
+            format!("ETCDCTL_CACERT={}", self.path("ca.pem")),
+            format!("ETCDCTL_CERT={}", self.path("client.crt")),
+            format!("ETCDCTL_KEY={}", self.path("client.key")),
+        ]
+    }
+
+    /// How `concord dev --join` dials the cluster: the client certificate, the dev CA.
+    fn dialer(&self) -> anyhow::Result<tls::Dialer> {
+        let mut settings = tls::TlsSettings::new(
+            tls::Side::Client,
+            self.file("client.crt"),
+            self.file("client.key"),
+        );
+        settings.trusted_ca_file = Some(self.file("ca.pem"));
+        Ok(tls::Dialer::new(Some(std::sync::Arc::new(
+            tls::ClientTls::new(settings)?,
+        ))))
+    }
+}
+
+/// The members of a dev cluster: m<i> on ports base + 10*i (clients) and + 1 (peers), on
+/// https URLs with `tls`.
+fn dev_members(count: u16, base_port: u16, tls: bool) -> anyhow::Result<Vec<DevMember>> {
+    let scheme = if tls { "https" } else { "http" };
     (0..count)
         .map(|i| {
             let client = u32::from(base_port) + 10 * u32::from(i);
@@ -390,8 +508,8 @@ fn dev_members(count: u16, base_port: u16) -> anyhow::Result<Vec<DevMember>> {
             }
             Ok(DevMember {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{client}"),
-                peer_url: format!("http://127.0.0.1:{peer}"),
+                client_url: format!("{scheme}://127.0.0.1:{client}"),
+                peer_url: format!("{scheme}://127.0.0.1:{peer}"),
             })
         })
         .collect()
@@ -404,15 +522,27 @@ fn dev_members(count: u16, base_port: u16) -> anyhow::Result<Vec<DevMember>> {
 fn dev_join(args: &DevArgs) -> anyhow::Result<ExitCode> {
     use proto::etcdserverpb::cluster_client::ClusterClient;
     use proto::etcdserverpb::{MemberAddRequest, MemberListRequest};
-    let first = dev_members(1, args.base_port)?.remove(0);
+    let first = dev_members(1, args.base_port, !args.plaintext)?.remove(0);
+    let pki = if args.plaintext {
+        None
+    } else {
+        Some(DevPki::make(&args.data_dir)?)
+    };
+    let dialer = match &pki {
+        Some(pki) => pki.dialer()?,
+        None => tls::Dialer::plain(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let (name, member, initial_cluster) = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(first.client_url.clone())?
+        let (endpoint, connector) = dialer
+            .endpoint(&first.client_url)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
-            .connect()
+            .connect_with_connector(connector)
             .await
             .with_context(|| {
                 format!(
@@ -428,7 +558,8 @@ fn dev_join(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .into_inner()
             .members;
         let index = u16::try_from(listed.len()).context("too many members")?;
-        let member = dev_members(index + 1, args.base_port)?.remove(usize::from(index));
+        let member =
+            dev_members(index + 1, args.base_port, !args.plaintext)?.remove(usize::from(index));
         let added = cluster
             .member_add(MemberAddRequest {
                 peer_ur_ls: vec![member.peer_url.clone()],
@@ -477,6 +608,7 @@ fn dev_join(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "existing"])
             .args(["--initial-cluster-token", "concord-dev"])
+            .args(pki.as_ref().map(DevPki::member_flags).unwrap_or_default())
             .stdin(Stdio::null())
             .spawn()
             .context("cannot start the new member")?;

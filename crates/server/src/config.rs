@@ -156,6 +156,68 @@ pub struct ServeArgs {
     /// Most concurrent HTTP/2 streams (requests and watch streams) per client connection.
     #[arg(long, env = "CONCORD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
+    /// Path to the client server TLS certificate file (PEM, the chain after it); served on
+    /// https:// client URLs and re-read when it changes.
+    #[arg(long, env = "CONCORD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file (PEM).
+    #[arg(long, env = "CONCORD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA bundle (PEM), for client certificates.
+    #[arg(long, env = "CONCORD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require clients on https:// URLs to present a certificate from --trusted-ca-file.
+    #[arg(long, env = "CONCORD_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
+        default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Client TLS with a generated self-signed certificate (kept in
+    /// <data-dir>/fixtures/client), when no --cert-file is given.
+    #[arg(long, env = "CONCORD_AUTO_TLS", default_value_t = false, num_args = 0..=1,
+        default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Path to the peer TLS certificate file (PEM): served on https:// peer URLs and
+    /// presented when dialling other members.
+    #[arg(long, env = "CONCORD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer TLS key file (PEM).
+    #[arg(long, env = "CONCORD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer TLS trusted CA bundle (PEM): the other members' certificates must
+    /// chain to it.
+    #[arg(long, env = "CONCORD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members dialling this one to present a certificate from
+    /// --peer-trusted-ca-file.
+    #[arg(long, env = "CONCORD_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
+        default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS with a generated self-signed certificate (kept in <data-dir>/fixtures/peer),
+    /// when no --peer-cert-file is given; members then do not verify each other.
+    #[arg(long, env = "CONCORD_PEER_AUTO_TLS", default_value_t = false, num_args = 0..=1,
+        default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// The only common name a member's client certificate may carry.
+    #[arg(long, env = "CONCORD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// TLS 1.2 cipher suites offered, comma separated IANA names (TLS 1.3's are fixed);
+    /// empty: rustls's defaults.
+    #[arg(long, env = "CONCORD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    /// Lowest TLS version spoken: TLS1.2 (default) or TLS1.3.
+    #[arg(long, env = "CONCORD_TLS_MIN_VERSION", default_value = "")]
+    pub tls_min_version: String,
+    /// Highest TLS version spoken: TLS1.2 or TLS1.3 (default).
+    #[arg(long, env = "CONCORD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
+}
+
+/// One address to listen on, and whether it speaks TLS (an `https` URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// The address to bind.
+    pub addr: SocketAddr,
+    /// Whether connections start with a TLS handshake.
+    pub tls: bool,
 }
 
 /// Whether this member starts a new cluster or joins an existing one.
@@ -190,11 +252,11 @@ pub struct Config {
     /// The data directory.
     pub data_dir: PathBuf,
     /// Client listen addresses (`localhost` is 127.0.0.1).
-    pub client_addrs: Vec<SocketAddr>,
+    pub client_addrs: Vec<Listen>,
     /// Advertised client URLs, canonical.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
-    pub peer_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<Listen>,
     /// This member's advertised peer URLs, canonical.
     pub advertise_peer_urls: Vec<String>,
     /// The initial members (this one included), in `--initial-cluster` order.
@@ -229,6 +291,22 @@ pub struct Config {
     pub wal_dir: PathBuf,
     /// Most concurrent streams per client connection.
     pub max_concurrent_streams: u32,
+    /// TLS on the client port's https listeners.
+    pub client_tls: Option<TlsPlan>,
+    /// TLS on the peer port's https listeners and for dialling https peers.
+    pub peer_tls: Option<TlsPlan>,
+    /// What the flags asked for that is ignored, to log at startup (etcd's warnings).
+    pub warnings: Vec<String>,
+}
+
+/// One side's TLS settings, and for auto-TLS the hosts its certificate is made for (made
+/// at startup, in the data directory, if not there yet).
+#[derive(Clone, Debug)]
+pub struct TlsPlan {
+    /// The settings; for auto-TLS the certificate and key paths are where they are kept.
+    pub settings: tls::TlsSettings,
+    /// For auto-TLS: the hosts the self-signed certificate names.
+    pub auto_hosts: Option<Vec<String>>,
 }
 
 /// Why a configuration is refused. Every message is one lowercase line; where etcd has a
@@ -287,6 +365,9 @@ pub enum ConfigError {
         /// `--election-timeout`.
         election_ms: u64,
     },
+    /// TLS settings that cannot work together, or a URL that needs TLS settings not given.
+    #[error("{0}")]
+    Tls(String),
     /// Two listeners would bind the same address.
     #[error("{addr} is listened on twice (--listen-client-urls and --listen-peer-urls)")]
     ListenTwice {
@@ -312,22 +393,25 @@ fn split_list(value: &str) -> Vec<&str> {
         .collect()
 }
 
-/// An `http://host:port` URL. `host` has no brackets.
+/// An `http://host:port` or `https://host:port` URL. `host` has no brackets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct HttpUrl {
+    /// `https`: TLS.
+    tls: bool,
     host: String,
     port: u16,
 }
 
 impl HttpUrl {
-    /// The canonical spelling: no trailing slash, IPv6 hosts in brackets, the port in
-    /// decimal without leading zeros. Ids are derived from it, so `http://a:2380/` and
-    /// `http://a:2380` name the same member.
+    /// The canonical spelling: lowercase scheme, no trailing slash, IPv6 hosts in brackets,
+    /// the port in decimal without leading zeros. Ids are derived from it, so
+    /// `http://a:2380/` and `http://a:2380` name the same member.
     fn canonical(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("http://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 
@@ -346,6 +430,7 @@ impl HttpUrl {
     fn comparable(&self) -> String {
         match self.bind_addr() {
             Some(addr) if self.host.eq_ignore_ascii_case("localhost") => HttpUrl {
+                tls: self.tls,
                 host: addr.ip().to_string(),
                 port: self.port,
             }
@@ -355,14 +440,13 @@ impl HttpUrl {
     }
 }
 
-/// Parses `http://host:port` (a trailing `/` is allowed); the reason it is not one.
+/// Parses `http://host:port` or `https://host:port` (a trailing `/` is allowed); the
+/// reason it is not one.
 fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-            return Err("https (TLS) is not supported yet; use http".into())
-        }
-        _ => return Err("URL scheme must be http".into()),
+    let (tls, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        _ => return Err("URL scheme must be http or https".into()),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains(['/', '?', '#']) {
@@ -405,6 +489,7 @@ fn parse_http_url(url: &str) -> Result<HttpUrl, String> {
         .parse()
         .map_err(|_| "port is not a number from 0 to 65535".to_string())?;
     Ok(HttpUrl {
+        tls,
         host: host.to_string(),
         port,
     })
@@ -446,12 +531,12 @@ fn parse_client_urls(value: &str) -> Result<Vec<HttpUrl>, ConfigError> {
 }
 
 /// Parses a non-empty list of URLs to listen on into addresses to bind.
-fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<Listen>, ConfigError> {
     let urls = split_list(value);
     if urls.is_empty() {
         return Err(invalid(flag, value, "at least one URL is needed"));
     }
-    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(urls.len());
+    let mut addrs: Vec<Listen> = Vec::with_capacity(urls.len());
     for url in urls {
         let parsed = parse_http_url(url).map_err(|reason| invalid(flag, url, reason))?;
         // etcd's rule and words: a listener binds an address, not a name.
@@ -462,10 +547,13 @@ fn parse_listen_list(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>,
                 "expected IP in URL for binding (or localhost, which is 127.0.0.1)",
             )
         })?;
-        if addr.port() != 0 && addrs.contains(&addr) {
+        if addr.port() != 0 && addrs.iter().any(|l| l.addr == addr) {
             return Err(invalid(flag, url, format!("{addr} is listed twice")));
         }
-        addrs.push(addr);
+        addrs.push(Listen {
+            addr,
+            tls: parsed.tls,
+        });
     }
     Ok(addrs)
 }
@@ -704,7 +792,127 @@ fn check_advertised_peers(
     Ok(())
 }
 
+/// The hosts named by a list of URLs (for auto-TLS certificates), unparseable ones skipped.
+fn url_hosts(value: &str) -> impl Iterator<Item = String> + '_ {
+    split_list(value)
+        .into_iter()
+        .filter_map(|url| parse_http_url(url).ok())
+        .map(|url| url.host)
+}
+
+/// A path flag, with an empty value (`--cert-file=`) taken as unset, as etcd takes it.
+fn path_flag(value: &Option<PathBuf>) -> Option<PathBuf> {
+    value.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
 impl ServeArgs {
+    /// One side's TLS, as etcd reads its flags: a certificate and key, else auto-TLS's
+    /// self-signed one, else none. `listens` and `advertised` are that side's URL lists.
+    fn tls_plan(
+        &self,
+        side: tls::Side,
+        data_dir: &std::path::Path,
+        urls: [&str; 2],
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<TlsPlan>, ConfigError> {
+        let (cert, key, ca, client_cert_auth, auto, allowed_cn) = match side {
+            tls::Side::Client => (
+                path_flag(&self.cert_file),
+                path_flag(&self.key_file),
+                path_flag(&self.trusted_ca_file),
+                self.client_cert_auth,
+                self.auto_tls,
+                None,
+            ),
+            tls::Side::Peer => (
+                path_flag(&self.peer_cert_file),
+                path_flag(&self.peer_key_file),
+                path_flag(&self.peer_trusted_ca_file),
+                self.peer_client_cert_auth,
+                self.peer_auto_tls,
+                self.peer_cert_allowed_cn
+                    .clone()
+                    .filter(|cn| !cn.is_empty()),
+            ),
+        };
+        let (cert_flag, key_flag) = (side.flag("cert-file"), side.flag("key-file"));
+        let mut settings = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                if auto {
+                    warnings.push(format!(
+                        "{} is ignored: {cert_flag} and {key_flag} are given",
+                        side.flag("auto-tls")
+                    ));
+                }
+                tls::TlsSettings::new(side, cert, key)
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Tls(format!(
+                    "{cert_flag} and {key_flag} must be given together"
+                )))
+            }
+            (None, None) if auto => {
+                let dir = data_dir.join("fixtures").join(match side {
+                    tls::Side::Client => "client",
+                    tls::Side::Peer => "peer",
+                });
+                let mut settings =
+                    tls::TlsSettings::new(side, dir.join("cert.pem"), dir.join("key.pem"));
+                settings.self_signed = true;
+                settings
+            }
+            (None, None) => {
+                if client_cert_auth || ca.is_some() {
+                    warnings.push(format!(
+                        "{} and {} are ignored: no {cert_flag} and {key_flag} (or {}) are given",
+                        side.flag("client-cert-auth"),
+                        side.flag("trusted-ca-file"),
+                        side.flag("auto-tls")
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        settings.trusted_ca_file = ca;
+        settings.client_cert_auth = client_cert_auth;
+        if settings.self_signed && client_cert_auth && settings.trusted_ca_file.is_none() {
+            // etcd's auto-TLS drops client-certificate auth: nothing could pass it.
+            warnings.push(format!(
+                "{} is ignored with {}: self-signed certificates cannot be verified",
+                side.flag("client-cert-auth"),
+                side.flag("auto-tls")
+            ));
+            settings.client_cert_auth = false;
+        }
+        settings.allowed_cn = allowed_cn;
+        if let Some(min) = tls::parse_tls_version("--tls-min-version", &self.tls_min_version)
+            .map_err(ConfigError::Tls)?
+        {
+            settings.min_version = min;
+        }
+        if let Some(max) = tls::parse_tls_version("--tls-max-version", &self.tls_max_version)
+            .map_err(ConfigError::Tls)?
+        {
+            settings.max_version = max;
+        }
+        settings.cipher_suites =
+            tls::parse_cipher_suites(&self.cipher_suites).map_err(ConfigError::Tls)?;
+        settings
+            .check()
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        let auto_hosts = settings.self_signed.then(|| {
+            let mut hosts: Vec<String> = urls.iter().flat_map(|list| url_hosts(list)).collect();
+            hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+            hosts.sort();
+            hosts.dedup();
+            hosts
+        });
+        Ok(Some(TlsPlan {
+            settings,
+            auto_hosts,
+        }))
+    }
+
     /// Validates the flags into a [`Config`]. Reads no file and resolves no name.
     ///
     /// # Errors
@@ -800,11 +1008,11 @@ impl ServeArgs {
         };
         let client_addrs = parse_listen_list("--listen-client-urls", &self.listen_client_urls)?;
         let peer_addrs = parse_listen_list("--listen-peer-urls", &self.listen_peer_urls)?;
-        if let Some(addr) = client_addrs
+        if let Some(listen) = client_addrs
             .iter()
-            .find(|a| a.port() != 0 && peer_addrs.contains(a))
+            .find(|c| c.addr.port() != 0 && peer_addrs.iter().any(|p| p.addr == c.addr))
         {
-            return Err(ConfigError::ListenTwice { addr: *addr });
+            return Err(ConfigError::ListenTwice { addr: listen.addr });
         }
         let advertise_client_urls = parse_client_urls(&self.advertise_client_urls)?
             .iter()
@@ -816,6 +1024,49 @@ impl ServeArgs {
                 value: "0".into(),
                 reason: "must be at least 1".into(),
             });
+        }
+        let mut warnings = Vec::new();
+        let client_tls = self.tls_plan(
+            tls::Side::Client,
+            &data_dir,
+            [&self.listen_client_urls, &self.advertise_client_urls],
+            &mut warnings,
+        )?;
+        let peer_tls = self.tls_plan(
+            tls::Side::Peer,
+            &data_dir,
+            [&self.listen_peer_urls, &self.initial_advertise_peer_urls],
+            &mut warnings,
+        )?;
+        // etcd's words for an https listener without TLS settings, and its warnings for
+        // TLS settings that an http listener ignores.
+        for (listen, url) in client_addrs
+            .iter()
+            .zip(split_list(&self.listen_client_urls))
+        {
+            if listen.tls && client_tls.is_none() {
+                return Err(ConfigError::Tls(format!("TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme")));
+            }
+            if !listen.tls && client_tls.is_some() {
+                warnings.push(format!("the scheme of client url {url} is HTTP while key/cert files are presented; the key/cert files are ignored for it"));
+            }
+        }
+        for (listen, url) in peer_addrs.iter().zip(split_list(&self.listen_peer_urls)) {
+            if listen.tls && peer_tls.is_none() {
+                return Err(ConfigError::Tls(format!("cannot listen on TLS for {url}: KeyFile and CertFile are not presented (--peer-cert-file, --peer-key-file or --peer-auto-tls)")));
+            }
+            if !listen.tls && peer_tls.is_some() {
+                warnings.push(format!("the scheme of peer url {url} is HTTP while peer key/cert files are presented; the key/cert files are ignored for it"));
+            }
+        }
+        if peer_tls.is_none() {
+            if let Some(url) = members
+                .iter()
+                .flat_map(|m| &m.peer_urls)
+                .find(|url| url.starts_with("https://"))
+            {
+                return Err(ConfigError::Tls(format!("--initial-cluster has the https peer URL {url}, but no peer TLS is set to dial it (--peer-cert-file, --peer-key-file and --peer-trusted-ca-file, or --peer-auto-tls)")));
+            }
         }
         let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Ok(Config {
@@ -851,6 +1102,9 @@ impl ServeArgs {
                 .clone()
                 .unwrap_or_else(|| data_dir.join("member").join("log")),
             max_concurrent_streams: self.max_concurrent_streams.max(1),
+            client_tls,
+            peer_tls,
+            warnings,
             data_dir,
         })
     }

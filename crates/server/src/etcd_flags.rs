@@ -4,7 +4,7 @@
 //! - given its etcd default, it changes nothing and passes silently;
 //! - harmless otherwise (tuning, logging, features Concord does differently): accepted, with
 //!   a warning saying what Concord does instead;
-//! - otherwise (it asks for something Concord does not do, such as TLS): refused with a
+//! - otherwise (it asks for something Concord does not do, such as revocation lists): refused with a
 //!   clear reason, so nobody believes they got what they asked for;
 //! - a few are spelt differently in Concord: rewritten to Concord's flag.
 //!
@@ -52,7 +52,9 @@ const fn boolean(name: &'static str, default: &'static str, treatment: Treatment
 
 use Treatment::{Ignored, Refused, Renamed};
 
-const TLS: &str = "TLS is not supported yet; Concord serves plain HTTP/2";
+const CRL: &str =
+    "certificate revocation lists are not supported yet; rotate the CA bundle instead";
+const HOSTNAME: &str = "client certificates are checked against the trusted CA (and --peer-cert-allowed-cn), not host names";
 const AUTH: &str = "authentication is not supported yet";
 const TUNING: &str = "a tuning knob of etcd's own storage; Concord's engine has its own";
 const LOGGING: &str = "Concord logs with its own format to stderr (see --log-level)";
@@ -101,23 +103,11 @@ const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-dial-timeout", "1000", Ignored("the v2 proxy is not supported")),
     flag("proxy-write-timeout", "5000", Ignored("the v2 proxy is not supported")),
     flag("proxy-read-timeout", "0", Ignored("the v2 proxy is not supported")),
-    flag("cert-file", "", Refused(TLS)),
-    flag("key-file", "", Refused(TLS)),
-    boolean("client-cert-auth", "false", Refused(TLS)),
-    flag("client-crl-file", "", Refused(TLS)),
-    flag("client-cert-allowed-hostname", "", Refused(TLS)),
-    flag("trusted-ca-file", "", Refused(TLS)),
-    boolean("auto-tls", "false", Refused(TLS)),
-    flag("peer-cert-file", "", Refused(TLS)),
-    flag("peer-key-file", "", Refused(TLS)),
-    boolean("peer-client-cert-auth", "false", Refused(TLS)),
-    flag("peer-trusted-ca-file", "", Refused(TLS)),
-    boolean("peer-auto-tls", "false", Refused(TLS)),
-    flag("peer-cert-allowed-cn", "", Refused(TLS)),
-    flag("peer-cert-allowed-hostname", "", Refused(TLS)),
-    flag("peer-crl-file", "", Refused(TLS)),
-    boolean("experimental-peer-skip-client-san-verification", "false", Refused(TLS)),
-    flag("cipher-suites", "", Refused(TLS)),
+    flag("client-crl-file", "", Refused(CRL)),
+    flag("client-cert-allowed-hostname", "", Refused(HOSTNAME)),
+    flag("peer-cert-allowed-hostname", "", Refused(HOSTNAME)),
+    flag("peer-crl-file", "", Refused(CRL)),
+    boolean("experimental-peer-skip-client-san-verification", "false", Ignored("Concord does not check client certificates' host names")),
 ];
 
 /// `concord serve`'s arguments (after `serve`) with etcd's flags of [`ETCD_FLAGS`] taken
@@ -208,7 +198,7 @@ mod tests {
             "--name",
             "m0",
             "--enable-v2=false",
-            "--client-cert-auth=false",
+            "--client-crl-file=",
             "--auto-compaction-retention",
             "0",
             "--data-dir=/d",
@@ -222,12 +212,14 @@ mod tests {
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].starts_with("--enable-v2=true is accepted and ignored: the v2 API"));
 
-        let refused = take(&["--cert-file", "/server.crt"]).unwrap_err();
+        let refused = take(&["--client-crl-file", "/revoked.crl"]).unwrap_err();
         assert_eq!(
             refused,
-            "--cert-file=/server.crt is not supported: TLS is not supported yet; Concord serves plain HTTP/2"
+            "--client-crl-file=/revoked.crl is not supported: certificate revocation lists are not supported yet; rotate the CA bundle instead"
         );
-        assert!(take(&["--auto-tls"]).unwrap_err().contains("TLS"));
+        // Concord's own TLS flags pass through to `concord serve`.
+        let (kept, _) = take(&["--cert-file", "/server.crt", "--auto-tls"]).unwrap();
+        assert_eq!(kept, ["--cert-file", "/server.crt", "--auto-tls"]);
         assert!(take(&["--force-new-cluster"]).is_err());
         assert_eq!(
             take(&["--max-wals"]).unwrap_err(),

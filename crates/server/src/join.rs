@@ -35,7 +35,7 @@ pub(crate) struct Joined {
 /// # Errors
 /// No peer to ask, none answered, or the cluster has no member with this member's peer URLs
 /// (it was not added) or that member has already started (its data was lost).
-pub(crate) async fn ask_cluster(config: &Config) -> anyhow::Result<Joined> {
+pub(crate) async fn ask_cluster(config: &Config, dialer: &tls::Dialer) -> anyhow::Result<Joined> {
     let peers: Vec<&String> = config
         .members
         .iter()
@@ -56,7 +56,7 @@ pub(crate) async fn ask_cluster(config: &Config) -> anyhow::Result<Joined> {
     let mut last_error = String::new();
     let (cluster_id, members) = 'ask: loop {
         for url in &peers {
-            match ask(url).await {
+            match ask(dialer, url).await {
                 Ok(answer) => break 'ask answer,
                 Err(e) => {
                     tracing::debug!(url = %url, error = %e, "peer did not answer the join");
@@ -104,8 +104,8 @@ pub(crate) async fn ask_cluster(config: &Config) -> anyhow::Result<Joined> {
 }
 
 /// One peer's answer: the cluster id and the members.
-async fn ask(url: &str) -> anyhow::Result<(u64, Vec<Member>)> {
-    let (cluster_id, members) = api::peer::ask_members(url, ASK_TIMEOUT)
+async fn ask(dialer: &tls::Dialer, url: &str) -> anyhow::Result<(u64, Vec<Member>)> {
+    let (cluster_id, members) = api::peer::ask_members(dialer, url, ASK_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     if members.is_empty() {

@@ -41,7 +41,6 @@ use node::{Member, MembershipChange, Node, NodeConfig, NodeError, NodeId};
 use storage_disk::{RaftLogStore, RedbKvStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{
     added_member_id, canonical_peer_url, cluster_id, member_id, ClusterState, Config, ConfigError,
@@ -88,23 +87,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let found = identity::check(&config.data_dir, &expected, config.cluster_state)?;
     let mut peer_listeners = Vec::with_capacity(config.peer_addrs.len());
-    for addr in &config.peer_addrs {
-        let listener = TcpListener::bind(addr)
+    for listen in &config.peer_addrs {
+        let listener = TcpListener::bind(listen.addr)
             .await
-            .with_context(|| format!("cannot listen for peers on {addr}"))?;
-        peer_listeners.push(listener);
+            .with_context(|| format!("cannot listen for peers on {}", listen.addr))?;
+        peer_listeners.push((listener, listen.tls));
     }
     let mut client_listeners = Vec::with_capacity(config.client_addrs.len());
-    for addr in &config.client_addrs {
-        let listener = TcpListener::bind(addr)
+    for listen in &config.client_addrs {
+        let listener = TcpListener::bind(listen.addr)
             .await
-            .with_context(|| format!("cannot listen for clients on {addr}"))?;
-        client_listeners.push(listener);
+            .with_context(|| format!("cannot listen for clients on {}", listen.addr))?;
+        client_listeners.push((listener, listen.tls));
     }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let tls = Tls::load(&config)?;
     let (me, joined) = match &found {
         Claim::Ours(recorded) => (recorded.clone(), None),
         Claim::Unclaimed if config.cluster_state == ClusterState::Existing => {
-            let joined = join::ask_cluster(&config).await?;
+            let joined = join::ask_cluster(&config, &tls.dialer).await?;
             let me = Identity {
                 cluster_id: joined.cluster_id,
                 member_id: joined.member_id,
@@ -143,9 +146,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .map(|m| (NodeId(m.id), m.peer_urls[0].clone()))
             .collect(),
     };
-    let leader_link =
-        api::LeaderLink::new(me.cluster_id, &peers).map_err(|e| anyhow::anyhow!(e))?;
-    let transport = Arc::new(api::GrpcTransport::new(local, me.cluster_id, peers));
+    let leader_link = api::LeaderLink::new(me.cluster_id, &peers, tls.dialer.clone())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let transport = Arc::new(api::GrpcTransport::new(
+        local,
+        me.cluster_id,
+        peers,
+        tls.dialer.clone(),
+    ));
     let initial_members = if bootstrap {
         config
             .members
@@ -203,9 +211,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut peer_servers = tokio::task::JoinSet::new();
     let mut servers = tokio::task::JoinSet::new();
-    for listener in peer_listeners {
+    for (listener, secure) in peer_listeners {
         let routes = api::peer_routes(&node, me.cluster_id, config.reconfig);
-        peer_servers.spawn(serve_peers(listener, routes, stop_rx.clone()));
+        let tls = tls.peer_server.clone().filter(|_| secure);
+        peer_servers.spawn(serve_peers(listener, tls, routes, stop_rx.clone()));
     }
     if config.initial_corrupt_check {
         api::corruption::check_at_startup(&node, &leader_link)
@@ -220,10 +229,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             interval,
         ));
     }
-    for listener in client_listeners {
+    for (listener, secure) in client_listeners {
         let routes = api::client_routes(&node, cluster.clone(), api_config, leader_link.clone());
         servers.spawn(serve_clients(
             listener,
+            tls.client_server.clone().filter(|_| secure),
             routes,
             config.max_concurrent_streams,
             stop_rx.clone(),
@@ -381,13 +391,73 @@ fn node_config(config: &Config, me: &Identity, initial_members: Vec<Member>) -> 
     }
 }
 
+/// The TLS a member serves and dials with, loaded from its files at startup (auto-TLS
+/// certificates are made first, if not there yet).
+struct Tls {
+    /// For the client port's https listeners.
+    client_server: Option<Arc<tls::ServerTls>>,
+    /// For the peer port's https listeners.
+    peer_server: Option<Arc<tls::ServerTls>>,
+    /// Dials the other members: TLS for https peer URLs.
+    dialer: tls::Dialer,
+}
+
+impl Tls {
+    fn load(config: &Config) -> anyhow::Result<Self> {
+        let prepare = |plan: &Option<config::TlsPlan>| -> anyhow::Result<Option<tls::TlsSettings>> {
+            let Some(plan) = plan else { return Ok(None) };
+            if let Some(hosts) = &plan.auto_hosts {
+                let dir = plan
+                    .settings
+                    .cert_file
+                    .parent()
+                    .context("auto-TLS directory")?;
+                tls::pki::auto_tls(dir, hosts).map_err(|e| anyhow::anyhow!("auto-TLS: {e}"))?;
+            }
+            Ok(Some(plan.settings.clone()))
+        };
+        let client = prepare(&config.client_tls)?;
+        let peer = prepare(&config.peer_tls)?;
+        let client_server = client
+            .map(|settings| tls::ServerTls::new(settings, &[b"h2", b"http/1.1"]))
+            .transpose()?
+            .map(Arc::new);
+        let peer_server = peer
+            .clone()
+            .map(|settings| tls::ServerTls::new(settings, &[b"h2"]))
+            .transpose()?
+            .map(Arc::new);
+        // Members dial https peers with the peer certificate as their client certificate;
+        // without a CA to verify the others with (and no auto-TLS), only http peers can be
+        // dialled (validation refused https ones in --initial-cluster).
+        let peer_client = match peer {
+            Some(settings) if settings.trusted_ca_file.is_some() || settings.self_signed => {
+                Some(Arc::new(tls::ClientTls::new(settings)?))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            client_server,
+            peer_server,
+            dialer: tls::Dialer::new(peer_client),
+        })
+    }
+}
+
 /// Logs the effective configuration once, at startup.
-fn log_config(config: &Config, me: &Identity, clients: &[TcpListener], peers: &[TcpListener]) {
-    let bound = |listeners: &[TcpListener]| -> Vec<String> {
+fn log_config(
+    config: &Config,
+    me: &Identity,
+    clients: &[(TcpListener, bool)],
+    peers: &[(TcpListener, bool)],
+) {
+    let bound = |listeners: &[(TcpListener, bool)]| -> Vec<String> {
         listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
+            .filter_map(|(l, secure)| {
+                let scheme = if *secure { "https" } else { "http" };
+                l.local_addr().ok().map(|a| format!("{scheme}://{a}"))
+            })
             .collect()
     };
     let initial_cluster: Vec<String> = config
@@ -417,14 +487,14 @@ fn log_config(config: &Config, me: &Identity, clients: &[TcpListener], peers: &[
     );
 }
 
-/// Serves the peer service on `listener` until `stop` turns true.
+/// Serves the peer service on `listener` (TLS with `tls`) until `stop` turns true.
 async fn serve_peers(
     listener: TcpListener,
+    tls: Option<Arc<tls::ServerTls>>,
     routes: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    use tokio_stream::StreamExt as _;
-    let incoming = TcpListenerStream::new(listener).map(|conn| conn.inspect(nodelay));
+    let incoming = tls::incoming(listener, tls);
     // Peers are pinged more often than clients: a stalled peer stream must be replaced
     // within seconds (see `api::peer::PEER_PING_INTERVAL`).
     server_builder()
@@ -438,21 +508,18 @@ async fn serve_peers(
         .context("grpc server")
 }
 
-/// Serves client connections, each through [`api::authority::AuthorityFix`] so that older
+/// Serves client connections (TLS with `tls`), each through [`api::authority::AuthorityFix`] so that older
 /// etcd clients' malformed `:authority` headers are accepted as etcd accepts them.
 async fn serve_clients(
     listener: TcpListener,
+    tls: Option<Arc<tls::ServerTls>>,
     routes: tonic::service::Routes,
     max_concurrent_streams: u32,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    use tokio_stream::StreamExt as _;
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.map(|stream| {
-            nodelay(&stream);
-            api::authority::AuthorityFix::new(stream)
-        })
-    });
+    use futures::StreamExt as _;
+    let incoming =
+        tls::incoming(listener, tls).map(|conn| conn.map(api::authority::AuthorityFix::new));
     // HTTP/1.1 too: etcd's `/health` and `/version` share the port with gRPC.
     server_builder()
         .max_concurrent_streams(max_concurrent_streams)
@@ -463,16 +530,6 @@ async fn serve_clients(
         })
         .await
         .context("grpc server")
-}
-
-/// Small responses must leave at once: with Nagle's algorithm on, a response written in two
-/// segments waits for the client's delayed ACK (about 40 ms). The server builder's own
-/// `tcp_nodelay` applies only to listeners it binds itself, not to a given stream of
-/// connections, so it is set here on each accepted connection.
-fn nodelay(stream: &tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
 }
 
 fn server_builder() -> tonic::transport::Server {

@@ -30,6 +30,14 @@ fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigE
     parsed.unwrap().serve.validate()
 }
 
+/// A plain (http) listener on `addr`.
+fn plain(addr: &str) -> crate::config::Listen {
+    crate::config::Listen {
+        addr: addr.parse().unwrap(),
+        tls: false,
+    }
+}
+
 fn parse(args: &[&str]) -> Result<Config, ConfigError> {
     parse_with_env(args, &[])
 }
@@ -56,8 +64,8 @@ fn defaults_are_valid() {
     assert_eq!(config.data_dir, std::path::PathBuf::from("default.etcd"));
     assert_eq!(config.members.len(), 1);
     assert_eq!(config.members[0].peer_urls, vec!["http://localhost:2380"]);
-    assert_eq!(config.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
-    assert_eq!(config.peer_addrs, vec!["127.0.0.1:2380".parse().unwrap()]);
+    assert_eq!(config.client_addrs, vec![plain("127.0.0.1:2379")]);
+    assert_eq!(config.peer_addrs, vec![plain("127.0.0.1:2380")]);
     assert_eq!(config.advertise_client_urls, vec!["http://localhost:2379"]);
     assert_eq!(config.cluster_state, ClusterState::New);
     assert_eq!(config.token, "etcd-cluster");
@@ -179,12 +187,9 @@ fn etcd_style_flags_are_accepted() {
     .unwrap();
     assert_eq!(
         config.client_addrs,
-        vec![
-            "127.0.0.1:2379".parse().unwrap(),
-            "[::1]:2379".parse().unwrap()
-        ]
+        vec![plain("127.0.0.1:2379"), plain("[::1]:2379")]
     );
-    assert_eq!(config.peer_addrs, vec!["0.0.0.0:2380".parse().unwrap()]);
+    assert_eq!(config.peer_addrs, vec![plain("0.0.0.0:2380")]);
     assert_eq!(config.members.len(), 2);
     assert_eq!(config.members[0].peer_urls.len(), 2);
     assert_eq!(config.cluster_state, ClusterState::Existing);
@@ -224,11 +229,8 @@ fn environment_variables_are_read() {
     let config = parse_with_env(&[], &env).unwrap();
     assert_eq!(config.name, "e1");
     assert_eq!(config.data_dir, std::path::PathBuf::from("/tmp/e1-data"));
-    assert_eq!(
-        config.client_addrs,
-        vec!["127.0.0.1:12379".parse().unwrap()]
-    );
-    assert_eq!(config.peer_addrs, vec!["127.0.0.1:12380".parse().unwrap()]);
+    assert_eq!(config.client_addrs, vec![plain("127.0.0.1:12379")]);
+    assert_eq!(config.peer_addrs, vec![plain("127.0.0.1:12380")]);
     assert_eq!(config.members.len(), 2);
     assert_eq!(config.cluster_state, ClusterState::Existing);
     assert_eq!(config.token, "env-token");
@@ -298,12 +300,16 @@ fn peer_urls_are_canonical() {
         canonical_peer_url("http://127.0.0.1:2380/").as_deref(),
         Some("http://127.0.0.1:2380")
     );
+    assert_eq!(
+        canonical_peer_url("HTTPS://h:1/").as_deref(),
+        Some("https://h:1")
+    );
     for bad in [
         "foo",
         "http://127.0.0.1:5/x",
         "http://h",
         "http://h:0",
-        "https://h:1",
+        "ftp://h:1",
     ] {
         assert_eq!(canonical_peer_url(bad), None, "{bad}");
     }
@@ -340,12 +346,45 @@ fn bad_flags_are_refused() {
             "URL must have a port",
         ),
         (
-            &["--initial-cluster", "default=https://localhost:2380"],
-            "https (TLS) is not supported yet",
+            &[
+                "--initial-cluster",
+                "default=https://localhost:2380",
+                "--initial-advertise-peer-urls",
+                "https://localhost:2380",
+            ],
+            "--initial-cluster has the https peer URL https://localhost:2380, but no peer TLS is set to dial it",
+        ),
+        (
+            &["--listen-client-urls", "https://127.0.0.1:2379"],
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme",
+        ),
+        (
+            &["--listen-peer-urls", "https://127.0.0.1:2380"],
+            "cannot listen on TLS for https://127.0.0.1:2380: KeyFile and CertFile are not presented",
+        ),
+        (
+            &["--cert-file", "/s.crt"],
+            "--cert-file and --key-file must be given together",
+        ),
+        (
+            &["--peer-key-file", "/s.key"],
+            "--peer-cert-file and --peer-key-file must be given together",
+        ),
+        (
+            &["--cert-file", "/s.crt", "--key-file", "/s.key", "--client-cert-auth"],
+            "--client-cert-auth needs --trusted-ca-file",
+        ),
+        (
+            &["--auto-tls", "--tls-min-version", "TLS1.0"],
+            "--tls-min-version=TLS1.0 is not supported: Concord speaks TLS1.2 and TLS1.3 only",
+        ),
+        (
+            &["--auto-tls", "--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"],
+            "--tls-min-version is higher than --tls-max-version",
         ),
         (
             &["--initial-cluster", "default=ftp://localhost:2380"],
-            "URL scheme must be http",
+            "URL scheme must be http or https",
         ),
         (
             &["--initial-cluster", "default=http://localhost:2380/path"],
@@ -409,7 +448,7 @@ fn bad_flags_are_refused() {
         ),
         (
             &["--listen-client-urls", "localhost:2379"],
-            "URL scheme must be http",
+            "URL scheme must be http or https",
         ),
         (
             &["--listen-client-urls", "http://example.com:2379"],
@@ -441,8 +480,9 @@ fn bad_flags_are_refused() {
         let error = parse(args).unwrap_err().to_string();
         assert!(error.contains(expected), "{args:?}: {error}");
         assert!(!error.contains('\n'), "one line: {error:?}");
+        // etcd's own words start with "TLS".
         assert!(
-            error.starts_with(|c: char| !c.is_uppercase()),
+            error.starts_with(|c: char| !c.is_uppercase()) || error.starts_with("TLS "),
             "lowercase: {error}"
         );
     }
@@ -489,4 +529,72 @@ fn node_config_follows_etcd() {
         config.data_dir.join("member").join("snap")
     );
     assert_ne!(seed(), seed(), "two draws from the OS should differ");
+}
+
+// Proves etcd's TLS flags become each side's settings: files as given, auto-TLS's in the
+// data directory for the listen and advertised hosts, https listeners marked, and the
+// warnings etcd gives for settings an http listener ignores.
+#[test]
+fn tls_flags_become_each_sides_settings() {
+    let config = parse(&[
+        "--data-dir",
+        "/d",
+        "--listen-client-urls",
+        "https://127.0.0.1:2379,http://127.0.0.1:22379",
+        "--advertise-client-urls",
+        "https://10.0.0.1:2379",
+        "--cert-file",
+        "/s.crt",
+        "--key-file",
+        "/s.key",
+        "--trusted-ca-file",
+        "/ca.pem",
+        "--client-cert-auth",
+        "--listen-peer-urls",
+        "https://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "https://node-a:2380",
+        "--initial-cluster",
+        "default=https://node-a:2380",
+        "--peer-auto-tls",
+        "--peer-cert-allowed-cn",
+        "member",
+        "--cipher-suites",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ])
+    .unwrap();
+    assert_eq!(
+        config
+            .client_addrs
+            .iter()
+            .map(|l| l.tls)
+            .collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert!(config.peer_addrs[0].tls);
+    let client = config.client_tls.unwrap();
+    assert_eq!(client.settings.cert_file, std::path::Path::new("/s.crt"));
+    assert!(client.settings.client_cert_auth);
+    assert_eq!(client.settings.cipher_suites.len(), 1);
+    assert!(client.auto_hosts.is_none());
+    let peer = config.peer_tls.unwrap();
+    assert!(peer.settings.self_signed);
+    assert_eq!(
+        peer.settings.cert_file,
+        std::path::Path::new("/d/fixtures/peer/cert.pem")
+    );
+    assert_eq!(peer.settings.allowed_cn.as_deref(), Some("member"));
+    assert_eq!(
+        peer.auto_hosts.unwrap(),
+        ["127.0.0.1", "localhost", "node-a"]
+    );
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].starts_with("the scheme of client url http://127.0.0.1:22379 is HTTP")
+    );
+    // The scheme is part of a member's id, as in etcd.
+    assert_ne!(
+        member_id(&["https://node-a:2380".into()], "etcd-cluster"),
+        member_id(&["http://node-a:2380".into()], "etcd-cluster")
+    );
 }

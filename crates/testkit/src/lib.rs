@@ -52,9 +52,11 @@ use tonic::transport::{Channel, Endpoint};
 mod etcd;
 mod etcd_cluster;
 mod members;
+mod pki;
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
 pub use members::Members;
+pub use pki::{CertFiles, TestPki};
 
 /// How long one `Maintenance.Status` or `HashKV` call made by the fixture may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -201,6 +203,8 @@ where
 /// the log every start of it appends to.
 struct Member {
     name: String,
+    /// Whether its URLs are https.
+    tls: bool,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -212,6 +216,10 @@ struct Member {
 trait Launch {
     /// The directory of the members' data directories and logs.
     fn dir(&self) -> &Path;
+    /// Whether members serve clients and peers over TLS.
+    fn tls(&self) -> bool {
+        false
+    }
     fn set_members(&mut self, members: Vec<Member>);
     fn data_dir(&self, i: usize) -> PathBuf;
     fn spawn(&mut self, i: usize) -> anyhow::Result<()>;
@@ -232,6 +240,7 @@ fn launch(cluster: &mut impl Launch, size: usize, prefix: &str) -> anyhow::Resul
         let members = (0..size)
             .map(|i| Member {
                 name: format!("{prefix}{i}"),
+                tls: cluster.tls(),
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
                 child: None,
@@ -265,6 +274,10 @@ impl Launch for Cluster {
         Cluster::dir(self)
     }
 
+    fn tls(&self) -> bool {
+        self.pki.is_some()
+    }
+
     fn set_members(&mut self, members: Vec<Member>) {
         self.members = members;
     }
@@ -291,12 +304,20 @@ impl Launch for Cluster {
 }
 
 impl Member {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 
     fn is_running(&mut self) -> bool {
@@ -407,6 +428,10 @@ pub struct Cluster {
     bootstrap: usize,
     /// The command lines of members that joined, by index.
     joined_args: std::collections::HashMap<usize, Vec<String>>,
+    /// With TLS: the CA that issued the members' and the client's certificates.
+    pki: Option<TestPki>,
+    /// With TLS: how clients connect.
+    client_tls: Option<std::sync::Arc<tls::ClientTls>>,
 }
 
 impl Cluster {
@@ -428,6 +453,30 @@ impl Cluster {
         size: usize,
         extra_args: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Self::start_with(binary, size, extra_args, false)
+    }
+
+    /// As [`Cluster::start`], with TLS everywhere: a private CA in `<dir>/pki` issues each
+    /// member's certificate; members serve clients and peers on https URLs and require a
+    /// certificate from that CA on both ports. [`Cluster::etcdctl`], [`Cluster::channel`]
+    /// and the other clients here connect with the CA's client certificate (`root`).
+    ///
+    /// # Errors
+    /// As [`Cluster::start`], or the certificates cannot be made.
+    pub fn start_tls(
+        binary: impl AsRef<Path>,
+        size: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        Self::start_with(binary, size, extra_args, true)
+    }
+
+    fn start_with(
+        binary: impl AsRef<Path>,
+        size: usize,
+        extra_args: &[&str],
+        tls: bool,
+    ) -> anyhow::Result<Cluster> {
         assert!(size > 0, "a cluster has at least one member");
         let dir = tempfile::Builder::new()
             .prefix("concord-cluster-")
@@ -441,7 +490,16 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| (*s).to_string()).collect(),
             bootstrap: size,
             joined_args: std::collections::HashMap::new(),
+            pki: None,
+            client_tls: None,
         };
+        if tls {
+            let dir = cluster.dir().join("pki");
+            std::fs::create_dir_all(&dir).context("create the pki directory")?;
+            let pki = TestPki::new(&dir, "concord-test-ca")?;
+            cluster.client_tls = Some(pki.client_tls()?);
+            cluster.pki = Some(pki);
+        }
         launch(&mut cluster, size, "m")?;
         Ok(cluster)
     }
@@ -455,6 +513,7 @@ impl Cluster {
         let name = format!("m{i}");
         self.members.push(Member {
             log: self.dir().join(format!("{name}.log")),
+            tls: self.pki.is_some(),
             name,
             client_port: ports[0],
             peer_port: ports[1],
@@ -557,8 +616,20 @@ impl Cluster {
         .iter()
         .map(|s| (*s).to_string())
         .collect();
+        if let Some(pki) = &self.pki {
+            args.extend(
+                pki.member_args(&self.members[i].name)
+                    .expect("the member's certificate can be written"),
+            );
+        }
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// With TLS ([`Cluster::start_tls`]): the CA, to issue more certificates.
+    #[must_use]
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
     }
 
     /// The directory holding every member's data directory and log.
@@ -725,7 +796,10 @@ impl Cluster {
     /// Never for the URLs this cluster makes.
     #[must_use]
     pub fn channel(&self, i: usize) -> Channel {
-        channel(&self.client_url(i))
+        match &self.client_tls {
+            Some(tls) => tls_channel(&self.client_url(i), tls.clone()),
+            None => channel(&self.client_url(i)),
+        }
     }
 
     /// A KV client for member `i` that accepts responses up to [`MAX_RESPONSE_BYTES`].
@@ -811,7 +885,15 @@ impl Cluster {
     }
 
     fn etcdctl_with_endpoints(&self, endpoints: &str, args: &[&str]) -> anyhow::Result<Output> {
-        etcdctl(endpoints, args, None)
+        match &self.pki {
+            Some(pki) => {
+                let mut with_tls = pki.etcdctl_args()?;
+                with_tls.extend(args.iter().map(|s| (*s).to_string()));
+                let with_tls: Vec<&str> = with_tls.iter().map(String::as_str).collect();
+                etcdctl(endpoints, &with_tls, None)
+            }
+            None => etcdctl(endpoints, args, None),
+        }
     }
 
     /// A report of every member: running or not, and the end of its log.
@@ -846,6 +928,10 @@ impl Members for Cluster {
 
     fn client_url(&self, i: usize) -> String {
         Cluster::client_url(self, i)
+    }
+
+    fn kv(&self, i: usize) -> KvClient<Channel> {
+        Cluster::kv(self, i)
     }
 
     fn is_running(&mut self, i: usize) -> bool {
@@ -897,6 +983,21 @@ pub fn channel(url: &str) -> Channel {
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10))
         .connect_lazy()
+}
+
+/// As [`channel`], over TLS with `tls` for an https `url`.
+///
+/// # Panics
+/// If `url` is not a valid URL.
+#[must_use]
+pub fn tls_channel(url: &str, tls: std::sync::Arc<tls::ClientTls>) -> Channel {
+    let (endpoint, connector) = tls::Dialer::new(Some(tls))
+        .endpoint(url)
+        .expect("a valid URL");
+    endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect_with_connector_lazy(connector)
 }
 
 /// `Maintenance.Status` through `channel` (to member `i`), within [`RPC_TIMEOUT`].

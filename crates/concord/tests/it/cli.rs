@@ -199,7 +199,7 @@ impl Drop for Dev {
 
 // Proves `concord dev` starts a working 3-member cluster in one command, prints how to reach
 // it, that `concord dev --join` adds a fourth member to it (a membership change through the
-// API; the new member receives the data and serves), and that Ctrl-C (SIGINT) stops every
+// API; the new member receives the data and serves), that it serves TLS with its own CA by default (a client without the certificate is refused), and that Ctrl-C (SIGINT) stops every
 // member.
 #[test]
 fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
@@ -232,15 +232,24 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
         let _ = std::io::Read::read_to_string(&mut stdout, &mut printed);
         let _ = printed_tx.send(printed);
     });
-    let etcdctl = |i: u16, args: &[&str]| {
+    // TLS by default: the dev CA and client certificate are in the data directory.
+    let pki = dir.path().join("dev").join("pki");
+    let etcdctl_with = |i: u16, tls: &[String], args: &[&str]| {
         Command::new("timeout")
             .args(["10", "etcdctl"])
-            .arg(format!("--endpoints=http://127.0.0.1:{}", base + 10 * i))
+            .arg(format!("--endpoints=https://127.0.0.1:{}", base + 10 * i))
+            .args(tls)
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
             .unwrap()
     };
+    let client_tls = [
+        format!("--cacert={}", pki.join("ca.pem").display()),
+        format!("--cert={}", pki.join("client.crt").display()),
+        format!("--key={}", pki.join("client.key").display()),
+    ];
+    let etcdctl = |i: u16, args: &[&str]| etcdctl_with(i, &client_tls, args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !etcdctl(0, &["put", "dev-key", "dev-value"])
         .status
@@ -260,6 +269,13 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
             "via member {i}"
         );
     }
+    // Without the client certificate, the dev cluster does not answer.
+    let refused = etcdctl_with(
+        0,
+        &[format!("--cacert={}", pki.join("ca.pem").display())],
+        &["--command-timeout=2s", "get", "dev-key"],
+    );
+    assert!(!refused.status.success(), "{refused:?}");
 
     let mut join = Dev(Command::new(binary())
         .args([
@@ -307,10 +323,18 @@ fn dev_starts_a_cluster_and_stops_on_ctrl_c() {
         .recv_timeout(Duration::from_secs(20))
         .expect("a member of dev still holds its stdout 20 s after dev exited");
     assert!(
-        printed.contains(&format!("http://127.0.0.1:{base}")),
+        printed.contains(&format!("https://127.0.0.1:{base}")),
         "{printed}"
     );
-    assert!(printed.contains("etcdctl"), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "ETCDCTL_CERT={}",
+            std::path::absolute(pki.join("client.crt"))
+                .unwrap()
+                .display()
+        )),
+        "{printed}"
+    );
     // No member outlived dev: nothing listens on any of their ports.
     for port in (0..4u16).flat_map(|i| [base + 10 * i, base + 10 * i + 1]) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -25,6 +25,7 @@ mod membership;
 mod rolling;
 mod rust_client;
 mod snapshot;
+mod tls_cluster;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -142,6 +143,11 @@ impl Writers {
     /// The longest time without an acknowledged write so far.
     fn longest_gap(&self) -> Duration {
         self.gaps.lock().unwrap().1
+    }
+
+    /// How many writes have failed or timed out so far.
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// How many writes have been acknowledged so far.
