@@ -34,12 +34,18 @@ impl Members {
     ///
     /// # Errors
     /// If a process cannot be started.
-    pub fn start(binary: &Path, network: &Network, dir: &Path) -> anyhow::Result<Members> {
+    pub(crate) fn start(
+        binary: &Path,
+        network: &Network,
+        dir: &Path,
+        pki: Option<&crate::security::RunPki>,
+    ) -> anyhow::Result<Members> {
         let hosts = network.hosts();
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let initial: Vec<String> = hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| format!("m{i}=http://{}:{PEER_PORT}", h.ip))
+            .map(|(i, h)| format!("m{i}={scheme}://{}:{PEER_PORT}", h.ip))
             .collect();
         let initial = initial.join(",");
         let token = format!("chaos-{}", std::process::id());
@@ -47,8 +53,8 @@ impl Members {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let client = format!("http://{}:{CLIENT_PORT}", h.ip);
-                let peer = format!("http://{}:{PEER_PORT}", h.ip);
+                let client = format!("{scheme}://{}:{CLIENT_PORT}", h.ip);
+                let peer = format!("{scheme}://{}:{PEER_PORT}", h.ip);
                 let data = dir.join(format!("m{i}"));
                 [
                     "serve",
@@ -75,6 +81,10 @@ impl Members {
                 ]
                 .iter()
                 .map(ToString::to_string)
+                .chain(
+                    pki.map(crate::security::RunPki::member_flags)
+                        .unwrap_or_default(),
+                )
                 .collect()
             })
             .collect();
@@ -84,7 +94,7 @@ impl Members {
             namespaces: hosts.iter().map(|h| h.namespace.clone()).collect(),
             peer_urls: hosts
                 .iter()
-                .map(|h| format!("http://{}:{PEER_PORT}", h.ip))
+                .map(|h| format!("{scheme}://{}:{PEER_PORT}", h.ip))
                 .collect(),
             args,
             children: (0..hosts.len()).map(|_| None).collect(),

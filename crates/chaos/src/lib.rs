@@ -14,7 +14,8 @@
 //! - [`locks`]: the lock workload: locks guarding a fenced resource.
 //! - [`elections`]: the election workload: one leader per term, ordered observers, a fenced
 //!   resource.
-//! - [`run`]: one scenario end to end, and its report.
+//! - [`run`]: one scenario end to end, and its report; a scenario may run over TLS (its own
+//!   CA, client certificates required on both ports).
 //!
 //! Running a scenario needs root (namespaces, packet filters), `ip`, `nft` and `setpriv`.
 
@@ -26,5 +27,6 @@ pub mod locks;
 pub mod nemesis;
 pub mod net;
 pub mod run;
+mod security;
 pub mod watches;
 pub mod workload;

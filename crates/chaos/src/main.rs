@@ -44,6 +44,10 @@ struct Args {
     /// Read with serializable (member-local) reads: not linearizable, the checker must say so.
     #[arg(long)]
     serializable_reads: bool,
+    /// Members serve clients and peers over TLS with client certificates required (the run
+    /// makes its own CA).
+    #[arg(long)]
+    tls: bool,
     /// Keep running random scenarios (mixed faults, new seeds) for this many seconds.
     #[arg(long)]
     soak: Option<u64>,
@@ -121,6 +125,7 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
             checker_budget: 20_000_000,
             binary: args.concord.clone().unwrap_or_else(default_binary),
             out: base.join(format!("{}-seed-{seed}-{}", args.workload, kind.name())),
+            tls: args.tls,
         };
         println!("running: {}", scenario.repro_command());
         let report = run(&scenario).await?;

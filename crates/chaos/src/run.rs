@@ -71,6 +71,9 @@ pub struct Scenario {
     pub binary: PathBuf,
     /// Where the run writes its history, timeline, verdict and member logs.
     pub out: PathBuf,
+    /// Whether members serve clients and peers over TLS, with client certificates required
+    /// on both ports (the run makes its own CA in `<out>/pki`).
+    pub tls: bool,
 }
 
 impl Scenario {
@@ -87,6 +90,9 @@ impl Scenario {
         );
         if matches!(&self.workload, Workload::Register(c) if c.serializable_reads) {
             command.push_str(" --serializable-reads");
+        }
+        if self.tls {
+            command.push_str(" --tls");
         }
         command
     }
@@ -152,7 +158,8 @@ fn note(log: &mut String, clock: Instant, text: &str) {
 /// A member's status, or `None` if it does not answer within half a second.
 async fn status(endpoint: &str) -> Option<etcd_client::StatusResponse> {
     let ask = async {
-        let mut client = etcd_client::Client::connect([endpoint], None).await?;
+        let mut client =
+            etcd_client::Client::connect([endpoint], Some(crate::security::options())).await?;
         client.status().await
     };
     tokio::time::timeout(Duration::from_millis(500), ask)
@@ -262,7 +269,7 @@ async fn replace(i: usize, members: &mut Members, endpoints: &[String]) -> anyho
         .filter(|&(j, _)| j != i)
         .map(|(_, e)| e.as_str())
         .collect();
-    let options = etcd_client::ConnectOptions::new()
+    let options = crate::security::options()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3));
     let mut client = etcd_client::Client::connect(others, Some(options))
@@ -345,8 +352,11 @@ async fn every_member_serves(endpoints: &[String], timeout: Duration) -> Vec<usi
         let mut still = Vec::new();
         for &i in &pending {
             let served = async {
-                let mut client =
-                    etcd_client::Client::connect([endpoints[i].as_str()], None).await?;
+                let mut client = etcd_client::Client::connect(
+                    [endpoints[i].as_str()],
+                    Some(crate::security::options()),
+                )
+                .await?;
                 client.get("liveness", None).await?;
                 anyhow::Ok(())
             };
@@ -387,11 +397,23 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     );
     std::fs::create_dir_all(&scenario.out)?;
     let network = Network::create(scenario.members)?;
-    let mut members = Members::start(&scenario.binary, &network, &scenario.out)?;
+    let pki = if scenario.tls {
+        let ips: Vec<String> = network.hosts().iter().map(|h| h.ip.to_string()).collect();
+        Some(crate::security::RunPki::make(&scenario.out, &ips)?)
+    } else {
+        None
+    };
+    let _clients = crate::security::RunGuard::begin(
+        pki.as_ref()
+            .map(crate::security::RunPki::client_tls)
+            .transpose()?,
+    )?;
+    let mut members = Members::start(&scenario.binary, &network, &scenario.out, pki.as_ref())?;
+    let scheme = if scenario.tls { "https" } else { "http" };
     let endpoints: Vec<String> = network
         .hosts()
         .iter()
-        .map(|h| format!("http://{}:{CLIENT_PORT}", h.ip))
+        .map(|h| format!("{scheme}://{}:{CLIENT_PORT}", h.ip))
         .collect();
     let mut log = String::new();
     let clock = Instant::now();

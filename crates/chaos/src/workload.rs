@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use tonic::Code;
 
 use crate::history::{Call, History, Op, Outcome, Revisions, Value};
@@ -87,7 +87,7 @@ pub(crate) struct Connect {
 
 /// A client of one member; connecting gives up after `timeout` (`None`).
 pub(crate) async fn connect(endpoint: &str, timeout: Duration, how: Connect) -> Option<Client> {
-    let mut options = ConnectOptions::new()
+    let mut options = crate::security::options()
         .with_connect_timeout(timeout)
         .with_require_leader(how.require_leader);
     if how.request_timeout {
@@ -423,7 +423,7 @@ async fn read_accounts(
 /// # Errors
 /// If the cluster does not answer.
 pub async fn open_bank(endpoint: &str, config: &BankConfig) -> anyhow::Result<()> {
-    let mut client = Client::connect([endpoint], None).await?;
+    let mut client = Client::connect([endpoint], Some(crate::security::options())).await?;
     let puts: Vec<TxnOp> = (0..config.accounts)
         .map(|i| TxnOp::put(account(i), config.opening_balance.to_string(), None))
         .collect();
