@@ -55,6 +55,10 @@ pub const PEER_PING_INTERVAL: Duration = Duration::from_secs(2);
 pub const PEER_PING_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Distinct reasons remembered per unreachable peer, so each is logged once.
+const LOGGED_FAILURES_MAX: usize = 16;
+/// A Raft stream that lasted this long was healthy: a failure after it is news again.
+const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 /// Pause before asking again while there is no leader, or the leader did not answer.
 const FORWARD_RETRY: Duration = Duration::from_millis(50);
 
@@ -197,7 +201,7 @@ async fn connect(
         .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| tls::error_chain(&e))?;
     Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
@@ -212,11 +216,13 @@ async fn send_loop(
     node: Arc<OnceLock<Node>>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    // The reasons logged since the peer was last reachable: each once, not every retry.
+    let mut logged = Vec::new();
     loop {
         let mut client = match connect(&dialer, &url).await {
             Ok(client) => client,
             Err(e) => {
-                tracing::debug!(peer_id = to.0, error = %e, "peer unreachable");
+                log_failure(to, &url, e, &mut logged);
                 if let Some(node) = node.get() {
                     node.report_unreachable(to);
                 }
@@ -236,6 +242,7 @@ async fn send_loop(
         };
         backoff = BACKOFF_MIN;
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_BUFFER);
+        let opened = tokio::time::Instant::now();
         let call = tokio::spawn(async move { client.raft(ReceiverStream::new(stream_rx)).await });
         loop {
             let Some(mut envelopes) = queue.recv().await else {
@@ -264,8 +271,17 @@ async fn send_loop(
             }
         }
         drop(stream_tx);
-        if let Ok(Err(status)) = call.await {
-            tracing::debug!(peer_id = to.0, error = %status, "peer stream ended");
+        let ended = call.await;
+        if opened.elapsed() >= HEALTHY_STREAM {
+            logged.clear();
+        }
+        if let Ok(Err(status)) = ended {
+            // In TLS 1.3 a refused client certificate shows here, not at connect.
+            let mut error = status.message().to_string();
+            if let Some(source) = std::error::Error::source(&status) {
+                error = format!("{error}: {}", tls::error_chain(source));
+            }
+            log_failure(to, &url, error, &mut logged);
             if status.code() == tonic::Code::FailedPrecondition && status.message() == node::REMOVED
             {
                 if let Some(node) = node.get() {
@@ -278,6 +294,20 @@ async fn send_loop(
             node.report_unreachable(to);
         }
     }
+}
+
+/// Logs why `to` cannot be reached: each reason once as a warning while the peer stays
+/// unreachable (an operator must see a refused certificate), repeats only at debug level.
+fn log_failure(to: NodeId, url: &str, error: String, logged: &mut Vec<String>) {
+    if logged.contains(&error) {
+        tracing::debug!(peer_id = format!("{:x}", to.0), error = %error, "peer unreachable");
+        return;
+    }
+    tracing::warn!(peer_id = format!("{:x}", to.0), url = %url, error = %error, "cannot reach peer");
+    if logged.len() >= LOGGED_FAILURES_MAX {
+        logged.remove(0);
+    }
+    logged.push(error);
 }
 
 async fn send_snapshot(
@@ -358,19 +388,6 @@ fn lazy_client(
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_with_connector_lazy(connector);
     Ok(PeerClient::new(channel))
-}
-
-/// An error and its sources on one line: tonic's transport error alone says only
-/// "transport error"; the cause (refused, TLS certificate unknown, ...) is in its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 impl LeaderLink {
@@ -579,7 +596,7 @@ pub async fn ask_members(
         .timeout(timeout)
         .connect_with_connector(connector)
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| tls::error_chain(&e))?;
     let answer = PeerClient::new(channel)
         .members(pb::MembersRequest {})
         .await

@@ -199,6 +199,9 @@ pub struct ServeArgs {
     /// The only common name a member's client certificate may carry.
     #[arg(long, env = "CONCORD_PEER_CERT_ALLOWED_CN")]
     pub peer_cert_allowed_cn: Option<String>,
+    /// A host name (or IP address) a member's client certificate must be valid for.
+    #[arg(long, env = "CONCORD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// TLS 1.2 cipher suites offered, comma separated IANA names (TLS 1.3's are fixed);
     /// empty: rustls's defaults.
     #[arg(long, env = "CONCORD_CIPHER_SUITES", default_value = "")]
@@ -815,14 +818,15 @@ impl ServeArgs {
         urls: [&str; 2],
         warnings: &mut Vec<String>,
     ) -> Result<Option<TlsPlan>, ConfigError> {
-        let (cert, key, ca, client_cert_auth, auto, allowed_cn) = match side {
+        let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let (cert, key, ca, client_cert_auth, auto, allowed) = match side {
             tls::Side::Client => (
                 path_flag(&self.cert_file),
                 path_flag(&self.key_file),
                 path_flag(&self.trusted_ca_file),
                 self.client_cert_auth,
                 self.auto_tls,
-                None,
+                (None, None),
             ),
             tls::Side::Peer => (
                 path_flag(&self.peer_cert_file),
@@ -830,9 +834,10 @@ impl ServeArgs {
                 path_flag(&self.peer_trusted_ca_file),
                 self.peer_client_cert_auth,
                 self.peer_auto_tls,
-                self.peer_cert_allowed_cn
-                    .clone()
-                    .filter(|cn| !cn.is_empty()),
+                (
+                    non_empty(&self.peer_cert_allowed_cn),
+                    non_empty(&self.peer_cert_allowed_hostname),
+                ),
             ),
         };
         let (cert_flag, key_flag) = (side.flag("cert-file"), side.flag("key-file"));
@@ -884,7 +889,7 @@ impl ServeArgs {
             ));
             settings.client_cert_auth = false;
         }
-        settings.allowed_cn = allowed_cn;
+        (settings.allowed_cn, settings.allowed_hostname) = allowed;
         if let Some(min) = tls::parse_tls_version("--tls-min-version", &self.tls_min_version)
             .map_err(ConfigError::Tls)?
         {

@@ -54,7 +54,7 @@ use Treatment::{Ignored, Refused, Renamed};
 
 const CRL: &str =
     "certificate revocation lists are not supported yet; rotate the CA bundle instead";
-const HOSTNAME: &str = "client certificates are checked against the trusted CA (and --peer-cert-allowed-cn), not host names";
+const HOSTNAME: &str = "client certificates are checked against the trusted CA (and --peer-cert-allowed-cn or --peer-cert-allowed-hostname for members), not host names";
 const AUTH: &str = "authentication is not supported yet";
 const TUNING: &str = "a tuning knob of etcd's own storage; Concord's engine has its own";
 const LOGGING: &str = "Concord logs with its own format to stderr (see --log-level)";
@@ -105,7 +105,6 @@ const ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-read-timeout", "0", Ignored("the v2 proxy is not supported")),
     flag("client-crl-file", "", Refused(CRL)),
     flag("client-cert-allowed-hostname", "", Refused(HOSTNAME)),
-    flag("peer-cert-allowed-hostname", "", Refused(HOSTNAME)),
     flag("peer-crl-file", "", Refused(CRL)),
     boolean("experimental-peer-skip-client-san-verification", "false", Ignored("Concord does not check client certificates' host names")),
 ];

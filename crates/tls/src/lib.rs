@@ -25,7 +25,7 @@ mod reload;
 mod settings;
 
 pub use files::{certificate_common_name, CertificateFacts};
-pub use net::{incoming, ClientConn, Conn, ConnInfo, Dialer, HANDSHAKE_TIMEOUT};
+pub use net::{error_chain, incoming, ClientConn, Conn, ConnInfo, Dialer, HANDSHAKE_TIMEOUT};
 pub use settings::{
     parse_cipher_suites, parse_tls_version, ClientTls, ServerTls, Side, TlsSettings, TlsVersion,
 };

@@ -93,7 +93,7 @@ pub fn incoming(
                         Err(e)
                     }
                     Ok(Err(e)) => {
-                        tracing::info!(remote = ?remote, error = %e, "rejected a connection: TLS handshake failed");
+                        tracing::info!(remote = ?remote, error = %error_chain(&e), "rejected a connection: TLS handshake failed");
                         Err(e)
                     }
                     Err(_) => {
@@ -275,4 +275,52 @@ impl tower::Service<Uri> for Dialer {
             Ok(TokioIo::new(ClientConn::Tls(Box::new(stream))))
         })
     }
+}
+
+/// An error and its causes on one line (tonic's transport error alone says only "transport
+/// error"; the cause is in its sources). A TLS alert from the other end reads as Go's
+/// `crypto/tls` writes it ("remote error: tls: bad certificate"), the words operators of etcd
+/// clusters (and etcd's own tests) look for. The alert is found in the text: HTTP/2 keeps an
+/// IO error's message, not the error.
+#[must_use]
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if let Some(alert) = remote_alert(&text) {
+            return format!("{line}remote error: tls: {alert}");
+        }
+        line.push_str(&text);
+        next = cause.source();
+        if next.is_some() {
+            line.push_str(": ");
+        }
+    }
+    line
+}
+
+/// The alert in rustls's words for an alert received ("received fatal alert:
+/// BadCertificate"), in Go's words.
+fn remote_alert(text: &str) -> Option<&'static str> {
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    Some(match name {
+        "HandshakeFailure" => "handshake failure",
+        "BadCertificate" => "bad certificate",
+        "UnsupportedCertificate" => "unsupported certificate",
+        "CertificateRevoked" => "revoked certificate",
+        "CertificateExpired" => "expired certificate",
+        "CertificateUnknown" => "unknown certificate",
+        "UnknownCA" => "unknown certificate authority",
+        "AccessDenied" => "access denied",
+        "DecodeError" => "error decoding message",
+        "DecryptError" => "error decrypting message",
+        "ProtocolVersion" => "protocol version not supported",
+        "InsufficientSecurity" => "insufficient security level",
+        "InternalError" => "internal error",
+        "CertificateRequired" => "certificate required",
+        "NoApplicationProtocol" => "no application protocol",
+        _ => return None,
+    })
 }

@@ -115,6 +115,9 @@ pub struct TlsSettings {
     pub client_cert_auth: bool,
     /// The only common name a client certificate may carry (`--peer-cert-allowed-cn`).
     pub allowed_cn: Option<String>,
+    /// A host name (or IP address) a client certificate must be valid for
+    /// (`--peer-cert-allowed-hostname`).
+    pub allowed_hostname: Option<String>,
     /// Whether the certificate is auto-TLS's self-signed one: members then dial each other
     /// without verifying certificates (etcd's auto-TLS), unless a trusted CA is given.
     pub self_signed: bool,
@@ -138,6 +141,7 @@ impl TlsSettings {
             trusted_ca_file: None,
             client_cert_auth: false,
             allowed_cn: None,
+            allowed_hostname: None,
             self_signed: false,
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
@@ -254,13 +258,28 @@ impl TlsSettings {
                     path: ca.display().to_string(),
                     reason: e.to_string(),
                 })?;
-            let verifier: Arc<dyn ClientCertVerifier> = match &self.allowed_cn {
-                Some(allowed) => Arc::new(AllowedCommonName {
-                    inner: verifier,
-                    allowed: allowed.clone(),
-                }),
-                None => verifier,
-            };
+            let verifier: Arc<dyn ClientCertVerifier> =
+                if self.allowed_cn.is_some() || self.allowed_hostname.is_some() {
+                    let hostname = self
+                        .allowed_hostname
+                        .as_ref()
+                        .map(|name| {
+                            ServerName::try_from(name.clone()).map_err(|e| {
+                                TlsError::Settings(format!(
+                                    "{}={name}: not a host name or IP address ({e})",
+                                    self.side.flag("cert-allowed-hostname")
+                                ))
+                            })
+                        })
+                        .transpose()?;
+                    Arc::new(AllowedPeer {
+                        inner: verifier,
+                        common_name: self.allowed_cn.clone(),
+                        hostname,
+                    })
+                } else {
+                    verifier
+                };
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -357,14 +376,16 @@ impl ClientTls {
 }
 
 /// A client certificate verifier that also requires one common name
-/// (`--peer-cert-allowed-cn`).
+/// (`--peer-cert-allowed-cn`) or a certificate valid for one host name
+/// (`--peer-cert-allowed-hostname`), as etcd does.
 #[derive(Debug)]
-struct AllowedCommonName {
+struct AllowedPeer {
     inner: Arc<dyn ClientCertVerifier>,
-    allowed: String,
+    common_name: Option<String>,
+    hostname: Option<ServerName<'static>>,
 }
 
-impl ClientCertVerifier for AllowedCommonName {
+impl ClientCertVerifier for AllowedPeer {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -378,15 +399,23 @@ impl ClientCertVerifier for AllowedCommonName {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let cn = files::certificate_common_name(end_entity);
-        if cn.as_deref() == Some(self.allowed.as_str()) {
-            Ok(verified)
-        } else {
-            tracing::warn!(common_name = ?cn, allowed = %self.allowed, "rejected a peer certificate: its common name is not the allowed one");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+        // Refusals go out as a bad_certificate alert, as etcd sends them.
+        let refused = || rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        if let Some(allowed) = &self.common_name {
+            let cn = files::certificate_common_name(end_entity);
+            if cn.as_deref() != Some(allowed.as_str()) {
+                tracing::warn!(common_name = ?cn, allowed = %allowed, "rejected a peer certificate: its common name is not the allowed one");
+                return Err(refused());
+            }
         }
+        if let Some(hostname) = &self.hostname {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            if let Err(e) = rustls::client::verify_server_name(&parsed, hostname) {
+                tracing::warn!(allowed = ?hostname, error = %e, "rejected a peer certificate: it is not valid for the allowed host name");
+                return Err(refused());
+            }
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

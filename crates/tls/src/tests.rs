@@ -200,7 +200,8 @@ fn startup_errors_name_the_flag_the_file_and_the_problem() {
 }
 
 // Proves client-certificate auth: a client with a certificate from the trusted CA gets in;
-// one from another CA, or with none, is refused; an allowed common name narrows it further.
+// one from another CA, or with none, is refused; an allowed common name or host name narrows
+// it further.
 #[tokio::test]
 async fn client_certificate_auth_admits_only_the_trusted_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -399,5 +400,36 @@ fn tls_versions_and_cipher_suites_parse_as_etcd_spells_them() {
             "--cipher-suites: unexpected TLS cipher suite \"TLS_RSA_WITH_AES_128_CBC_SHA\""
         ),
         "{refused}"
+    );
+}
+
+// Proves a TLS alert from the other end is told in Go's words, which operators of etcd
+// clusters grep their logs for, wherever in the error's causes it sits.
+#[test]
+fn remote_alerts_read_as_go_writes_them() {
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let alert = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+    );
+    assert_eq!(
+        crate::error_chain(&Wrapper(alert)),
+        "transport error: remote error: tls: bad certificate"
+    );
+    let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    assert_eq!(
+        crate::error_chain(&Wrapper(refused)),
+        "transport error: refused"
     );
 }
