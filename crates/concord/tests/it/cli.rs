@@ -92,11 +92,15 @@ fn unknown_flag_is_refused() {
 // line giving the reason, and harmless ones are accepted with a warning in the log.
 #[test]
 fn etcd_flags_concord_does_not_honour_are_refused_with_the_reason() {
-    let line = one_error_line(&refused(&["--enable-v2", "--trusted-ca-file", "/ca.crt"]));
+    let line = one_error_line(&refused(&[
+        "--enable-v2",
+        "--client-crl-file",
+        "/revoked.crl",
+    ]));
     assert_eq!(
         line,
-        "concord: error: --trusted-ca-file=/ca.crt is not supported: TLS is not supported yet; \
-         Concord serves plain HTTP/2"
+        "concord: error: --client-crl-file=/revoked.crl is not supported: certificate revocation \
+         lists are not supported yet; rotate the CA bundle instead"
     );
     let line = one_error_line(&refused(&["--force-new-cluster"]));
     assert!(
