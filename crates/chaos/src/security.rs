@@ -82,27 +82,11 @@ impl RunPki {
 
     /// `concord serve`'s flags: TLS with client-certificate auth on both ports.
     pub(crate) fn member_flags(&self) -> Vec<String> {
-        let path = |name: &str| self.file(name).display().to_string();
-        let (cert, key, ca) = (path("member.crt"), path("member.key"), path("ca.pem"));
-        [
-            "--cert-file",
-            &cert,
-            "--key-file",
-            &key,
-            "--trusted-ca-file",
-            &ca,
-            "--client-cert-auth",
-            "--peer-cert-file",
-            &cert,
-            "--peer-key-file",
-            &key,
-            "--peer-trusted-ca-file",
-            &ca,
-            "--peer-client-cert-auth",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+        tls::pki::mutual_tls_member_flags(
+            &self.file("member.crt"),
+            &self.file("member.key"),
+            &self.file("ca.pem"),
+        )
     }
 
     /// The clients' TLS: the CA to verify members with, the client certificate.

@@ -446,21 +446,11 @@ impl DevPki {
 
     /// `concord serve`'s flags: TLS and client-certificate auth on both ports.
     fn member_flags(&self) -> Vec<String> {
-        let (cert, key, ca) = (
-            self.path("member.crt"),
-            self.path("member.key"),
-            self.path("ca.pem"),
-        );
-        vec![
-            format!("--cert-file={cert}"),
-            format!("--key-file={key}"),
-            format!("--trusted-ca-file={ca}"),
-            "--client-cert-auth".into(),
-            format!("--peer-cert-file={cert}"),
-            format!("--peer-key-file={key}"),
-            format!("--peer-trusted-ca-file={ca}"),
-            "--peer-client-cert-auth".into(),
-        ]
+        tls::pki::mutual_tls_member_flags(
+            &self.file("member.crt"),
+            &self.file("member.key"),
+            &self.file("ca.pem"),
+        )
     }
 
     fn etcdctl_flags(&self) -> Vec<String> {

@@ -114,29 +114,10 @@ impl TestPki {
     /// The files cannot be written.
     pub fn member_args(&self, name: &str) -> anyhow::Result<Vec<String>> {
         let member = self.issue(name, name)?;
-        let ca = self.ca().display().to_string();
-        let (cert, key) = (
-            member.cert.display().to_string(),
-            member.key.display().to_string(),
-        );
-        Ok([
-            "--cert-file",
-            &cert,
-            "--key-file",
-            &key,
-            "--trusted-ca-file",
-            &ca,
-            "--client-cert-auth",
-            "--peer-cert-file",
-            &cert,
-            "--peer-key-file",
-            &key,
-            "--peer-trusted-ca-file",
-            &ca,
-            "--peer-client-cert-auth",
-        ]
-        .iter()
-        .map(|s| (*s).to_string())
-        .collect())
+        Ok(tls::pki::mutual_tls_member_flags(
+            &member.cert,
+            &member.key,
+            &self.ca(),
+        ))
     }
 }

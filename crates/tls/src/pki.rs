@@ -219,3 +219,20 @@ pub fn write_pem(path: &Path, contents: &str, private: bool) -> Result<(), TlsEr
     std::fs::rename(&temporary, path).map_err(fail)?;
     Ok(())
 }
+
+/// The `concord serve` flags for a member that serves TLS on both ports with one certificate
+/// and requires a certificate from `ca` of every client and peer.
+#[must_use]
+pub fn mutual_tls_member_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
+    let (cert, key, ca) = (cert.display(), key.display(), ca.display());
+    vec![
+        format!("--cert-file={cert}"),
+        format!("--key-file={key}"),
+        format!("--trusted-ca-file={ca}"),
+        "--client-cert-auth".into(),
+        format!("--peer-cert-file={cert}"),
+        format!("--peer-key-file={key}"),
+        format!("--peer-trusted-ca-file={ca}"),
+        "--peer-client-cert-auth".into(),
+    ]
+}
