@@ -493,6 +493,7 @@ mod tests {
                 max_pending_proposals: 1_000,
                 seed: 1,
                 snapshot_dir: dir.to_path_buf(),
+                snapshot_keys: None,
                 clock: Clock::system(),
                 watch: node::WatchConfig::default(),
                 watch_progress_notify_interval: node::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,

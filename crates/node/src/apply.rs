@@ -311,8 +311,9 @@ impl<S: KvStore> ApplyLoop<S> {
     }
 
     fn restore(&self, path: &Path) -> Result<AppliedIndex, NodeError> {
+        let keys = self.shared.config.snapshot_keys.as_ref();
         let mut records =
-            RecordReader::open(path).map_err(|e| NodeError::Storage(e.to_string()))?;
+            RecordReader::open(path, keys).map_err(|e| NodeError::Storage(e.to_string()))?;
         let applied = self
             .store
             .restore(&mut records)

@@ -99,6 +99,8 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Where incoming snapshots are spooled before they are installed.
     pub snapshot_dir: std::path::PathBuf,
+    /// The keys spooled snapshots are sealed with (`--encryption-key-file`); plain if none.
+    pub snapshot_keys: Option<Arc<encryption::KeyRing>>,
     /// Where time comes from: the system clock, or a manual one in a simulation.
     pub clock: Clock,
     /// Limits of the watch hub.
@@ -977,7 +979,8 @@ impl Node {
         }
         let seq = self.shared.snapshots.next_seq();
         let name = format!("{}-{}-{}.part", shard.0, from.0, seq);
-        let spool = Spool::create(&self.shared.config.snapshot_dir, &name)?;
+        let config = &self.shared.config;
+        let spool = Spool::create(&config.snapshot_dir, &name, config.snapshot_keys.clone())?;
         Ok(SnapshotSink {
             shared: self.shared.clone(),
             shard,

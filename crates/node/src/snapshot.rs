@@ -20,6 +20,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use encryption::{FramedFile, FramedReader, KeyRing};
 use consensus::{RaftError, RaftStorageError, Snapshot, SnapshotMetadata, SnapshotSource};
 use parking_lot::Mutex;
 use storage::{KvSnapshot, LogStore, ShardId, StorageError, Table};
@@ -112,7 +113,7 @@ impl Iterator for ChunkIter {
 
 /// Reads the records of a spooled snapshot file back, for `mvcc::Store::restore`.
 pub(crate) struct RecordReader {
-    reader: BufReader<std::io::Take<File>>,
+    reader: BufReader<std::io::Take<Box<dyn Read + Send>>>,
     path: PathBuf,
     offset: u64,
     /// The file's length: no record length may point past it (a length from a peer is
@@ -126,8 +127,17 @@ pub(crate) struct RecordReader {
 pub(crate) const END_MARKER: u8 = 0xff;
 
 impl RecordReader {
-    pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        Self::open_prefix(path, None, false)
+    /// Reads a spooled snapshot, sealed with `keys` if given.
+    pub(crate) fn open(path: &Path, keys: Option<&Arc<KeyRing>>) -> Result<Self, StorageError> {
+        let Some(keys) = keys else {
+            return Self::open_prefix(path, None, false);
+        };
+        let file = FramedFile::open(path, keys.clone(), false).map_err(|e| {
+            StorageError::Corruption(format!("snapshot file {}: {e}", path.display()))
+        })?;
+        let len = file.len();
+        let source: Box<dyn Read + Send> = Box::new(FramedReader::new(Arc::new(file)));
+        Ok(Self::from_source(path, source, len, false))
     }
 
     /// Reads the records of the first `len` bytes of the file (all of it if `None`), up to
@@ -143,13 +153,17 @@ impl RecordReader {
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
         let len = len.map_or(file_len, |len| len.min(file_len));
-        Ok(Self {
-            reader: BufReader::new(file.take(len)),
+        Ok(Self::from_source(path, Box::new(file), len, end_marker))
+    }
+
+    fn from_source(path: &Path, source: Box<dyn Read + Send>, len: u64, end_marker: bool) -> Self {
+        Self {
+            reader: BufReader::new(source.take(len)),
             path: path.to_path_buf(),
             offset: 0,
             len,
             end_marker,
-        })
+        }
     }
 
     fn corrupt(&self, detail: &str) -> StorageError {
@@ -264,42 +278,74 @@ impl<L: LogStore> SnapshotSource for StateSnapshots<L> {
     }
 }
 
-/// Writes an incoming snapshot's chunks to a spool file.
-/// A snapshot being received. Dropped before [`Spool::complete`] (a failed stream), its
+/// A snapshot being received, written to a spool file (sealed with the member's keys if the
+/// data directory is encrypted). Dropped before [`Spool::complete`] (a failed stream), its
 /// file is removed.
 pub(crate) struct Spool {
-    file: Option<BufWriter<File>>,
+    file: Option<SpoolFile>,
     path: PathBuf,
 }
 
+enum SpoolFile {
+    Plain(BufWriter<File>),
+    /// Appended in frames of a buffer's worth.
+    Sealed(FramedFile, Vec<u8>),
+}
+
 impl Spool {
-    pub(crate) fn create(dir: &Path, name: &str) -> Result<Self, NodeError> {
+    pub(crate) fn create(
+        dir: &Path,
+        name: &str,
+        keys: Option<Arc<KeyRing>>,
+    ) -> Result<Self, NodeError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| NodeError::Storage(format!("create {}: {e}", dir.display())))?;
         let path = dir.join(name);
-        let file = File::create(&path)
-            .map_err(|e| NodeError::Storage(format!("create {}: {e}", path.display())))?;
+        let io = |e: std::io::Error| NodeError::Storage(format!("create {}: {e}", path.display()));
+        let file = match keys {
+            None => SpoolFile::Plain(BufWriter::new(File::create(&path).map_err(io)?)),
+            Some(keys) => SpoolFile::Sealed(
+                FramedFile::create(&path, keys).map_err(io)?,
+                Vec::with_capacity(encryption::framed::MAX_FRAME),
+            ),
+        };
         Ok(Self {
-            file: Some(BufWriter::new(file)),
+            file: Some(file),
             path,
         })
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), NodeError> {
-        self.file
-            .as_mut()
-            .expect("a spool is written until completed")
-            .write_all(data)
-            .map_err(|e| NodeError::Storage(format!("write {}: {e}", self.path.display())))
+        let written = match self.file.as_mut().expect("a spool is written until completed") {
+            SpoolFile::Plain(file) => file.write_all(data),
+            SpoolFile::Sealed(file, pending) => {
+                pending.extend_from_slice(data);
+                if pending.len() >= encryption::framed::MAX_FRAME {
+                    let appended = file.append(pending);
+                    pending.clear();
+                    appended
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        written.map_err(|e| NodeError::Storage(format!("write {}: {e}", self.path.display())))
     }
 
     /// Flushes and syncs the file and gives it its final name.
     pub(crate) fn complete(mut self) -> Result<PathBuf, NodeError> {
         let path = self.path.clone();
         let io = |e: std::io::Error| NodeError::Storage(format!("{}: {e}", path.display()));
-        let file = self.file.take().expect("a spool is completed once");
-        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
+        match self.file.take().expect("a spool is completed once") {
+            SpoolFile::Plain(file) => {
+                let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+                file.sync_all().map_err(io)?;
+            }
+            SpoolFile::Sealed(file, pending) => {
+                file.append(&pending).map_err(io)?;
+                file.sync().map_err(io)?;
+            }
+        }
         let done = self.path.with_extension("snap");
         std::fs::rename(&self.path, &done).map_err(io)?;
         Ok(done)
@@ -367,17 +413,25 @@ mod tests {
         assert!(chunks.len() > 3);
 
         let dir = std::env::temp_dir().join(format!("concord-snap-test-{}", std::process::id()));
-        let mut spool = Spool::create(&dir, "s.part").unwrap();
-        for chunk in &chunks {
-            spool.write(chunk).unwrap();
+        let sealed = Arc::new(KeyRing::from_keys(&[[5u8; 32]]));
+        for keys in [None, Some(sealed)] {
+            let mut spool = Spool::create(&dir, "s.part", keys.clone()).unwrap();
+            for chunk in &chunks {
+                spool.write(chunk).unwrap();
+            }
+            let path = spool.complete().unwrap();
+            if keys.is_some() {
+                // No value reaches the disk in the clear.
+                let raw = std::fs::read(&path).unwrap();
+                assert!(!raw.windows(64).any(|w| w == [7u8; 64]));
+            }
+            let records: Vec<_> = RecordReader::open(&path, keys.as_ref())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(records, expected);
         }
-        let path = spool.complete().unwrap();
-        let records: Vec<_> = RecordReader::open(&path)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(records, expected);
     }
 
     // Proves a record length from a peer is checked against the file before anything is
@@ -391,7 +445,7 @@ mod tests {
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         bytes.extend_from_slice(b"short");
         std::fs::write(&path, &bytes).unwrap();
-        let first = RecordReader::open(&path).unwrap().next().unwrap();
+        let first = RecordReader::open(&path, None).unwrap().next().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         match first {
             Err(StorageError::Corruption(detail)) => {
@@ -406,7 +460,7 @@ mod tests {
     #[test]
     fn abandoned_snapshot_files_are_removed() {
         let dir = std::env::temp_dir().join(format!("concord-snap-spool-{}", std::process::id()));
-        let mut spool = Spool::create(&dir, "1-2-3.part").unwrap();
+        let mut spool = Spool::create(&dir, "1-2-3.part", None).unwrap();
         spool.write(b"half a snapshot").unwrap();
         drop(spool);
         assert!(

@@ -219,6 +219,7 @@ impl TestCluster {
             max_pending_proposals: 10_000,
             seed: id * 7919,
             snapshot_dir: self.dir.join(id.to_string()),
+            snapshot_keys: None,
             clock: Clock::system(),
             watch: WatchConfig::default(),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,

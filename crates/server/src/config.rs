@@ -153,6 +153,12 @@ pub struct ServeArgs {
     /// fsyncs apart from the state machine's writes.
     #[arg(long, env = "CONCORD_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
+    /// Encrypts the Raft log, the state machine file and snapshots on disk with the keys in
+    /// this file (one key a line, 64 hex digits; the first seals new writes, the others only
+    /// open older data). Given when the data directory is created; every later start needs
+    /// it. `concord encryption-key` prints a new key.
+    #[arg(long, env = "CONCORD_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// Most concurrent HTTP/2 streams (requests and watch streams) per client connection.
     #[arg(long, env = "CONCORD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
@@ -292,6 +298,8 @@ pub struct Config {
     pub reconfig: api::cluster::ReconfigRules,
     /// The Raft log's directory.
     pub wal_dir: PathBuf,
+    /// The key file that seals the data on disk, if encrypted.
+    pub encryption_key_file: Option<PathBuf>,
     /// Most concurrent streams per client connection.
     pub max_concurrent_streams: u32,
     /// TLS on the client port's https listeners.
@@ -1106,6 +1114,7 @@ impl ServeArgs {
                 .wal_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("member").join("log")),
+            encryption_key_file: self.encryption_key_file.clone(),
             max_concurrent_streams: self.max_concurrent_streams.max(1),
             client_tls,
             peer_tls,

@@ -125,13 +125,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         joined.is_none() && me.member_id == config.member_id && me.cluster_id == config.cluster_id;
 
     let member_dir = config.data_dir.join("member");
+    let keys = match &config.encryption_key_file {
+        Some(path) => Some(Arc::new(
+            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
     let log = &config.wal_dir;
     let log = Arc::new(
-        RaftLogStore::open(log)
+        RaftLogStore::open_with(log, keys.clone())
             .with_context(|| format!("cannot open the raft log in {}", log.display()))?,
     );
     let state = member_dir.join("state.redb");
-    let kv = RedbKvStore::open(&state)
+    let kv = RedbKvStore::open_with(&state, keys.clone())
         .with_context(|| format!("cannot open the state machine {}", state.display()))?;
 
     let local = NodeId(me.member_id);
@@ -170,7 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Vec::new()
     };
     let node = Node::start(
-        node_config(&config, &me, initial_members),
+        node_config(&config, &me, initial_members, keys),
         log,
         kv,
         transport.clone(),
@@ -367,7 +373,12 @@ async fn publish(node: Node, name: String, client_urls: Vec<String>) {
 /// The node's settings, from the member's: etcd's tick model (one tick per heartbeat, the
 /// election timeout in ticks) and its request timeout (5 s plus two election timeouts).
 /// `me` gives the ids; `initial_members` starts a new cluster (empty: join one).
-fn node_config(config: &Config, me: &Identity, initial_members: Vec<Member>) -> NodeConfig {
+fn node_config(
+    config: &Config,
+    me: &Identity,
+    initial_members: Vec<Member>,
+    keys: Option<Arc<encryption::KeyRing>>,
+) -> NodeConfig {
     let heartbeat_ms = config.heartbeat.as_millis().max(1);
     let election_ticks =
         usize::try_from(config.election_timeout.as_millis() / heartbeat_ms).unwrap_or(usize::MAX);
@@ -384,6 +395,7 @@ fn node_config(config: &Config, me: &Identity, initial_members: Vec<Member>) -> 
         max_pending_proposals: MAX_PENDING_PROPOSALS,
         seed: seed(),
         snapshot_dir: config.data_dir.join("member").join("snap"),
+        snapshot_keys: keys,
         clock: node::Clock::system(),
         watch: node::WatchConfig::default(),
         watch_progress_notify_interval: config.watch_progress_notify_interval,

@@ -515,7 +515,7 @@ fn node_config_follows_etcd() {
         client_urls: Vec::new(),
         is_learner: false,
     }];
-    let node = node_config(&config, &me, bootstrap.clone());
+    let node = node_config(&config, &me, bootstrap.clone(), None);
     assert_eq!(node.tick_interval, Duration::from_millis(50));
     assert_eq!(node.election_ticks, 10);
     assert_eq!(node.heartbeat_ticks, 1);

@@ -290,6 +290,7 @@ impl Sim {
             max_pending_proposals: 10_000,
             seed: self.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             snapshot_dir: self.dir.join(id.to_string()),
+            snapshot_keys: None,
             clock: self.clock.clone(),
             watch: node::WatchConfig::default(),
             watch_progress_notify_interval: node::DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,

@@ -36,6 +36,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use encryption::KeyRing;
 use parking_lot::{Mutex, RwLock};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 use raft_proto::eraftpb::{ConfState, Entry, HardState};
@@ -50,6 +51,24 @@ const CONF_STATE_KEY: &[u8] = b"conf_state";
 const TRUNCATED_KEY: &[u8] = b"truncated";
 /// Log files are reclaimed once they exceed this total size and their entries are compacted.
 const PURGE_THRESHOLD: ReadableSize = ReadableSize::mb(256);
+
+mod sealed;
+
+/// raft-engine over plain files, or over sealed ones (`--encryption-key-file`).
+enum LogEngine {
+    Plain(Engine),
+    Sealed(Engine<sealed::SealedFileSystem>),
+}
+
+/// Runs `$body` with `$e` bound to the engine, whichever file system it has.
+macro_rules! with_engine {
+    ($engine:expr, $e:ident => $body:expr) => {
+        match $engine {
+            LogEngine::Plain($e) => $body,
+            LogEngine::Sealed($e) => $body,
+        }
+    };
+}
 
 struct RaftEntries;
 
@@ -147,9 +166,49 @@ fn is_unwritten_tail(dir: &Path, file: &Path, offset: u64) -> bool {
     start <= bytes.len() && bytes[start..].iter().all(|b| *b == 0)
 }
 
+/// Checks that the files of `path` (a file, or the files of a directory) are sealed if and
+/// only if `sealed`: a data directory is encrypted from its creation or not at all.
+fn check_sealing(path: &Path, sealed: bool) -> Result<()> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| StorageError::Io(format!("read {}: {e}", path.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "raftlog" || x == "rewrite")
+            })
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for file in files {
+        // Files too short to hold a header say nothing either way.
+        if std::fs::metadata(&file).map_or(0, |m| m.len()) < 16 {
+            continue;
+        }
+        let is_sealed = encryption::is_sealed(&file)
+            .map_err(|e| StorageError::Io(format!("read {}: {e}", file.display())))?;
+        if is_sealed && !sealed {
+            return Err(StorageError::Corruption(format!(
+                "{} is encrypted: start with the --encryption-key-file it was written with",
+                file.display()
+            )));
+        }
+        if !is_sealed && sealed {
+            return Err(StorageError::Corruption(format!(
+                "{} is not encrypted: --encryption-key-file applies to a new data directory \
+                 (restore a backup into a new one to encrypt existing data)",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The Raft log of every shard on a node, on raft-engine.
 pub struct RaftLogStore {
-    engine: Engine,
+    engine: LogEngine,
     dir: PathBuf,
     /// Serialises writers with the reads of a write's preconditions.
     write_lock: Mutex<()>,
@@ -162,27 +221,50 @@ impl RaftLogStore {
     /// `Corruption` naming the file and offset if a record fails its checksum; `Io` if the
     /// directory cannot be used.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens (or creates) the log in `dir`, sealed with `keys` if given.
+    ///
+    /// # Errors
+    /// As [`RaftLogStore::open`]; also `Corruption` if the directory's files are encrypted
+    /// and no keys (or other keys) are given, or plain and keys are.
+    pub fn open_with(dir: &Path, keys: Option<Arc<KeyRing>>) -> Result<Self> {
         install_engine_log();
+        check_sealing(dir, keys.is_some())?;
         let config = |recovery_mode| Config {
             dir: dir.to_string_lossy().into_owned(),
             recovery_mode,
             purge_threshold: PURGE_THRESHOLD,
+            // A recycled file is rewritten from its start; a sealed file is append-only.
+            enable_log_recycle: keys.is_none(),
             ..Config::default()
         };
+        let open_engine = |recovery_mode| match &keys {
+            None => Engine::open(config(recovery_mode)).map(LogEngine::Plain),
+            Some(keys) => Engine::open_with_file_system(
+                config(recovery_mode),
+                Arc::new(sealed::SealedFileSystem { keys: keys.clone() }),
+            )
+            .map(LogEngine::Sealed),
+        };
         *LAST_ENGINE_ERROR.lock() = None;
-        let engine = match Engine::open(config(RecoveryMode::AbsoluteConsistency)) {
+        let engine = match open_engine(RecoveryMode::AbsoluteConsistency) {
             Ok(engine) => engine,
             Err(raft_engine::Error::Corruption(detail)) => {
                 let logged = LAST_ENGINE_ERROR.lock().take();
                 match logged.and_then(|line| locate_corruption(dir, &line)) {
-                    Some((file, offset, _)) if is_unwritten_tail(dir, &file, offset) => {
+                    // (A sealed file drops an unfinished append itself, before the engine
+                    // reads it; its raw bytes are never zeros.)
+                    Some((file, offset, _))
+                        if keys.is_none() && is_unwritten_tail(dir, &file, offset) =>
+                    {
                         tracing::warn!(
                             file = %file.display(),
                             offset,
                             "discarding the unwritten tail of the raft log"
                         );
-                        Engine::open(config(RecoveryMode::TolerateTailCorruption))
-                            .map_err(engine_error)?
+                        open_engine(RecoveryMode::TolerateTailCorruption).map_err(engine_error)?
                     }
                     Some((file, offset, detail)) => {
                         return Err(StorageError::Corruption(format!(
@@ -197,6 +279,10 @@ impl RaftLogStore {
                         )))
                     }
                 }
+            }
+            Err(raft_engine::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // A sealed file that is not ours to open: the message names file and cause.
+                return Err(StorageError::Corruption(e.to_string()));
             }
             Err(e) => {
                 return Err(StorageError::Io(format!(
@@ -219,27 +305,25 @@ impl RaftLogStore {
     /// but an entry block's checksum only when the block is read.
     fn verify(&self) -> Result<()> {
         const CHUNK: u64 = 1024;
-        for region in self.engine.raft_groups() {
-            let (Some(first), Some(last)) = (
-                self.engine.first_index(region),
-                self.engine.last_index(region),
-            ) else {
+        for region in with_engine!(&self.engine, e => e.raft_groups()) {
+            let (Some(first), Some(last)) = with_engine!(&self.engine, e => (
+                e.first_index(region),
+                e.last_index(region),
+            )) else {
                 continue;
             };
             let mut low = first;
             while low <= last {
                 let high = (low + CHUNK).min(last + 1);
                 let mut entries = Vec::new();
-                if let Err(e) = self.engine.fetch_entries_to::<RaftEntries>(
-                    region,
-                    low,
-                    high,
-                    None,
-                    &mut entries,
-                ) {
-                    let index = (low..high)
-                        .find(|&i| self.engine.get_entry::<RaftEntries>(region, i).is_err())
-                        .unwrap_or(low);
+                let fetched = with_engine!(&self.engine, e => {
+                    e.fetch_entries_to::<RaftEntries>(region, low, high, None, &mut entries)
+                });
+                if let Err(e) = fetched {
+                    let unreadable = |i| {
+                        with_engine!(&self.engine, e => e.get_entry::<RaftEntries>(region, i).is_err())
+                    };
+                    let index = (low..high).find(|&i| unreadable(i)).unwrap_or(low);
                     return Err(StorageError::Corruption(
                         self.describe_bad_entry(region, index, &e),
                     ));
@@ -258,24 +342,31 @@ impl RaftLogStore {
     /// Append, seq: 1 }, offset: 4104, ...`. If that ever stops parsing, the message still
     /// names the directory and the entry.
     fn describe_bad_entry(&self, region: u64, index: u64, error: &raft_engine::Error) -> String {
-        let reader = raft_engine::internals::debug::LogItemReader::new_directory_reader(
-            Arc::new(raft_engine::env::DefaultFileSystem),
-            &self.dir,
-        );
+        use raft_engine::internals::debug::LogItemReader;
         let needle = format!(
             "EntryIndex {{ index: {index}, entries: Some(FileBlockHandle {{ id: FileId {{ queue: "
         );
         let mut location = None;
-        if let Ok(reader) = reader {
-            for item in reader.flatten() {
-                if item.raft_group_id != region {
-                    continue;
+        let mut visit = |group: u64, content: String| {
+            if group != region {
+                return;
+            }
+            if let Some(at) = content.find(&needle) {
+                // A later write of the same index replaces an earlier one.
+                location = parse_location(&content[at + needle.len()..]).or(location);
+            }
+        };
+        match &self.engine {
+            LogEngine::Plain(_) => {
+                let system = Arc::new(raft_engine::env::DefaultFileSystem);
+                if let Ok(reader) = LogItemReader::new_directory_reader(system, &self.dir) {
+                    for item in reader.flatten() {
+                        visit(item.raft_group_id, format!("{:?}", item.content));
+                    }
                 }
-                let text = format!("{:?}", item.content);
-                if let Some(at) = text.find(&needle) {
-                    // A later write of the same index replaces an earlier one.
-                    location = parse_location(&text[at + needle.len()..]).or(location);
-                }
+            }
+            LogEngine::Sealed(_) => {
+                // The entry's block failed to open: the error already names file and offset.
             }
         }
         match location {
@@ -301,8 +392,7 @@ impl RaftLogStore {
     }
 
     fn truncated(&self, shard: ShardId) -> (u64, u64) {
-        self.engine
-            .get(shard.0, TRUNCATED_KEY)
+        with_engine!(&self.engine, e => e.get(shard.0, TRUNCATED_KEY))
             .filter(|v| v.len() == 16)
             .map_or((0, 0), |v| {
                 let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
@@ -393,29 +483,26 @@ impl LogStore for RaftLogStore {
         if log_batch.is_empty() {
             return Ok(());
         }
-        self.engine
-            .write(&mut log_batch, sync)
-            .map_err(engine_error)?;
+        with_engine!(&self.engine, e => e.write(&mut log_batch, sync)).map_err(engine_error)?;
         Ok(())
     }
 
     fn shards(&self) -> Vec<ShardId> {
-        let mut ids: Vec<ShardId> = self.engine.raft_groups().into_iter().map(ShardId).collect();
+        let groups = with_engine!(&self.engine, e => e.raft_groups());
+        let mut ids: Vec<ShardId> = groups.into_iter().map(ShardId).collect();
         ids.sort();
         ids
     }
 
     fn state(&self, shard: ShardId) -> Result<ShardLogState> {
-        let hard_state = self
-            .engine
-            .get_message::<HardState>(shard.0, HARD_STATE_KEY)
-            .map_err(engine_error)?
-            .unwrap_or_default();
-        let conf_state = self
-            .engine
-            .get_message::<ConfState>(shard.0, CONF_STATE_KEY)
-            .map_err(engine_error)?
-            .unwrap_or_default();
+        let hard_state =
+            with_engine!(&self.engine, e => e.get_message::<HardState>(shard.0, HARD_STATE_KEY))
+                .map_err(engine_error)?
+                .unwrap_or_default();
+        let conf_state =
+            with_engine!(&self.engine, e => e.get_message::<ConfState>(shard.0, CONF_STATE_KEY))
+                .map_err(engine_error)?
+                .unwrap_or_default();
         let (truncated_index, truncated_term) = self.truncated(shard);
         Ok(ShardLogState {
             hard_state,
@@ -438,15 +525,17 @@ impl LogStore for RaftLogStore {
         }
         let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
         let max_size = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        self.engine
-            .fetch_entries_to::<RaftEntries>(shard.0, low, high, Some(max_size), &mut entries)
-            .map_err(engine_error)?;
+        with_engine!(&self.engine, e => {
+            e.fetch_entries_to::<RaftEntries>(shard.0, low, high, Some(max_size), &mut entries)
+        })
+        .map_err(engine_error)?;
         if entries.is_empty() {
             // raft-engine returns nothing when the first entry alone exceeds the limit; the
             // contract says at least one.
-            self.engine
-                .fetch_entries_to::<RaftEntries>(shard.0, low, low + 1, None, &mut entries)
-                .map_err(engine_error)?;
+            with_engine!(&self.engine, e => {
+                e.fetch_entries_to::<RaftEntries>(shard.0, low, low + 1, None, &mut entries)
+            })
+            .map_err(engine_error)?;
         }
         Ok(entries)
     }
@@ -462,9 +551,7 @@ impl LogStore for RaftLogStore {
         if index > self.last_index(shard) {
             return Err(StorageError::Unavailable);
         }
-        match self
-            .engine
-            .get_entry::<RaftEntries>(shard.0, index)
+        match with_engine!(&self.engine, e => e.get_entry::<RaftEntries>(shard.0, index))
             .map_err(engine_error)?
         {
             Some(entry) => Ok(entry.term),
@@ -478,13 +565,12 @@ impl LogStore for RaftLogStore {
 
     fn last_index(&self, shard: ShardId) -> u64 {
         let (truncated, _) = self.truncated(shard);
-        self.engine
-            .last_index(shard.0)
+        with_engine!(&self.engine, e => e.last_index(shard.0))
             .map_or(truncated, |last| last.max(truncated))
     }
 
     fn purge(&self) -> Result<()> {
-        self.engine.purge_expired_files().map_err(engine_error)?;
+        with_engine!(&self.engine, e => e.purge_expired_files()).map_err(engine_error)?;
         Ok(())
     }
 }
@@ -505,18 +591,59 @@ pub struct RedbKvStore {
     /// before that keep the old one (and its unlinked file) alive until they are dropped.
     db: RwLock<Arc<redb::Database>>,
     path: PathBuf,
+    /// The keys the file is sealed with, if encrypted.
+    keys: Option<Arc<KeyRing>>,
 }
 
 /// Entries copied per transaction while defragmenting: bounds the memory a rewrite holds.
 const DEFRAGMENT_BATCH: usize = 10_000;
 
-fn open_database(path: &Path) -> Result<redb::Database> {
-    redb::Database::create(path).map_err(|e| match e {
+fn open_database(path: &Path, keys: Option<&Arc<KeyRing>>) -> Result<redb::Database> {
+    check_sealing(path, keys.is_some())?;
+    let opened = match keys {
+        None => redb::Database::create(path),
+        Some(keys) => {
+            let file = encryption::PagedFile::open(path, keys.clone())
+                .map_err(|e| storage_io_error(path, &e))?;
+            redb::Database::builder().create_with_backend(sealed::SealedBackend(file))
+        }
+    };
+    opened.map_err(|e| match e {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
             StorageError::Corruption(format!("state file {}: {detail}", path.display()))
         }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => storage_io_error(path, &io),
         other => StorageError::Io(format!("open state file {}: {other}", path.display())),
     })
+}
+
+/// An IO error of the state file: a sealed block that fails to open is corruption (its
+/// message names the file and the cause).
+fn storage_io_error(path: &Path, e: &std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        StorageError::Corruption(e.to_string())
+    } else {
+        StorageError::Io(format!("state file {}: {e}", path.display()))
+    }
+}
+
+/// A write transaction; `durable` ones are durable when their commit returns.
+///
+/// Durable commits are two-phase (pages synced before the header that refers to them is
+/// written), so that after a crash no page a durable header refers to can be torn: a sealed
+/// file could not tell a torn page from an altered one. The state machine commits durably
+/// only every so many entries, so the extra sync is rare.
+fn begin_write(db: &redb::Database, durable: bool) -> Result<redb::WriteTransaction> {
+    let mut txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
+    let durability = if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    };
+    txn.set_durability(durability)
+        .map_err(|e| redb_error("durability", e))?;
+    txn.set_two_phase_commit(true);
+    Ok(txn)
 }
 
 /// Where a defragmentation writes the new file before it replaces the old one.
@@ -532,6 +659,15 @@ impl RedbKvStore {
     /// # Errors
     /// `Corruption` if the file is not a valid redb database, `Io` otherwise.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens (or creates) the database file at `path`, sealed with `keys` if given.
+    ///
+    /// # Errors
+    /// As [`RedbKvStore::open`]; also `Corruption` if the file is encrypted and no keys (or
+    /// other keys) are given, or plain and keys are.
+    pub fn open_with(path: &Path, keys: Option<Arc<KeyRing>>) -> Result<Self> {
         // A defragmentation that did not finish left its partial copy; the file at `path`
         // is whole (the copy replaces it only once complete and durable).
         let partial = defragment_path(path);
@@ -539,9 +675,9 @@ impl RedbKvStore {
             std::fs::remove_file(&partial)
                 .map_err(|e| StorageError::Io(format!("remove {}: {e}", partial.display())))?;
         }
-        let db = open_database(path)?;
+        let db = open_database(path, keys.as_ref())?;
         // Create every table up front so readers never meet a missing one.
-        let txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
+        let txn = begin_write(&db, true)?;
         for table in Table::ALL {
             txn.open_table(table_definition(table))
                 .map_err(|e| redb_error("open table", e))?;
@@ -550,6 +686,7 @@ impl RedbKvStore {
         Ok(Self {
             db: RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
+            keys,
         })
     }
 
@@ -558,8 +695,8 @@ impl RedbKvStore {
     }
 
     /// Copies every table of `from` into a new database at `to`, durably.
-    fn copy_to(from: &redb::Database, to: &Path) -> Result<redb::Database> {
-        let copy = open_database(to)?;
+    fn copy_to(&self, from: &redb::Database, to: &Path) -> Result<redb::Database> {
+        let copy = open_database(to, self.keys.as_ref())?;
         let source = from.begin_read().map_err(|e| redb_error("begin read", e))?;
         for table in Table::ALL {
             let source = source
@@ -568,7 +705,7 @@ impl RedbKvStore {
             let mut items = source.iter().map_err(|e| redb_error("scan", e))?.peekable();
             // An empty table is created all the same: readers never meet a missing one.
             loop {
-                let txn = copy.begin_write().map_err(|e| redb_error("begin", e))?;
+                let txn = begin_write(&copy, true)?;
                 {
                     let mut target = txn
                         .open_table(table_definition(table))
@@ -665,14 +802,7 @@ impl KvStore for RedbKvStore {
 
     fn write(&self, ops: Vec<WriteOp>, durable: bool) -> Result<()> {
         let db = self.db();
-        let mut txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
-        let durability = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability)
-            .map_err(|e| redb_error("durability", e))?;
+        let txn = begin_write(&db, durable)?;
         {
             let mut tables = open_write_tables(&txn)?;
             for op in &ops {
@@ -711,9 +841,7 @@ impl KvStore for RedbKvStore {
         entries: &mut dyn Iterator<Item = Result<(Table, Vec<u8>, Vec<u8>)>>,
     ) -> Result<()> {
         let db = self.db();
-        let mut txn = db.begin_write().map_err(|e| redb_error("begin", e))?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| redb_error("durability", e))?;
+        let txn = begin_write(&db, true)?;
         for table in Table::ALL {
             txn.delete_table(table_definition(table))
                 .map_err(|e| redb_error("clear", e))?;
@@ -743,7 +871,7 @@ impl KvStore for RedbKvStore {
     fn defragment(&self) -> Result<()> {
         let old = self.db();
         let partial = defragment_path(&self.path);
-        let copy = match Self::copy_to(&old, &partial) {
+        let copy = match self.copy_to(&old, &partial) {
             Ok(copy) => copy,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
