@@ -49,6 +49,8 @@ enum Commands {
     /// or tell what one holds.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Print a new random key for `--encryption-key-file` (one line, 64 hex digits).
+    EncryptionKey,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +165,10 @@ fn run() -> anyhow::Result<ExitCode> {
         Commands::Serve(args) => serve(&args, &warnings),
         Commands::Dev(args) => dev(&args),
         Commands::Bench(args) => bench(&args),
+        Commands::EncryptionKey => {
+            println!("{}", encryption::KeyRing::generate_line());
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Snapshot(SnapshotCommand::Restore(args)) => snapshot_restore(&args),
         Commands::Snapshot(SnapshotCommand::Status(args)) => snapshot_status(&args),
     }

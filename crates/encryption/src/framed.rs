@@ -73,6 +73,16 @@ fn aad(file_id: &[u8; 16], logical: u64, len: u32, key: KeyId) -> [u8; 32] {
 }
 
 impl FramedFile {
+    fn new(file: File, path: &Path, keys: Arc<KeyRing>) -> Self {
+        Self {
+            file,
+            path: path.to_path_buf(),
+            keys,
+            file_id: RwLock::new([0; 16]),
+            state: RwLock::new(State::default()),
+        }
+    }
+
     /// Creates an empty sealed file at `path`, replacing any file there.
     ///
     /// # Errors
@@ -84,13 +94,7 @@ impl FramedFile {
             .create(true)
             .truncate(true)
             .open(path)?;
-        let this = Self {
-            file,
-            path: path.to_path_buf(),
-            keys,
-            file_id: RwLock::new([0; 16]),
-            state: RwLock::new(State::default()),
-        };
+        let this = Self::new(file, path, keys);
         this.reset(&mut this.state.write())?;
         Ok(this)
     }
@@ -106,13 +110,7 @@ impl FramedFile {
             .write(writable)
             .open(path)?;
         let physical = file.metadata()?.len();
-        let this = Self {
-            file,
-            path: path.to_path_buf(),
-            keys,
-            file_id: RwLock::new([0; 16]),
-            state: RwLock::new(State::default()),
-        };
+        let this = Self::new(file, path, keys);
         if physical < HEADER {
             if !writable {
                 return Err(damaged(path, "shorter than its header"));
@@ -455,7 +453,9 @@ mod tests {
 
     fn contents(file: &Arc<FramedFile>) -> Vec<u8> {
         let mut all = Vec::new();
-        FramedReader::new(file.clone()).read_to_end(&mut all).unwrap();
+        FramedReader::new(file.clone())
+            .read_to_end(&mut all)
+            .unwrap();
         all
     }
 
@@ -501,10 +501,17 @@ mod tests {
         drop(file);
 
         raw.write_all_at(&[0xEE], HEADER + META as u64 + 2).unwrap();
-        let error = FramedFile::open(&path, ring(1), true).unwrap_err().to_string();
+        let error = FramedFile::open(&path, ring(1), true)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("fails authentication"), "{error}");
-        let error = FramedFile::open(&path, ring(9), true).unwrap_err().to_string();
-        assert!(error.contains("which the key file does not hold"), "{error}");
+        let error = FramedFile::open(&path, ring(9), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("which the key file does not hold"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -180,7 +180,11 @@ impl KeyRing {
             })?;
             let key = Key::new(&bytes);
             if keys.iter().any(|k| k.id == key.id) {
-                return Err(format!("line {}: key {} is listed twice", number + 1, key.id));
+                return Err(format!(
+                    "line {}: key {} is listed twice",
+                    number + 1,
+                    key.id
+                ));
             }
             if keys.len() == MAX_KEYS {
                 return Err(format!("more than {MAX_KEYS} keys"));

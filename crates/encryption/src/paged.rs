@@ -285,10 +285,7 @@ impl PagedFile {
         let key = self.keys.active();
         let (meta, data) = slot.split_at_mut(META);
         data.copy_from_slice(plain);
-        let (nonce, tag) = key.seal(
-            &aad(&self.file_id, block, key.id(), valid, sequence),
-            data,
-        );
+        let (nonce, tag) = key.seal(&aad(&self.file_id, block, key.id(), valid, sequence), data);
         meta[..24].copy_from_slice(&nonce);
         meta[24..28].copy_from_slice(&key.id().0.to_le_bytes());
         meta[28..32].copy_from_slice(&valid.to_le_bytes());
@@ -315,8 +312,7 @@ impl PagedFile {
             plain,
             &mut slot,
         );
-        self.file
-            .write_all_at(&slot, slot_offset(0, next.slot))?;
+        self.file.write_all_at(&slot, slot_offset(0, next.slot))?;
         state.block0 = next;
         Ok(())
     }
@@ -456,7 +452,11 @@ impl PagedFile {
             let mut block = state.blocks;
             while block < blocks {
                 let batch_end = (block + GROW_BATCH).min(blocks);
-                let slots = if block == 0 { batch_end + 1 } else { batch_end - block };
+                let slots = if block == 0 {
+                    batch_end + 1
+                } else {
+                    batch_end - block
+                };
                 let mut run = vec![0u8; SLOT * slots as usize];
                 let mut chunks = run.chunks_exact_mut(SLOT);
                 for b in block..batch_end {
@@ -471,8 +471,7 @@ impl PagedFile {
                         self.seal_into(b, valid, 0, &plain, slot);
                     }
                 }
-                self.file
-                    .write_all_at(&run, slot_offset(block, 0))?;
+                self.file.write_all_at(&run, slot_offset(block, 0))?;
                 if block == 0 {
                     state.block0 = Block0 {
                         slot: 0,
@@ -573,7 +572,10 @@ mod tests {
         file.write(0, &[7u8; 3 * BLOCK]).unwrap();
         drop(file);
         let error = PagedFile::open(&path, ring(2)).unwrap_err().to_string();
-        assert!(error.contains("which the key file does not hold"), "{error}");
+        assert!(
+            error.contains("which the key file does not hold"),
+            "{error}"
+        );
 
         // Flip one byte of block 1's sealed data: reading it fails, the others read.
         let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

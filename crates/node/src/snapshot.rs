@@ -20,8 +20,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use encryption::{FramedFile, FramedReader, KeyRing};
 use consensus::{RaftError, RaftStorageError, Snapshot, SnapshotMetadata, SnapshotSource};
+use encryption::{FramedFile, FramedReader, KeyRing};
 use parking_lot::Mutex;
 use storage::{KvSnapshot, LogStore, ShardId, StorageError, Table};
 
@@ -316,7 +316,11 @@ impl Spool {
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), NodeError> {
-        let written = match self.file.as_mut().expect("a spool is written until completed") {
+        let written = match self
+            .file
+            .as_mut()
+            .expect("a spool is written until completed")
+        {
             SpoolFile::Plain(file) => file.write_all(data),
             SpoolFile::Sealed(file, pending) => {
                 pending.extend_from_slice(data);

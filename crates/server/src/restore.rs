@@ -37,6 +37,11 @@ pub struct RestoreArgs {
     /// Restore a backup without its checksum (as from a copied data file).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Encrypt the new data directory at rest with the keys of this file (as `concord serve
+    /// --encryption-key-file`, which every start of the member then needs): the way to
+    /// encrypt the data of an existing cluster.
+    #[arg(long)]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// What [`restore`] made.
@@ -91,7 +96,13 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         token: config.token.clone(),
         version: identity::FORMAT_VERSION,
     };
-    let made = restore_into(&args.file, &data_dir, &expected, args.skip_hash_check);
+    let keys = match &args.encryption_key_file {
+        Some(path) => Some(std::sync::Arc::new(
+            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let made = restore_into(&args.file, &data_dir, &expected, args.skip_hash_check, keys);
     if made.is_err() {
         // Nothing half-made stays behind for `serve` to start from.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -110,12 +121,13 @@ fn restore_into(
     data_dir: &Path,
     expected: &Identity,
     skip_hash_check: bool,
+    keys: Option<std::sync::Arc<encryption::KeyRing>>,
 ) -> anyhow::Result<node::BackupStatus> {
     let found = identity::check(data_dir, expected, ClusterState::New)?;
     debug_assert_eq!(found, Claim::Unclaimed);
     identity::claim(data_dir, expected, &found)?;
     let state = data_dir.join("member").join("state.redb");
-    let kv = RedbKvStore::open(&state)
+    let kv = RedbKvStore::open_with(&state, keys)
         .with_context(|| format!("cannot create the state machine {}", state.display()))?;
     node::restore_backup(file, kv, skip_hash_check)
         .map_err(|e| anyhow::anyhow!("cannot restore {}: {e}", file.display()))

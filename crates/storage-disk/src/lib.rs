@@ -320,9 +320,7 @@ impl RaftLogStore {
                     e.fetch_entries_to::<RaftEntries>(region, low, high, None, &mut entries)
                 });
                 if let Err(e) = fetched {
-                    let unreadable = |i| {
-                        with_engine!(&self.engine, e => e.get_entry::<RaftEntries>(region, i).is_err())
-                    };
+                    let unreadable = |i| with_engine!(&self.engine, e => e.get_entry::<RaftEntries>(region, i).is_err());
                     let index = (low..high).find(|&i| unreadable(i)).unwrap_or(low);
                     return Err(StorageError::Corruption(
                         self.describe_bad_entry(region, index, &e),

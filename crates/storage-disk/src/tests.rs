@@ -238,9 +238,15 @@ fn encryption_mismatches_are_refused_at_open() {
         other => panic!("expected corruption, got {other:?}"),
     };
     let wrong = error(RedbKvStore::open_with(&state, keys(2)).map(drop));
-    assert!(wrong.contains("which the key file does not hold"), "{wrong}");
+    assert!(
+        wrong.contains("which the key file does not hold"),
+        "{wrong}"
+    );
     let wrong = error(RaftLogStore::open_with(&log_dir, keys(2)).map(drop));
-    assert!(wrong.contains("which the key file does not hold"), "{wrong}");
+    assert!(
+        wrong.contains("which the key file does not hold"),
+        "{wrong}"
+    );
     let missing = error(RedbKvStore::open(&state).map(drop));
     assert!(missing.contains("is encrypted"), "{missing}");
     let missing = error(RaftLogStore::open(&log_dir).map(drop));

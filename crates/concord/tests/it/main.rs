@@ -12,6 +12,7 @@ mod cli;
 mod corruption;
 mod diff;
 mod election;
+mod encryption;
 mod etcdctl;
 mod examples;
 mod failover;
