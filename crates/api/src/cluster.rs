@@ -58,6 +58,7 @@ const FORWARD_RETRY: Duration = Duration::from_millis(50);
 
 /// etcd's message for a request that only the leader can answer.
 const NOT_LEADER: &str = "etcdserver: not leader";
+const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 
 /// Makes a new member's id from its sorted canonical peer URLs.
 pub type NewMemberId = Arc<dyn Fn(&[String]) -> u64 + Send + Sync>;
@@ -117,6 +118,9 @@ impl ClusterService {
             MembershipChange::Remove(id) if self.is_member(id) => Some(id),
             _ => None,
         };
+        // Whether an earlier attempt of this call may have reached the leader and changed
+        // something without an answer getting back.
+        let mut unanswered_before = false;
         loop {
             let leader = self.node.leader();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -131,11 +135,14 @@ impl ClusterService {
             };
             // A member that applies its own removal stops at once, so a leader that removed
             // itself may answer "server stopped", or nothing: the removal is known done when
-            // this member applies it too. (So is an earlier attempt's, answered "not found"
-            // on the retry.)
-            // ("Not leader" is definite: that member changed nothing.)
+            // this member applies it too. So is an earlier unanswered attempt's, answered
+            // "not found" on the retry. "Not leader" is definite (that member changed
+            // nothing), and so is "not found" to a first attempt: the member was removed
+            // before this call, by a change this member has not applied yet.
             if let (Some(id), Some(Err(status))) = (removing, &answer) {
-                if status.message() != NOT_LEADER {
+                let refused = status.message() == NOT_LEADER
+                    || (status.message() == MEMBER_NOT_FOUND && !unanswered_before);
+                if !refused {
                     if let Some(members) = self.wait_removed(id).await {
                         return Ok(members);
                     }
@@ -152,6 +159,7 @@ impl ClusterService {
                     return Err(status)
                 }
                 Some(Err(status)) => {
+                    unanswered_before = true;
                     tracing::debug!(leader_id = leader, error = %status, "membership change at the leader failed");
                 }
                 None => {}
