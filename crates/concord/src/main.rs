@@ -69,6 +69,9 @@ struct SnapshotStatusArgs {
     /// Output format: table, simple or json.
     #[arg(short = 'w', long = "write-out", default_value = "simple")]
     write_out: String,
+    /// The key file of the member the backup was taken from, if it encrypts at rest.
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
 }
 
 /// `concord dev` flags.
@@ -191,7 +194,13 @@ fn snapshot_restore(args: &server::RestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// `concord snapshot status`: etcdctl's columns (hash, revision, total keys, total size).
 fn snapshot_status(args: &SnapshotStatusArgs) -> anyhow::Result<ExitCode> {
-    let status = server::backup_status(&args.file)
+    let keys = match &args.encryption_key_file {
+        Some(path) => Some(std::sync::Arc::new(
+            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let status = server::backup_status(&args.file, keys.as_ref())
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
     match args.write_out.as_str() {
         "json" => println!(

@@ -72,6 +72,119 @@ fn aad(file_id: &[u8; 16], logical: u64, len: u32, key: KeyId) -> [u8; 32] {
     aad
 }
 
+/// A new file id and the header that carries it.
+fn new_header() -> io::Result<([u8; 16], [u8; HEADER as usize])> {
+    let mut file_id = [0u8; 16];
+    getrandom::getrandom(&mut file_id).map_err(io::Error::other)?;
+    let mut header = [0u8; HEADER as usize];
+    header[..16].copy_from_slice(MAGIC);
+    header[16..32].copy_from_slice(&file_id);
+    Ok((file_id, header))
+}
+
+/// Seals `data` as frames following `logical` plaintext bytes (and `physical` file bytes) of
+/// the file `file_id`, appending them to `out`; returns where each frame is.
+fn seal_frames(
+    key: &crate::keys::Key,
+    file_id: &[u8; 16],
+    mut logical: u64,
+    mut physical: u64,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(data.len().div_ceil(MAX_FRAME));
+    for chunk in data.chunks(MAX_FRAME) {
+        let len = u32::try_from(chunk.len()).expect("a frame is at most MAX_FRAME");
+        let at = out.len();
+        out.resize(at + META, 0);
+        out.extend_from_slice(chunk);
+        let (meta, sealed) = out[at..].split_at_mut(META);
+        let (nonce, tag) = key.seal(&aad(file_id, logical, len, key.id()), sealed);
+        meta[..4].copy_from_slice(&len.to_le_bytes());
+        meta[4..8].copy_from_slice(&key.id().0.to_le_bytes());
+        meta[8..32].copy_from_slice(&nonce);
+        meta[32..48].copy_from_slice(&tag);
+        frames.push(Frame {
+            logical,
+            physical,
+            len,
+        });
+        logical += u64::from(len);
+        physical += (META + chunk.len()) as u64;
+    }
+    frames
+}
+
+/// Seals a stream into the framed format without a file (backups sent to clients): the
+/// header, then the frames of each piece given.
+pub struct StreamSealer {
+    keys: Arc<KeyRing>,
+    file_id: [u8; 16],
+    header: Option<[u8; HEADER as usize]>,
+    logical: u64,
+    physical: u64,
+}
+
+impl StreamSealer {
+    /// A stream sealed with `keys`' first key.
+    ///
+    /// # Errors
+    /// The operating system's random source fails.
+    pub fn new(keys: Arc<KeyRing>) -> io::Result<Self> {
+        let (file_id, header) = new_header()?;
+        Ok(Self {
+            keys,
+            file_id,
+            header: Some(header),
+            logical: 0,
+            physical: 0,
+        })
+    }
+
+    /// The sealed bytes that carry `data` (the header first, on the first call).
+    pub fn seal(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + HEADER as usize + 2 * META);
+        if let Some(header) = self.header.take() {
+            out.extend_from_slice(&header);
+            self.physical = HEADER;
+        }
+        let frames = seal_frames(
+            self.keys.active(),
+            &self.file_id,
+            self.logical,
+            self.physical,
+            data,
+            &mut out,
+        );
+        if let Some(last) = frames.last() {
+            self.logical = last.logical + u64::from(last.len);
+            self.physical = last.physical + (META as u64) + u64::from(last.len);
+        }
+        out
+    }
+
+    /// Seals `tail` followed by as many zero bytes as make the stream's length a multiple
+    /// of `align` (at most a frame's worth).
+    ///
+    /// # Panics
+    /// If `align` is zero or more than a frame can hold.
+    pub fn seal_aligned(&mut self, tail: &[u8], align: u64) -> Vec<u8> {
+        assert!(align > 0 && align as usize <= MAX_FRAME / 2 && tail.len() <= MAX_FRAME / 2);
+        let start = if self.header.is_some() {
+            HEADER
+        } else {
+            self.physical
+        };
+        let unpadded = start + META as u64 + tail.len() as u64;
+        let mut plain = tail.to_vec();
+        plain.resize(
+            tail.len() + ((align - unpadded % align) % align) as usize,
+            0,
+        );
+        self.seal(&plain)
+    }
+}
+
 impl FramedFile {
     fn new(file: File, path: &Path, keys: Arc<KeyRing>) -> Self {
         Self {
@@ -105,11 +218,37 @@ impl FramedFile {
     /// The file cannot be opened or read; it is not a sealed framed file; a frame is sealed
     /// with a key `keys` lacks; a whole frame fails to open.
     pub fn open(path: &Path, keys: Arc<KeyRing>, writable: bool) -> io::Result<Self> {
+        Self::open_limited(path, keys, writable, None)
+    }
+
+    /// Opens, read-only, the sealed stream that fills the first `len` bytes of the file at
+    /// `path` (a backup: a checksum follows it).
+    ///
+    /// # Errors
+    /// As [`FramedFile::open`]; also if the frames do not end exactly at `len`.
+    pub fn open_prefix(path: &Path, keys: Arc<KeyRing>, len: u64) -> io::Result<Self> {
+        let this = Self::open_limited(path, keys, false, Some(len))?;
+        if this.state.read().physical != len {
+            return Err(damaged(
+                path,
+                format!("its frames do not end at byte {len}"),
+            ));
+        }
+        Ok(this)
+    }
+
+    fn open_limited(
+        path: &Path,
+        keys: Arc<KeyRing>,
+        writable: bool,
+        limit: Option<u64>,
+    ) -> io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)?;
-        let physical = file.metadata()?.len();
+        let on_disk = file.metadata()?.len();
+        let physical = limit.map_or(on_disk, |limit| limit.min(on_disk));
         let this = Self::new(file, path, keys);
         if physical < HEADER {
             if !writable {
@@ -209,11 +348,7 @@ impl FramedFile {
 
     /// Empties the file under a new file id (so no frame of its past can be replayed).
     fn reset(&self, state: &mut State) -> io::Result<()> {
-        let mut file_id = [0u8; 16];
-        getrandom::getrandom(&mut file_id).map_err(io::Error::other)?;
-        let mut header = [0u8; HEADER as usize];
-        header[..16].copy_from_slice(MAGIC);
-        header[16..32].copy_from_slice(&file_id);
+        let (file_id, header) = new_header()?;
         self.file.set_len(0)?;
         self.file.write_all_at(&header, 0)?;
         *self.file_id.write() = file_id;
@@ -245,35 +380,20 @@ impl FramedFile {
         }
         let mut state = self.state.write();
         let file_id = *self.file_id.read();
-        let key = self.keys.active();
-        let frames = data.len().div_ceil(MAX_FRAME);
-        let mut out = Vec::with_capacity(data.len() + frames * META);
-        let mut new_frames = Vec::with_capacity(frames);
-        let mut logical = state.len;
-        let mut physical = state.physical;
-        for chunk in data.chunks(MAX_FRAME) {
-            let len = u32::try_from(chunk.len()).expect("a frame is at most MAX_FRAME");
-            let at = out.len();
-            out.resize(at + META, 0);
-            out.extend_from_slice(chunk);
-            let (meta, sealed) = out[at..].split_at_mut(META);
-            let (nonce, tag) = key.seal(&aad(&file_id, logical, len, key.id()), sealed);
-            meta[..4].copy_from_slice(&len.to_le_bytes());
-            meta[4..8].copy_from_slice(&key.id().0.to_le_bytes());
-            meta[8..32].copy_from_slice(&nonce);
-            meta[32..48].copy_from_slice(&tag);
-            new_frames.push(Frame {
-                logical,
-                physical,
-                len,
-            });
-            logical += u64::from(len);
-            physical += (META + chunk.len()) as u64;
-        }
+        let mut out = Vec::with_capacity(data.len() + data.len().div_ceil(MAX_FRAME) * META);
+        let frames = seal_frames(
+            self.keys.active(),
+            &file_id,
+            state.len,
+            state.physical,
+            data,
+            &mut out,
+        );
         self.file.write_all_at(&out, state.physical)?;
-        state.frames.extend(new_frames);
-        state.len = logical;
-        state.physical = physical;
+        let last = *frames.last().expect("data is not empty");
+        state.frames.extend(frames);
+        state.len = last.logical + u64::from(last.len);
+        state.physical = last.physical + (META as u64) + u64::from(last.len);
         Ok(())
     }
 
@@ -512,6 +632,28 @@ mod tests {
             error.contains("which the key file does not hold"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_sealed_stream_reads_back_as_a_file_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup");
+        let mut sealer = StreamSealer::new(ring(1)).unwrap();
+        let big = vec![3u8; MAX_FRAME + 100];
+        let mut bytes = sealer.seal(b"records ");
+        bytes.extend(sealer.seal(&big));
+        bytes.extend(sealer.seal_aligned(b"end", 512));
+        assert_eq!(bytes.len() % 512, 0);
+        let prefix = bytes.len() as u64;
+        bytes.extend_from_slice(&[0xCC; 32]);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = Arc::new(FramedFile::open_prefix(&path, ring(1), prefix).unwrap());
+        let all = contents(&file);
+        assert!(all.starts_with(b"records "));
+        assert_eq!(&all[8..8 + big.len()], &big[..]);
+        assert!(all[8 + big.len()..].starts_with(b"end"));
+        assert!(all[8 + big.len() + 3..].iter().all(|b| *b == 0));
+        assert!(FramedFile::open_prefix(&path, ring(1), prefix - 1).is_err());
     }
 
     #[test]

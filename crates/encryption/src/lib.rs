@@ -16,6 +16,6 @@ pub mod framed;
 pub mod keys;
 pub mod paged;
 
-pub use framed::{FramedFile, FramedReader};
+pub use framed::{FramedFile, FramedReader, StreamSealer};
 pub use keys::{Key, KeyId, KeyRing};
 pub use paged::{is_sealed, PagedFile};

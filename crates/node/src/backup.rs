@@ -8,6 +8,11 @@
 //! backup = [records...][0xff][zeros][sha256: 32 bytes]
 //! ```
 //!
+//! A member with encryption at rest (`--encryption-key-file`) seals its backups: the records
+//! and end marker travel as the frames of a sealed stream (`encryption::StreamSealer`), the
+//! last frame padded inside so that the stream ends on a 512-byte boundary; the SHA-256 of
+//! the sealed bytes follows. Restoring one needs a key file holding the key it names.
+//!
 //! The padding is there for etcd's tools: `etcdctl snapshot save` keeps a file only if its
 //! size is 32 bytes past a multiple of 512 (etcd's data file is made of pages), which is
 //! how it tells that the checksum is there.
@@ -19,6 +24,9 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
+
+use encryption::{KeyRing, StreamSealer};
 
 use mvcc::{Revision, Store};
 use sha2::{Digest, Sha256};
@@ -33,12 +41,17 @@ pub const BACKUP_CHECKSUM_BYTES: u64 = 32;
 /// The records and padding of a backup are a multiple of this.
 const BACKUP_ALIGN: usize = 512;
 
-/// The chunks of a backup of `state`, checksum last.
+/// The chunks of a backup of `state`, sealed with `keys` if given, checksum last.
 pub(crate) fn chunks(
     state: &dyn StateReader,
+    keys: Option<Arc<KeyRing>>,
 ) -> Result<impl Iterator<Item = Result<Vec<u8>, NodeError>> + Send, NodeError> {
     let (view, _) = state.snapshot_view()?;
     let mut records = ChunkIter::new(view);
+    let mut sealer = keys
+        .map(StreamSealer::new)
+        .transpose()
+        .map_err(|e| NodeError::Storage(format!("seal the backup: {e}")))?;
     let mut hasher = Some(Sha256::new());
     let mut written = 0usize;
     let mut padded = false;
@@ -46,6 +59,10 @@ pub(crate) fn chunks(
         let hasher_now = hasher.as_mut()?;
         match records.next() {
             Some(Ok(chunk)) => {
+                let chunk = match sealer.as_mut() {
+                    Some(sealer) => sealer.seal(&chunk),
+                    None => chunk,
+                };
                 hasher_now.update(&chunk);
                 written += chunk.len();
                 Some(Ok(chunk))
@@ -56,9 +73,15 @@ pub(crate) fn chunks(
             }
             None if !padded => {
                 padded = true;
-                let mut end = vec![END_MARKER];
-                let total = written + 1;
-                end.resize(1 + (BACKUP_ALIGN - total % BACKUP_ALIGN) % BACKUP_ALIGN, 0);
+                let end = match sealer.as_mut() {
+                    Some(sealer) => sealer.seal_aligned(&[END_MARKER], BACKUP_ALIGN as u64),
+                    None => {
+                        let mut end = vec![END_MARKER];
+                        let total = written + 1;
+                        end.resize(1 + (BACKUP_ALIGN - total % BACKUP_ALIGN) % BACKUP_ALIGN, 0);
+                        end
+                    }
+                };
                 hasher_now.update(&end);
                 Some(Ok(end))
             }
@@ -136,32 +159,57 @@ pub fn restore_backup<S: KvStore>(
     path: &Path,
     kv: S,
     skip_hash_check: bool,
+    keys: Option<&Arc<KeyRing>>,
 ) -> Result<BackupStatus, NodeError> {
     let records_len = if skip_hash_check {
         records_len(path)?
     } else {
         verify_backup(path)?
     };
-    let status = backup_status_of(path, records_len)?;
+    let status = backup_status_of(path, records_len, keys)?;
     let store = Store::open(kv)?;
-    let mut records = RecordReader::open_prefix(path, Some(records_len), true)
-        .map_err(|e| NodeError::Storage(e.to_string()))?;
+    let mut records = backup_records(path, records_len, keys)?;
     store.restore(&mut records)?;
     store.reset_for_new_cluster()?;
     Ok(status)
 }
 
-/// What the backup at `path` holds (its checksum is not checked).
+/// What the backup at `path` holds (its checksum is not checked); an encrypted one is read
+/// with `keys`.
 ///
 /// # Errors
-/// `Storage` if the file cannot be read or a record is malformed.
-pub fn backup_status(path: &Path) -> Result<BackupStatus, NodeError> {
-    backup_status_of(path, records_len(path)?)
+/// `Storage` if the file cannot be read or a record is malformed, or it is encrypted and
+/// `keys` lacks its key.
+pub fn backup_status(path: &Path, keys: Option<&Arc<KeyRing>>) -> Result<BackupStatus, NodeError> {
+    backup_status_of(path, records_len(path)?, keys)
 }
 
-fn backup_status_of(path: &Path, records_len: u64) -> Result<BackupStatus, NodeError> {
-    let records = RecordReader::open_prefix(path, Some(records_len), true)
-        .map_err(|e| NodeError::Storage(e.to_string()))?;
+/// The records of the backup at `path`, whose first `records_len` bytes hold them.
+fn backup_records(
+    path: &Path,
+    records_len: u64,
+    keys: Option<&Arc<KeyRing>>,
+) -> Result<RecordReader, NodeError> {
+    let sealed = encryption::is_sealed(path).map_err(|e| io_error(path, e))?;
+    let records = match (sealed, keys) {
+        (false, _) => RecordReader::open_prefix(path, Some(records_len), true),
+        (true, Some(keys)) => RecordReader::open_sealed_backup(path, keys, records_len),
+        (true, None) => {
+            return Err(NodeError::Storage(format!(
+                "{} is an encrypted backup: give the --encryption-key-file holding its key",
+                path.display()
+            )))
+        }
+    };
+    records.map_err(|e| NodeError::Storage(e.to_string()))
+}
+
+fn backup_status_of(
+    path: &Path,
+    records_len: u64,
+    keys: Option<&Arc<KeyRing>>,
+) -> Result<BackupStatus, NodeError> {
+    let records = backup_records(path, records_len, keys)?;
     let mut status = BackupStatus {
         hash: 0,
         revision: 0,

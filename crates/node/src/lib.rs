@@ -708,7 +708,10 @@ impl Node {
     pub fn backup(
         &self,
     ) -> Result<impl Iterator<Item = Result<Vec<u8>, NodeError>> + Send, NodeError> {
-        backup::chunks(self.shared.state.as_ref())
+        backup::chunks(
+            self.shared.state.as_ref(),
+            self.shared.config.snapshot_keys.clone(),
+        )
     }
 
     /// The cluster's members as of this member's applied index, in id order.

@@ -127,6 +127,20 @@ pub(crate) struct RecordReader {
 pub(crate) const END_MARKER: u8 = 0xff;
 
 impl RecordReader {
+    /// Reads the records of an encrypted backup, whose sealed stream fills its first
+    /// `len` bytes, up to the end marker.
+    pub(crate) fn open_sealed_backup(
+        path: &Path,
+        keys: &Arc<KeyRing>,
+        len: u64,
+    ) -> Result<Self, StorageError> {
+        let file = FramedFile::open_prefix(path, keys.clone(), len)
+            .map_err(|e| StorageError::Corruption(format!("backup {}: {e}", path.display())))?;
+        let plain_len = file.len();
+        let source: Box<dyn Read + Send> = Box::new(FramedReader::new(Arc::new(file)));
+        Ok(Self::from_source(path, source, plain_len, true))
+    }
+
     /// Reads a spooled snapshot, sealed with `keys` if given.
     pub(crate) fn open(path: &Path, keys: Option<&Arc<KeyRing>>) -> Result<Self, StorageError> {
         let Some(keys) = keys else {

@@ -1160,7 +1160,7 @@ async fn a_backup_restores_into_a_new_cluster() {
     // etcdctl keeps a saved file only if its checksum follows 512-byte pages.
     assert_eq!(file.len() % 512, 32);
 
-    let status = backup_status(&path).unwrap();
+    let status = backup_status(&path, None).unwrap();
     assert_eq!(status.revision, revision);
     assert_eq!(status.total_size, file.len() as u64);
 
@@ -1168,11 +1168,11 @@ async fn a_backup_restores_into_a_new_cluster() {
     flipped[file.len() / 2] ^= 1;
     let bad = cluster.dir.join("flipped.db");
     std::fs::write(&bad, &flipped).unwrap();
-    let refused = restore_backup(&bad, FaultyKvStore::new(), false).unwrap_err();
+    let refused = restore_backup(&bad, FaultyKvStore::new(), false, None).unwrap_err();
     assert!(refused.to_string().contains("expected sha256"), "{refused}");
 
     let disks = Disks::new();
-    let restored = restore_backup(&path, disks.kv.clone(), false).unwrap();
+    let restored = restore_backup(&path, disks.kv.clone(), false, None).unwrap();
     assert_eq!(restored, status);
     let mut config = cluster.config(1);
     config.node_id = NodeId(9);

@@ -127,8 +127,8 @@ fn restore_into(
     debug_assert_eq!(found, Claim::Unclaimed);
     identity::claim(data_dir, expected, &found)?;
     let state = data_dir.join("member").join("state.redb");
-    let kv = RedbKvStore::open_with(&state, keys)
+    let kv = RedbKvStore::open_with(&state, keys.clone())
         .with_context(|| format!("cannot create the state machine {}", state.display()))?;
-    node::restore_backup(file, kv, skip_hash_check)
+    node::restore_backup(file, kv, skip_hash_check, keys.as_ref())
         .map_err(|e| anyhow::anyhow!("cannot restore {}: {e}", file.display()))
 }
