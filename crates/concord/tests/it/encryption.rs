@@ -25,6 +25,15 @@ fn new_key_file(byte: &str) -> (tempfile::TempDir, PathBuf, String) {
     (dir, file, flag)
 }
 
+/// Restarts member `i` and checks that it exits with an error whose log says `why`.
+fn assert_refuses_to_start(cluster: &mut Cluster, i: usize, why: &str) {
+    cluster.restart(i).unwrap();
+    let status = cluster.wait_exit(i, Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "member {i} started; expected: {why}");
+    let log = cluster.current_log(i);
+    assert!(log.contains(why), "member {i} did not say {why:?}: {log}");
+}
+
 /// Every file under `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -110,14 +119,7 @@ async fn encrypted_cluster_keeps_no_plaintext_on_disk_and_survives_kill_9() {
     assert!(checked >= 6, "only {checked} files in the data directories");
 
     write_key_file(&key_file, &"a5".repeat(32));
-    cluster.restart(0).unwrap();
-    let status = cluster.wait_exit(0, Duration::from_secs(30)).unwrap();
-    assert!(!status.success());
-    let log = cluster.current_log(0);
-    assert!(
-        log.contains("which the key file does not hold"),
-        "the wrong key is not named: {log}"
-    );
+    assert_refuses_to_start(&mut cluster, 0, "which the key file does not hold");
 }
 
 // Proves backups of an encrypted member are encrypted too: `etcdctl snapshot save` keeps the
@@ -212,4 +214,95 @@ async fn encrypted_members_save_encrypted_backups_that_restore_with_the_key() {
         .unwrap();
     }
     assert_eq!(found, 500, "restored values");
+}
+
+/// Puts `count` keys `<prefix>/<n>` through member 0.
+async fn put_keys(cluster: &Cluster, prefix: &str, count: usize) {
+    use proto::etcdserverpb::PutRequest;
+    let mut kv = cluster.kv(0);
+    for i in 0..count {
+        let put = PutRequest {
+            key: format!("{prefix}/{i:04}").into_bytes(),
+            value: format!("value {i}").into_bytes(),
+            ..Default::default()
+        };
+        kv.put(put).await.unwrap();
+    }
+}
+
+// Proves key rotation: after the key file gains a new first key, a member restarts, reads
+// what the old key sealed and writes on under the new key; the old key alone then no longer
+// opens the data (the new writes need the new key), and the start fails naming a key id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_seals_new_writes_and_old_data_stays_readable() {
+    let (old, new) = ("11".repeat(32), "22".repeat(32));
+    let (_keys, key_file, key_flag) = new_key_file("11");
+    let mut cluster = Cluster::start(binary(), 1, &["--encryption-key-file", &key_flag]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    put_keys(&cluster, "before", 100).await;
+    cluster.stop(0);
+
+    write_key_file(&key_file, &format!("{new}\n{old}"));
+    cluster.restart(0).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    assert_eq!(
+        read_prefix(&cluster, 0, "before/").await.unwrap().len(),
+        100
+    );
+    put_keys(&cluster, "after", 100).await;
+    cluster.stop(0);
+
+    write_key_file(&key_file, &old);
+    // The old key alone does not open what the new one sealed.
+    assert_refuses_to_start(&mut cluster, 0, "which the key file does not hold");
+
+    write_key_file(&key_file, &format!("{new}\n{old}"));
+    cluster.restart(0).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    assert_eq!(read_prefix(&cluster, 0, "after/").await.unwrap().len(), 100);
+}
+
+// Proves a member whose encrypted files were altered on disk stops rather than serve: with
+// one byte changed in every sealed block of its state file, or in a frame of its log, it
+// refuses to start and says the file fails authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_encrypted_files_stop_the_member() {
+    use std::os::unix::fs::FileExt as _;
+    let (_keys, _key_file, key_flag) = new_key_file("77");
+    let mut cluster = Cluster::start(binary(), 1, &["--encryption-key-file", &key_flag]).unwrap();
+    cluster.wait_for_leader(ELECTION_DEADLINE).await.unwrap();
+    put_keys(&cluster, "altered", 200).await;
+    cluster.stop(0);
+    let member = cluster.data_dir(0).join("member");
+
+    // The state file: past its header and block 0's two slots, a byte in each block.
+    let state = member.join("state.redb");
+    let original = std::fs::read(&state).unwrap();
+    const HEADER: usize = 64;
+    const SLOT: usize = 56 + 4096;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap();
+    let mut at = HEADER + 2 * SLOT + 100;
+    while at < original.len() {
+        file.write_all_at(&[original[at] ^ 0x01], at as u64)
+            .unwrap();
+        at += SLOT;
+    }
+    assert_refuses_to_start(&mut cluster, 0, "fails authentication");
+    std::fs::write(&state, &original).unwrap();
+
+    // The log: one byte inside the first frame of the first log file.
+    let mut logs: Vec<PathBuf> = files_under(&member.join("log"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+        .collect();
+    logs.sort();
+    let first = &logs[0];
+    let bytes = std::fs::read(first).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(first).unwrap();
+    file.write_all_at(&[bytes[64 + 48 + 3] ^ 0x01], 64 + 48 + 3)
+        .unwrap();
+    assert_refuses_to_start(&mut cluster, 0, "fails authentication");
 }
