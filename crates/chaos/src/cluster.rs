@@ -38,10 +38,10 @@ impl Members {
         binary: &Path,
         network: &Network,
         dir: &Path,
-        pki: Option<&crate::security::RunPki>,
+        scheme: &str,
+        extra_flags: &[String],
     ) -> anyhow::Result<Members> {
         let hosts = network.hosts();
-        let scheme = if pki.is_some() { "https" } else { "http" };
         let initial: Vec<String> = hosts
             .iter()
             .enumerate()
@@ -81,10 +81,7 @@ impl Members {
                 ]
                 .iter()
                 .map(ToString::to_string)
-                .chain(
-                    pki.map(crate::security::RunPki::member_flags)
-                        .unwrap_or_default(),
-                )
+                .chain(extra_flags.iter().cloned())
                 .collect()
             })
             .collect();

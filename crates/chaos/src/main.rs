@@ -48,6 +48,9 @@ struct Args {
     /// makes its own CA).
     #[arg(long)]
     tls: bool,
+    /// Members encrypt their data at rest (the run makes its own key file).
+    #[arg(long)]
+    encrypted: bool,
     /// Keep running random scenarios (mixed faults, new seeds) for this many seconds.
     #[arg(long)]
     soak: Option<u64>,
@@ -126,6 +129,7 @@ async fn chaos_main(args: Args) -> anyhow::Result<()> {
             binary: args.concord.clone().unwrap_or_else(default_binary),
             out: base.join(format!("{}-seed-{seed}-{}", args.workload, kind.name())),
             tls: args.tls,
+            encrypted: args.encrypted,
         };
         println!("running: {}", scenario.repro_command());
         let report = run(&scenario).await?;

@@ -74,6 +74,9 @@ pub struct Scenario {
     /// Whether members serve clients and peers over TLS, with client certificates required
     /// on both ports (the run makes its own CA in `<out>/pki`).
     pub tls: bool,
+    /// Whether members encrypt their data at rest (the run makes its key file,
+    /// `<out>/at-rest.key`).
+    pub encrypted: bool,
 }
 
 impl Scenario {
@@ -93,6 +96,9 @@ impl Scenario {
         }
         if self.tls {
             command.push_str(" --tls");
+        }
+        if self.encrypted {
+            command.push_str(" --encrypted");
         }
         command
     }
@@ -408,8 +414,22 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             .map(crate::security::RunPki::client_tls)
             .transpose()?,
     )?;
-    let mut members = Members::start(&scenario.binary, &network, &scenario.out, pki.as_ref())?;
+    let mut extra_flags = pki
+        .as_ref()
+        .map(crate::security::RunPki::member_flags)
+        .unwrap_or_default();
+    if scenario.encrypted {
+        let key_file = crate::security::write_key_file(&scenario.out)?;
+        extra_flags.push(format!("--encryption-key-file={}", key_file.display()));
+    }
     let scheme = if scenario.tls { "https" } else { "http" };
+    let mut members = Members::start(
+        &scenario.binary,
+        &network,
+        &scenario.out,
+        scheme,
+        &extra_flags,
+    )?;
     let endpoints: Vec<String> = network
         .hosts()
         .iter()

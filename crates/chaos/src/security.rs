@@ -47,6 +47,25 @@ impl Drop for RunGuard {
     }
 }
 
+/// Writes a new key for encryption at rest to `<out>/at-rest.key`, readable by its owner
+/// only; its path.
+///
+/// # Errors
+/// The file cannot be written.
+pub(crate) fn write_key_file(out: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = out.join("at-rest.key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    writeln!(file, "{}", encryption::KeyRing::generate_line())?;
+    Ok(path)
+}
+
 /// A run's CA and certificates, in `<out>/pki`: one member certificate for every host's
 /// address, one client certificate.
 pub(crate) struct RunPki {

@@ -215,6 +215,18 @@ impl KeyRing {
         &self.keys[0]
     }
 
+    /// How many keys the ring holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the ring is empty: never (a ring holds its sealing key).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The key named `id`, if the ring holds it.
     #[must_use]
     pub fn get(&self, id: KeyId) -> Option<&Key> {

@@ -126,9 +126,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let member_dir = config.data_dir.join("member");
     let keys = match &config.encryption_key_file {
-        Some(path) => Some(Arc::new(
-            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
-        )),
+        Some(path) => {
+            let ring = encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(
+                sealing_key = %ring.active().id(),
+                keys = ring.len(),
+                "encryption at rest: new writes are sealed with the first key of the key file"
+            );
+            Some(Arc::new(ring))
+        }
         None => None,
     };
     let log = &config.wal_dir;
@@ -495,6 +501,7 @@ fn log_config(
         max_request_bytes = config.max_request_bytes,
         max_txn_ops = config.max_txn_ops,
         quota_backend_bytes = ?config.quota_backend_bytes,
+        encryption_key_file = ?config.encryption_key_file,
         "starting"
     );
 }

@@ -46,6 +46,7 @@ fn scenario(seed: u64, nemesis: NemesisKind, workload: Workload) -> Scenario {
         binary: binary().to_path_buf(),
         out,
         tls: false,
+        encrypted: false,
     }
 }
 
@@ -156,7 +157,8 @@ async fn register_is_linearizable_under_every_fault() {
 // Proves the same with 5 members under the mixed faults: kills, pauses, an isolated leader, a
 // split into three and two, and one-way cuts; over TLS, with client certificates required on
 // the client and peer ports (the workload's clients and the members' Raft streams reconnect
-// through TLS after every fault).
+// through TLS after every fault), and with the data encrypted at rest (every kill -9 restarts
+// a member from its sealed log and state file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_stay_linearizable_under_mixed_faults() {
     if !enabled("five_members_stay_linearizable_under_mixed_faults") {
@@ -165,6 +167,7 @@ async fn five_members_stay_linearizable_under_mixed_faults() {
     let scenario = Scenario {
         members: 5,
         tls: true,
+        encrypted: true,
         ..scenario(
             107,
             NemesisKind::Mixed,
