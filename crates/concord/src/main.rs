@@ -194,12 +194,7 @@ fn snapshot_restore(args: &server::RestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// `concord snapshot status`: etcdctl's columns (hash, revision, total keys, total size).
 fn snapshot_status(args: &SnapshotStatusArgs) -> anyhow::Result<ExitCode> {
-    let keys = match &args.encryption_key_file {
-        Some(path) => Some(std::sync::Arc::new(
-            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
-        )),
-        None => None,
-    };
+    let keys = server::load_encryption_keys(args.encryption_key_file.as_deref())?;
     let status = server::backup_status(&args.file, keys.as_ref())
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
     match args.write_out.as_str() {

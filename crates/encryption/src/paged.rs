@@ -298,20 +298,15 @@ impl PagedFile {
         u32::try_from(len.saturating_sub(start).min(BLOCK as u64)).expect("at most a block")
     }
 
-    /// Writes a new version of block 0 to the slot not holding the current one.
-    fn write_block0(&self, state: &mut State, plain: &[u8]) -> io::Result<()> {
+    /// Writes a new version of block 0, for a file of `len` bytes, to the slot not holding
+    /// the current one.
+    fn write_block0(&self, state: &mut State, plain: &[u8], len: u64) -> io::Result<()> {
         let next = Block0 {
             slot: 1 - state.block0.slot,
             sequence: state.block0.sequence + 1,
         };
         let mut slot = vec![0u8; SLOT];
-        self.seal_into(
-            0,
-            Self::valid_in(state.len, 0),
-            next.sequence,
-            plain,
-            &mut slot,
-        );
+        self.seal_into(0, Self::valid_in(len, 0), next.sequence, plain, &mut slot);
         self.file.write_all_at(&slot, slot_offset(0, next.slot))?;
         state.block0 = next;
         Ok(())
@@ -405,7 +400,8 @@ impl PagedFile {
             let at = (from - block_start) as usize;
             plain[at..at + src.len()].copy_from_slice(src);
             if block == 0 {
-                self.write_block0(&mut state, &plain)?;
+                let len = state.len;
+                self.write_block0(&mut state, &plain, len)?;
                 continue;
             }
             run_start.get_or_insert(block);
@@ -439,13 +435,7 @@ impl PagedFile {
             if state.blocks > 0 {
                 let last = state.blocks - 1;
                 self.read_block(last, state.block0.slot, &mut plain)?;
-                let old_len = state.len;
-                state.len = len;
-                if let Err(e) = self.reseal(state, last, &plain) {
-                    state.len = old_len;
-                    return Err(e);
-                }
-                state.len = old_len;
+                self.reseal(state, last, &plain, len)?;
             }
             // New blocks of zeros, block 0's two slots at once.
             plain.fill(0);
@@ -488,12 +478,7 @@ impl PagedFile {
             self.read_block(last, state.block0.slot, &mut plain)?;
             let keep = (len - last * BLOCK as u64) as usize;
             plain[keep..].fill(0);
-            let old_len = state.len;
-            state.len = len;
-            if let Err(e) = self.reseal(state, last, &plain) {
-                state.len = old_len;
-                return Err(e);
-            }
+            self.reseal(state, last, &plain, len)?;
             self.file.set_len(slot_offset(blocks, 0))?;
         }
         state.len = len;
@@ -501,13 +486,13 @@ impl PagedFile {
         Ok(())
     }
 
-    /// Seals `plain` as block `block` at its place, with the valid length `state.len` gives.
-    fn reseal(&self, state: &mut State, block: u64, plain: &[u8]) -> io::Result<()> {
+    /// Seals `plain` as block `block` at its place, for a file of `len` bytes.
+    fn reseal(&self, state: &mut State, block: u64, plain: &[u8], len: u64) -> io::Result<()> {
         if block == 0 {
-            return self.write_block0(state, plain);
+            return self.write_block0(state, plain, len);
         }
         let mut slot = vec![0u8; SLOT];
-        self.seal_into(block, Self::valid_in(state.len, block), 0, plain, &mut slot);
+        self.seal_into(block, Self::valid_in(len, block), 0, plain, &mut slot);
         self.file.write_all_at(&slot, slot_offset(block, 0))
     }
 

@@ -32,10 +32,12 @@ mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use encryption::KeyRing;
 use identity::Claim;
 use node::{Member, MembershipChange, Node, NodeConfig, NodeError, NodeId};
 use storage_disk::{RaftLogStore, RedbKvStore};
@@ -125,18 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         joined.is_none() && me.member_id == config.member_id && me.cluster_id == config.cluster_id;
 
     let member_dir = config.data_dir.join("member");
-    let keys = match &config.encryption_key_file {
-        Some(path) => {
-            let ring = encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?;
-            tracing::info!(
-                sealing_key = %ring.active().id(),
-                keys = ring.len(),
-                "encryption at rest: new writes are sealed with the first key of the key file"
-            );
-            Some(Arc::new(ring))
-        }
-        None => None,
-    };
+    let keys = load_encryption_keys(config.encryption_key_file.as_deref())?;
     let log = &config.wal_dir;
     let log = Arc::new(
         RaftLogStore::open_with(log, keys.clone())
@@ -460,6 +451,24 @@ impl Tls {
             dialer: tls::Dialer::new(peer_client),
         })
     }
+}
+
+/// The keys of `--encryption-key-file`, if given (for `serve`, `snapshot restore` and
+/// `snapshot status`).
+///
+/// # Errors
+/// The key file's own one-line error.
+pub fn load_encryption_keys(path: Option<&Path>) -> anyhow::Result<Option<Arc<KeyRing>>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let ring = KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(
+        sealing_key = %ring.active().id(),
+        keys = ring.len(),
+        "encryption at rest: new writes are sealed with the first key of the key file"
+    );
+    Ok(Some(Arc::new(ring)))
 }
 
 /// Logs the effective configuration once, at startup.

@@ -96,12 +96,7 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<Restored> {
         token: config.token.clone(),
         version: identity::FORMAT_VERSION,
     };
-    let keys = match &args.encryption_key_file {
-        Some(path) => Some(std::sync::Arc::new(
-            encryption::KeyRing::load(path).map_err(|e| anyhow::anyhow!(e))?,
-        )),
-        None => None,
-    };
+    let keys = crate::load_encryption_keys(args.encryption_key_file.as_deref())?;
     let made = restore_into(&args.file, &data_dir, &expected, args.skip_hash_check, keys);
     if made.is_err() {
         // Nothing half-made stays behind for `serve` to start from.
